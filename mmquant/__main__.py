@@ -1,0 +1,5 @@
+import sys
+
+from mmquant.cli import main
+
+sys.exit(main())

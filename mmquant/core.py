@@ -1,0 +1,403 @@
+"""The quantizer contract: :class:`Encoded`, :class:`Quantizer`, the registry and spec strings.
+
+A quantizer maps a real array ``x`` (quantized along its **last axis**, the inner dimension of the
+product) to an :class:`Encoded` record that holds exactly what would be stored or transmitted:
+
+* ``codes`` -- the packed integer codes (a ``uint8`` byte array, or an entropy-coded bitstream),
+* ``side``  -- named side-information arrays (scales, norms, beta indices, codebooks ...), each
+  stored in the dtype it would be written with, so that its ``nbytes`` is its real cost,
+* ``shape``, ``spec`` (the string that rebuilds the quantizer) and ``seed`` (shared randomness).
+
+The rate is *measured*, never typed in::
+
+    bits_per_entry = 8 * (codes.nbytes + sum(a.nbytes for a in side.values())) / prod(shape)
+
+Spec strings are ``"name"`` or ``"name:key=value,key=value"``; tuple-valued parameters are written
+with ``;`` between items (``"e8:q=14,betas=0.2;0.3;0.4;0.5"``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from mmquant.validation import as_real_array
+
+__all__ = [
+    "Encoded",
+    "Quantizer",
+    "register",
+    "get",
+    "available",
+    "registry",
+    "parse_spec",
+    "format_spec",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """What a quantizer stores for one array.
+
+    Attributes
+    ----------
+    codes : numpy.ndarray
+        Packed integer codes or an entropy-coded bitstream, as a 1-D ``uint8`` array.
+    side : Mapping[str, numpy.ndarray]
+        Named side information (scales, norms, indices ...), each array in its stored dtype.
+    shape : tuple of int
+        Shape of the original array (quantized along the last axis).
+    spec : str
+        Spec string of the quantizer that produced it (``mmquant.get(spec)`` rebuilds it).
+    seed : int or None
+        Seed of the shared randomness (dither, rotation), or ``None`` if the quantizer has none.
+    stats : Mapping[str, float]
+        Diagnostics that are *not* stored and do not count in the rate (empirical entropy in
+        bits/entry, overload counts ...).
+    """
+
+    codes: np.ndarray
+    side: Mapping[str, np.ndarray]
+    shape: tuple[int, ...]
+    spec: str
+    seed: int | None = None
+    stats: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        codes = np.ascontiguousarray(self.codes)
+        if codes.dtype != np.uint8 or codes.ndim != 1:
+            raise TypeError(
+                f"Encoded.codes must be a 1-D uint8 array, got {codes.dtype} with shape {codes.shape}"
+            )
+        object.__setattr__(self, "codes", codes)
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        side = {str(k): np.ascontiguousarray(v) for k, v in dict(self.side).items()}
+        object.__setattr__(self, "side", types.MappingProxyType(side))
+        object.__setattr__(self, "stats", types.MappingProxyType(dict(self.stats)))
+
+    @property
+    def entries(self) -> int:
+        """Number of entries of the original array."""
+        return math.prod(self.shape)
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of the stored codes (bitstream)."""
+        return int(self.codes.nbytes)
+
+    @property
+    def side_bytes(self) -> int:
+        """Bytes of the stored side information."""
+        return int(sum(a.nbytes for a in self.side.values()))
+
+    @property
+    def nbytes(self) -> int:
+        """Total stored bytes: codes plus side information."""
+        return self.code_bytes + self.side_bytes
+
+    @property
+    def bits_per_entry(self) -> float:
+        """Measured rate in bits per entry: 8 · (stored bytes) / entries."""
+        return 8.0 * self.nbytes / max(self.entries, 1)
+
+    @property
+    def side_bits_per_entry(self) -> float:
+        """Part of :attr:`bits_per_entry` spent on side information (bits per entry)."""
+        return 8.0 * self.side_bytes / max(self.entries, 1)
+
+
+Q = TypeVar("Q", bound="Quantizer")
+
+
+class Quantizer(abc.ABC):
+    """Base class of every quantizer.
+
+    Subclasses are frozen dataclasses registered with :func:`register`. They implement
+    :meth:`_encode` (on a validated float array) and :meth:`_decode`; the public :meth:`encode` and
+    :meth:`decode` validate their input once and check the record belongs to this quantizer.
+
+    Class attributes
+    ----------------
+    name : str
+        Registry name (the part of the spec string before ``:``).
+    description : str
+        One line shown by ``mmquant compare`` and ``mmquant.available(details=True)``.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    # -- to implement -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _encode(self, x: np.ndarray) -> Encoded:
+        """Encode a validated, finite, non-empty float32/float64 array (last axis = inner dim)."""
+
+    @abc.abstractmethod
+    def _decode(self, enc: Encoded) -> np.ndarray:
+        """Decode a record produced by :meth:`_encode`; returns float32 or float64."""
+
+    @classmethod
+    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+        """Configurations of this family used by ``mmquant compare``.
+
+        Parameters
+        ----------
+        rate : float, optional
+            Target rate in bits per entry. ``None`` returns the family's default configurations;
+            otherwise the configurations whose nominal rate is close to ``rate`` (possibly none).
+        """
+        return []
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        """Canonical spec string (only non-default parameters are written)."""
+        return format_spec(self)
+
+    def encode(self, x: Any) -> Encoded:
+        """Quantize ``x`` along its last axis.
+
+        Parameters
+        ----------
+        x : array_like
+            Real array with at least one dimension (float16/32/64; integers are converted to
+            float64; torch tensors are accepted). Must be finite and non-empty.
+
+        Returns
+        -------
+        Encoded
+            Packed codes, side information and the spec string; ``bits_per_entry`` is measured
+            from the stored bytes.
+        """
+        arr = as_real_array(x, name="x", min_ndim=1)
+        return self._encode(arr)
+
+    def decode(self, enc: Encoded) -> np.ndarray:
+        """Reconstruct the array from an :class:`Encoded` record (pure function of ``enc``)."""
+        if not isinstance(enc, Encoded):
+            raise TypeError(f"decode expects an Encoded record, got {type(enc).__name__}")
+        if get(enc.spec) != self:
+            raise ValueError(
+                f"record was produced by {enc.spec!r}, cannot decode it with {self.spec!r}"
+            )
+        return self._decode(enc)
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """Shorthand for ``decode(encode(x))`` (the reconstruction, same shape as ``x``)."""
+        return self.decode(self.encode(x))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable description: ``{"name": ..., "params": {...}, "spec": ...}``."""
+        params = {f.name: _json_value(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {"name": self.name, "params": params, "spec": self.spec}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Quantizer:
+        """Rebuild a quantizer from :meth:`to_json` output."""
+        return get(str(data["spec"]))
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_json_value(i) for i in v]
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Quantizer]] = {}
+
+# Modules whose import registers quantizers. Imported lazily by ``get``/``available`` so that
+# ``import mmquant`` stays light and optional parts (numba kernels) load only when used.
+PLUGIN_MODULES: list[str] = [
+    "mmquant.formats.integer",
+    "mmquant.formats.minifloat",
+    "mmquant.formats.block",
+    "mmquant.formats.nonuniform",
+    "mmquant.lattices.voronoi",
+    "mmquant.lattices.entropy_coded",
+    "mmquant.lattices.sketch",
+]
+_loaded = False
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+
+    for mod in PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a family not written yet: skip only that module
+            if exc.name != mod:
+                raise
+    _loaded = True
+
+
+def register(name: str) -> Callable[[type[Q]], type[Q]]:
+    """Class decorator that registers a quantizer family under ``name``."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"invalid quantizer name {name!r}")
+
+    def deco(cls: type[Q]) -> type[Q]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass to be registered")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"quantizer name {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def registry() -> dict[str, type[Quantizer]]:
+    """Name → class for every registered quantizer family."""
+    _load_plugins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def available() -> list[str]:
+    """Names of every registered quantizer family, sorted."""
+    return list(registry())
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``"name:k=v,k2=v2"`` into ``("name", {"k": "v", "k2": "v2"})`` (values unparsed)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a quantizer spec must be a string, got {type(spec).__name__}")
+    spec = spec.strip()
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"empty quantizer name in spec {spec!r}")
+    params: dict[str, str] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise ValueError(f"malformed parameter {item!r} in spec {spec!r}: expected key=value")
+            if key in params:
+                raise ValueError(f"parameter {key!r} given twice in spec {spec!r}")
+            params[key] = value.strip()
+    return name, params
+
+
+def _convert(value: str, tp: Any, key: str, spec: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() == "none" and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key, spec)
+            except ValueError:
+                continue
+        raise ValueError(f"cannot parse {key}={value!r} in spec {spec!r}")
+    if origin is tuple:
+        item_tp = args[0] if args else str
+        items = [v for v in value.split(";") if v.strip()]
+        return tuple(_convert(v.strip(), item_tp, key, spec) for v in items)
+    try:
+        if tp is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return value
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"unsupported parameter type {tp!r} for {key!r}")
+    tname = getattr(tp, "__name__", str(tp))
+    raise ValueError(f"cannot parse {key}={value!r} in spec {spec!r}: expected {tname}")
+
+
+def get(spec: str | Quantizer, **overrides: Any) -> Quantizer:
+    """Build a quantizer from a spec string such as ``"int:bits=4,group=32"``.
+
+    Parameters
+    ----------
+    spec : str or Quantizer
+        ``"name"`` or ``"name:key=value,..."``; a Quantizer is returned as is (with overrides).
+    **overrides
+        Parameters that replace those of the spec.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the message lists the available ones), unknown parameter, or a value out of
+        range (raised by the quantizer's own validation).
+    """
+    if isinstance(spec, Quantizer):
+        return dataclasses.replace(spec, **overrides) if overrides else spec  # type: ignore[type-var]
+    name, raw = parse_spec(spec)
+    reg = registry()
+    if name not in reg:
+        raise ValueError(f"unknown quantizer {name!r}; available: {', '.join(reg)}")
+    cls = reg[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ValueError(
+                f"unknown parameter {key!r} for quantizer {name!r}; "
+                f"parameters: {', '.join(fields) or '(none)'}"
+            )
+        kwargs[key] = _convert(value, hints[key], key, spec)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, tuple):
+        return ";".join(_format_value(i) for i in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def format_spec(q: Quantizer) -> str:
+    """Canonical spec string of ``q``: its name and the parameters that differ from the defaults."""
+    parts = []
+    for f in dataclasses.fields(q):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        v = getattr(q, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is dataclasses.MISSING or v != default:
+            parts.append(f"{f.name}={_format_value(v)}")
+    return q.name + (":" + ",".join(parts) if parts else "")

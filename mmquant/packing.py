@@ -1,0 +1,134 @@
+"""Bit packing of unsigned integer codes of any width 1..16 bits.
+
+Layout (little-endian bit stream): code ``i`` of width ``w`` occupies bits ``[i*w, (i+1)*w)`` of the
+stream, bit ``k`` of the stream being bit ``k % 8`` (LSB first) of byte ``k // 8``. The stream is
+padded with zero bits to a whole number of **groups of 8 codes** (``w`` bytes each), so a packed
+array of ``n`` codes takes ``w * ceil(n / 8)`` bytes: at most ``w - 1`` bytes of padding in total.
+
+The implementation is vectorised numpy: each group of 8 codes (at most 128 bits) is assembled in two
+``uint64`` words, whose little-endian bytes are the stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["pack", "unpack", "packed_nbytes"]
+
+
+def packed_nbytes(n: int, width: int) -> int:
+    """Number of bytes :func:`pack` uses for ``n`` codes of ``width`` bits."""
+    _check_width(width)
+    return width * (-(-int(n) // 8))
+
+
+def _check_width(width: int) -> None:
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= 16:
+        raise ValueError(f"code width must be an integer in [1, 16] bits, got {width!r}")
+
+
+def pack(codes: np.ndarray, width: int) -> np.ndarray:
+    """Pack unsigned integer codes into a byte stream.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        Non-negative integers, each ``< 2**width``; any shape (flattened in C order).
+    width : int
+        Bits per code, 1..16.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D ``uint8`` array of ``packed_nbytes(codes.size, width)`` bytes.
+
+    Raises
+    ------
+    ValueError
+        If the width is out of range or a code does not fit in ``width`` bits.
+    """
+    _check_width(width)
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"codes must be integers, got dtype {c.dtype}")
+    c = c.reshape(-1)
+    n = c.size
+    if n and (int(c.min()) < 0 or int(c.max()) >= (1 << width)):
+        raise ValueError(
+            f"codes must lie in [0, {(1 << width) - 1}] for width {width}, "
+            f"got range [{int(c.min())}, {int(c.max())}]"
+        )
+    groups = -(-n // 8)
+    if width == 8:
+        out = np.zeros(groups * 8, np.uint8)
+        out[:n] = c
+        return out
+    if width == 16:
+        out16 = np.zeros(groups * 8, "<u2")
+        out16[:n] = c
+        return out16.view(np.uint8)
+    padded = np.zeros(groups * 8, np.uint64)
+    padded[:n] = c
+    g = padded.reshape(groups, 8)
+    lo = np.zeros(groups, np.uint64)
+    hi = np.zeros(groups, np.uint64)
+    for i in range(8):
+        off = i * width
+        col = g[:, i]
+        if off < 64:
+            lo |= col << np.uint64(off)
+            if off + width > 64:
+                hi |= col >> np.uint64(64 - off)
+        else:
+            hi |= col << np.uint64(off - 64)
+    words = np.empty((groups, 2), "<u8")
+    words[:, 0] = lo
+    words[:, 1] = hi
+    return np.ascontiguousarray(words.view(np.uint8).reshape(groups, 16)[:, :width]).reshape(-1)
+
+
+def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack`: read ``n`` codes of ``width`` bits.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D array of ``n`` codes, ``uint8`` for width ≤ 8, else ``uint16``.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is shorter than ``packed_nbytes(n, width)`` bytes.
+    """
+    _check_width(width)
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise TypeError(f"packed data must be a 1-D uint8 array, got {data.dtype} {data.shape}")
+    need = packed_nbytes(n, width)
+    if data.size < need:
+        raise ValueError(
+            f"packed data too short: {n} codes of {width} bits need {need} bytes, got {data.size}"
+        )
+    out_dtype = np.uint8 if width <= 8 else np.uint16
+    if width == 8:
+        return data[:n].copy()
+    if width == 16:
+        return data[: 2 * n].view("<u2").astype(np.uint16)
+    groups = -(-n // 8)
+    raw = np.zeros((groups, 16), np.uint8)
+    raw[:, :width] = data[:need].reshape(groups, width)
+    words = raw.view("<u8")
+    lo = words[:, 0].astype(np.uint64)
+    hi = words[:, 1].astype(np.uint64)
+    mask = np.uint64((1 << width) - 1)
+    out = np.empty((groups, 8), out_dtype)
+    for i in range(8):
+        off = i * width
+        if off < 64:
+            v = lo >> np.uint64(off)
+            if off + width > 64:
+                v = v | (hi << np.uint64(64 - off))
+        else:
+            v = hi >> np.uint64(off - 64)
+        out[:, i] = v & mask
+    return out.reshape(-1)[:n]
