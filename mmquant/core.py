@@ -291,7 +291,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not key:
-                raise ValueError(f"malformed parameter {item!r} in spec {spec!r}: expected key=value")
+                raise ValueError(
+                    f"malformed parameter {item!r} in spec {spec!r}: expected key=value"
+                )
             if key in params:
                 raise ValueError(f"parameter {key!r} given twice in spec {spec!r}")
             params[key] = value.strip()

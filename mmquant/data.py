@@ -16,7 +16,7 @@ import numpy as np
 
 from mmquant.validation import check_int
 
-__all__ = ["MatrixPair", "data_source", "data_sources", "load_data", "gaussian_pair"]
+__all__ = ["MatrixPair", "data_source", "data_sources", "gaussian_pair", "load_data"]
 
 #: Modules whose import registers more data sources.
 DATA_MODULES: list[str] = ["mmquant.models.data"]

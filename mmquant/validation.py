@@ -28,7 +28,9 @@ def _to_numpy(x: Any) -> np.ndarray:
     try:
         return np.asarray(x)
     except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise TypeError(f"cannot convert input of type {type(x).__name__} to an array: {exc}") from None
+        raise TypeError(
+            f"cannot convert input of type {type(x).__name__} to an array: {exc}"
+        ) from None
 
 
 def as_real_array(

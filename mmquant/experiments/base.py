@@ -88,7 +88,9 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def experiment(name: str, description: str = "") -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
+def experiment(
+    name: str, description: str = ""
+) -> Callable[[Callable[..., ExperimentResult]], Callable[..., ExperimentResult]]:
     """Decorator registering a function ``f(**params) -> ExperimentResult`` under ``name``."""
 
     def deco(fn: Callable[..., ExperimentResult]) -> Callable[..., ExperimentResult]:

@@ -1,0 +1,113 @@
+"""``mmquant theory ...``: the limits, as tables and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmquant.cli import app
+from mmquant.theory.matmul_rd import GAMMA_R_STAR, R_STAR, gamma, shannon_distortion
+
+__all__ = ["gamma_cmd", "plot_gamma"]
+
+theory_app = typer.Typer(
+    help="Information-theoretic limits (tables and figures).", no_args_is_help=True
+)
+app.add_typer(theory_app, name="theory")
+
+
+def plot_gamma(path: str | Path, points: list[dict] | None = None, rmax: float = 8.0) -> None:
+    """Draw Γ(R), its time-sharing segment and D(R) = 2^{−2R}, with measured points if given.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG to write.
+    points : list of dict, optional
+        Rows with ``family``, ``bits_per_entry`` and ``error`` (as in ``mmquant compare --json``).
+    rmax : float
+        Largest rate on the axis, bits per entry.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = np.linspace(0, rmax, 800)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.semilogy(r, gamma(r), "k-", lw=2, label="Γ(R): matmul rate–distortion (iid Gaussian)")
+    hi = np.linspace(0.05, R_STAR, 100)
+    ax.semilogy(
+        hi, 2 * 2.0 ** (-2 * hi) - 2.0 ** (-4 * hi), "k:", lw=1, label="2·2^{−2R} − 2^{−4R}"
+    )
+    ax.semilogy(r, shannon_distortion(r), "--", color="gray", label="D(R) = 2^{−2R} (one matrix)")
+    ax.axvline(R_STAR, color="tab:red", lw=0.8, ls="--")
+    ax.annotate(
+        f"R* = {R_STAR:.4f}", (R_STAR, GAMMA_R_STAR), textcoords="offset points", xytext=(8, 8)
+    )
+    if points:
+        fams = sorted({p["family"] for p in points})
+        markers = "os^vD<>pPX*hH8d"
+        for i, f in enumerate(fams):
+            pts = [p for p in points if p["family"] == f]
+            ax.semilogy(
+                [p["bits_per_entry"] for p in pts],
+                [p["error"] for p in pts],
+                markers[i % len(markers)],
+                ls="none",
+                label=f,
+            )
+    ax.set_xlim(0, rmax)
+    ax.set_xlabel("rate R (bits/entry)")
+    ax.set_ylabel("normalised product error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@theory_app.command("gamma")
+def gamma_cmd(
+    rates: str = typer.Option(
+        "0.25,0.5,0.906,1,2,3,4,5,6,8", help="Rates to tabulate (bits/entry)."
+    ),
+    plot: Path = typer.Option(None, help="Write a PNG of Γ(R)."),
+    measure: bool = typer.Option(
+        True, help="With --plot: add the measured points of every quantizer (Gaussian 2048×128)."
+    ),
+    points_json: Path = typer.Option(
+        None, "--points", help="Take measured points from a `mmquant compare --json` file instead."
+    ),
+) -> None:
+    """Tabulate (and plot) Γ(R), the Gaussian matrix-multiplication rate–distortion function."""
+    console = Console()
+    from mmquant.cli.compare import parse_rates
+
+    t = Table(title=f"Γ(R); R* = {R_STAR:.7f}, Γ(R*) = {GAMMA_R_STAR:.7f}")
+    for c in ("R (bits/entry)", "Γ(R)", "Γ(R) dB", "2^{−2R}"):
+        t.add_column(c, justify="right")
+    for r in parse_rates(rates) or []:
+        g = float(gamma(r))
+        t.add_row(f"{r:g}", f"{g:.7g}", f"{10 * np.log10(g):.3f}", f"{2.0 ** (-2 * r):.7g}")
+    console.print(t)
+    if plot is None:
+        return
+    points = None
+    if points_json is not None:
+        points = json.loads(points_json.read_text())["results"]
+    elif measure:
+        from mmquant.data import gaussian_pair
+        from mmquant.experiments.compare import compare, default_quantizers
+
+        pair = gaussian_pair(2048, 128, 128, seed=0)
+        with console.status("measuring every quantizer on Gaussian 2048×128 ..."):
+            points = [row.to_json() for row in compare([pair], default_quantizers())]
+    rmax = max([8.0] + [p["bits_per_entry"] + 0.5 for p in points or []])
+    plot_gamma(plot, points, rmax=rmax)
+    console.print(f"wrote {plot}")

@@ -1,0 +1,96 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+import mmquant as mq
+from mmquant import core
+from mmquant.core import Encoded, Quantizer, register
+from mmquant.metrics import gap_bits, gap_db, product_error_from, relative_mse, sqnr_db
+from mmquant.packing import pack, unpack
+
+
+@dataclasses.dataclass(frozen=True)
+class Half(Quantizer):
+    """Test-only: uniform grid of step ``step`` (8-bit codes) -- a known, simple error."""
+
+    step: float = 0.5
+
+    def _encode(self, x):
+        c = np.clip(np.rint(x / self.step) + 128, 0, 255).astype(np.uint8)
+        return Encoded(pack(c, 8), {}, x.shape, self.spec)
+
+    def _decode(self, enc):
+        return (unpack(enc.codes, 8, enc.entries).astype(np.float64) - 128).reshape(
+            enc.shape
+        ) * self.step
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    register("testhalf")(Half)
+    yield
+    del core._REGISTRY["testhalf"]
+
+
+def test_product_error_matches_definition():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 8))
+    b = rng.standard_normal((512, 6))
+    rep = mq.product_error(a, b, "testhalf:step=0.25")
+    ah = np.rint(a / 0.25) * 0.25
+    bh = np.rint(b / 0.25) * 0.25
+    err = np.sum((a.T @ b - ah.T @ bh) ** 2) * 512 / (np.sum(a**2) * np.sum(b**2))
+    assert rep.error == pytest.approx(err, rel=1e-12)
+    assert rep.rate == 8.0 and rep.rate_a == 8.0 and rep.rate_b == 8.0
+    assert rep.gamma == pytest.approx(float(mq.theory.gamma(8.0)))
+    assert rep.gap_db == pytest.approx(10 * np.log10(err / rep.gamma))
+    assert rep.spec_a == rep.spec_b == "testhalf:step=0.25"
+    assert set(rep.to_json()) >= {"error", "sqnr_db", "gap_db", "gap_bits"}
+
+
+def test_error_normalisation_is_per_entry_for_unit_gaussians():
+    # With independent additive noise of variance s² on both sides, D ≈ 2s² + s⁴ per entry.
+    rng = np.random.default_rng(1)
+    n, k = 4096, 64
+    a, b = rng.standard_normal((n, k)), rng.standard_normal((n, k))
+    s = 0.1
+    err, _ = product_error_from(
+        a, b, a + s * rng.standard_normal(a.shape), b + s * rng.standard_normal(b.shape)
+    )
+    assert err == pytest.approx(2 * s**2 + s**4, rel=0.03)
+
+
+def test_gap_helpers():
+    g4 = float(mq.theory.gamma(4.0))
+    assert gap_db(g4, 4.0) == pytest.approx(0.0, abs=1e-12)
+    assert gap_bits(g4, 4.0) == pytest.approx(0.0, abs=1e-9)
+    assert gap_bits(float(mq.theory.gamma(3.0)), 4.0) == pytest.approx(1.0)
+    assert sqnr_db(np.ones(4), np.ones(4)) == np.inf
+    assert sqnr_db(np.ones(4), np.zeros(4)) == pytest.approx(0.0)
+    assert relative_mse(np.array([2.0]), np.array([1.0])) == 0.25
+
+
+def test_matmul_from_encodings():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((64, 3)), rng.standard_normal((64, 5))
+    q = mq.get("testhalf")
+    c = mq.matmul(q.encode(a.T), q.encode(b.T))
+    np.testing.assert_allclose(c, q.quantize(a.T) @ q.quantize(b.T).T)
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        mq.matmul(q.encode(a.T), q.encode(b[:10].T))
+
+
+@pytest.mark.parametrize(
+    "a, b, exc, msg",
+    [
+        (np.ones((4, 2)), np.ones((5, 2)), ValueError, "same number of rows"),
+        (np.ones(4), np.ones((4, 2)), ValueError, "A must be 2-D"),
+        (np.ones((4, 2)), np.full((4, 2), np.nan), ValueError, "B contains non-finite"),
+        (np.zeros((4, 2)), np.ones((4, 2)), ValueError, "all zeros"),
+        (np.ones((4, 2), bool), np.ones((4, 2)), TypeError, "unsupported dtype"),
+    ],
+)
+def test_product_error_bad_input(a, b, exc, msg):
+    with pytest.raises(exc, match=msg):
+        mq.product_error(a, b, "testhalf")
