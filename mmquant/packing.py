@@ -5,8 +5,9 @@ stream, bit ``k`` of the stream being bit ``k % 8`` (LSB first) of byte ``k // 8
 padded with zero bits to a whole number of **groups of 8 codes** (``w`` bytes each), so a packed
 array of ``n`` codes takes ``w * ceil(n / 8)`` bytes: at most ``w - 1`` bytes of padding in total.
 
-The implementation is vectorised numpy: each group of 8 codes (at most 128 bits) is assembled in two
-``uint64`` words, whose little-endian bytes are the stream.
+The implementation is vectorised numpy: widths 1, 2 and 4 are shifted into bytes directly; other
+widths assemble each group of 8 codes (at most 128 bits) in one or two ``uint64`` words, whose
+little-endian bytes are the stream.
 """
 
 from __future__ import annotations
@@ -67,20 +68,34 @@ def pack(codes: np.ndarray, width: int) -> np.ndarray:
         out16 = np.zeros(groups * 8, "<u2")
         out16[:n] = c
         return out16.view(np.uint8)
-    padded = np.zeros(groups * 8, np.uint64)
-    padded[:n] = c
-    g = padded.reshape(groups, 8)
+    if n % 8 == 0 and c.dtype == np.uint8:
+        padded8 = c
+    else:
+        padded8 = np.zeros(groups * 8, np.uint8 if width <= 8 else np.uint16)
+        padded8[:n] = c
+    if width in (1, 2, 4):  # whole codes per byte: fast uint8 path
+        per = 8 // width
+        g = padded8.reshape(-1, per)
+        out = g[:, 0].astype(np.uint8)
+        for i in range(1, per):
+            out |= g[:, i].astype(np.uint8) << np.uint8(i * width)
+        return out
+    g = padded8.reshape(groups, 8)
     lo = np.zeros(groups, np.uint64)
     hi = np.zeros(groups, np.uint64)
     for i in range(8):
         off = i * width
-        col = g[:, i]
+        col = g[:, i].astype(np.uint64)
         if off < 64:
             lo |= col << np.uint64(off)
             if off + width > 64:
                 hi |= col >> np.uint64(64 - off)
         else:
             hi |= col << np.uint64(off - 64)
+    if width <= 8:
+        return np.ascontiguousarray(
+            lo.astype("<u8").view(np.uint8).reshape(groups, 8)[:, :width]
+        ).reshape(-1)
     words = np.empty((groups, 2), "<u8")
     words[:, 0] = lo
     words[:, 1] = hi
@@ -115,13 +130,22 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
     if width == 16:
         return data[: 2 * n].view("<u2").astype(np.uint16)
     groups = -(-n // 8)
-    raw = np.zeros((groups, 16), np.uint8)
+    mask = (1 << width) - 1
+    if width in (1, 2, 4):
+        per = 8 // width
+        d = data[:need]
+        out8 = np.empty((d.size, per), np.uint8)
+        for i in range(per):
+            out8[:, i] = (d >> np.uint8(i * width)) & np.uint8(mask)
+        return out8.reshape(-1)[:n]
+    nwords = 1 if width <= 8 else 2
+    raw = np.zeros((groups, 8 * nwords), np.uint8)
     raw[:, :width] = data[:need].reshape(groups, width)
     words = raw.view("<u8")
     lo = words[:, 0].astype(np.uint64)
-    hi = words[:, 1].astype(np.uint64)
-    mask = np.uint64((1 << width) - 1)
+    hi = words[:, 1].astype(np.uint64) if nwords == 2 else None
     out = np.empty((groups, 8), out_dtype)
+    m64 = np.uint64(mask)
     for i in range(8):
         off = i * width
         if off < 64:
@@ -130,5 +154,5 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
                 v = v | (hi << np.uint64(64 - off))
         else:
             v = hi >> np.uint64(off - 64)
-        out[:, i] = v & mask
+        out[:, i] = v & m64
     return out.reshape(-1)[:n]
