@@ -226,6 +226,7 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.formats.minifloat",
     "mmquant.formats.block",
     "mmquant.formats.nonuniform",
+    "mmquant.formats.compander",
     "mmquant.lattices.voronoi",
     "mmquant.lattices.entropy_coded",
     "mmquant.lattices.sketch",
