@@ -14,7 +14,7 @@ for the product ``AᵀB`` with ``A`` of shape ``n×a``, ``B`` of shape ``n×b``;
 ``minilm:weights``
     Output ``W X`` of every linear layer (36 pairs): ``A = Wᵀ`` (``in × out``) and ``B = Xᵀ``
     (``in × tokens``), ``n = in`` (384, or 1536 for ``output.dense``). By default a seeded random
-    subset of ``max_rows = 128`` output rows of ``W`` and ``max_tokens = 128`` tokens is used per
+    subset of ``max_rows = 64`` output rows of ``W`` and ``max_tokens = 64`` tokens is used per
     layer (each row of ``W`` and each token is quantized on its own by row/group quantizers, so the
     subset has the statistics of the whole).
 """
@@ -84,8 +84,8 @@ def weight_pairs(
     n_sentences: int = 64,
     *,
     names: Sequence[str] | None = None,
-    max_rows: int | None = 128,
-    max_tokens: int | None = 128,
+    max_rows: int | None = 64,
+    max_tokens: int | None = 64,
     seed: int = 0,
 ) -> list[MatrixPair]:
     """Linear-layer pairs ``A = Wᵀ`` (``in × out``), ``B = Xᵀ`` (``in × tokens``), so ``AᵀB = W X``.
@@ -140,8 +140,6 @@ def _minilm_qk(seed: int = 0) -> list[MatrixPair]:
     return qk_pairs(seed=seed)
 
 
-@data_source(
-    "minilm:weights", "MiniLM linear layers W·X (36 pairs, 128 rows of W, 128 tokens of X)"
-)
+@data_source("minilm:weights", "MiniLM linear layers W·X (36 pairs, 64 rows of W × 64 tokens of X)")
 def _minilm_weights(seed: int = 0) -> list[MatrixPair]:
     return weight_pairs(seed=seed)

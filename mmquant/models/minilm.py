@@ -87,11 +87,10 @@ class MiniLM:
 
     Build it with :meth:`load`; :meth:`encode` returns unit-norm ``(N, 384)`` embeddings.
 
-    Examples
-    --------
-    >>> m = MiniLM.load()                                        # doctest: +SKIP
-    >>> m.encode(["A cat sits on the mat."]).shape               # doctest: +SKIP
-    (1, 384)
+    Use::
+
+        m = MiniLM.load(dtype=np.float32)
+        E = m.encode(["A cat sits on the mat.", "A dog runs."])   # (2, 384), unit rows
     """
 
     def __init__(

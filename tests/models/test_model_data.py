@@ -48,8 +48,8 @@ def test_qk_pair_product_is_the_attention_logits():
 def test_weights_source_product_is_the_layer_output():
     pairs = load_data("minilm:weights")
     assert len(pairs) == 36 and pairs[0].label == "L0.query" and pairs[-1].label == "L5.ffn_out"
-    assert pairs[-1].a.shape == pairs[-1].b.shape == (1536, 128)
-    assert pairs[0].a.shape == (384, 128)
+    assert pairs[-1].a.shape == pairs[-1].b.shape == (1536, 64)
+    assert pairs[0].a.shape == (384, 64)
     cap = calibration_capture(8)
     m = MiniLM.load()
     name = "encoder.layer.2.attention.self.key"
