@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmquant.models import (
     Capture,
@@ -133,3 +135,14 @@ def test_calibration_sentences_deterministic_and_disjoint():
         calibration_sentences(4, split="test")
     with pytest.raises(ValueError, match="at most"):
         calibration_sentences(10**6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=1, max_value=400), st.sampled_from(["calibration", "evaluation"]))
+def test_calibration_sentences_are_an_ordered_subset_of_their_half(n, split):
+    pool = sentence_pool()
+    half = pool[0::2] if split == "calibration" else pool[1::2]
+    got = calibration_sentences(n, split=split)
+    assert len(got) == n == len(set(got))
+    pos = [half.index(s) for s in got]
+    assert pos == sorted(pos) and pos[0] == 0

