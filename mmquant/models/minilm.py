@@ -268,8 +268,6 @@ class MiniLM:
         flat = np.concatenate(ids)
         pos = np.concatenate([np.arange(n) for n in lengths])
         row = np.repeat(np.arange(len(ids)), lengths)
-        t_max = int(lengths.max())
-        key_mask = np.arange(t_max)[None, :] < lengths[:, None]  # [B, T]
         x = (
             w["embeddings.word_embeddings.weight"][flat]
             + w["embeddings.position_embeddings.weight"][pos]
@@ -291,7 +289,7 @@ class MiniLM:
                 q, k = self._quantize_qk(q), self._quantize_qk(k)
             if hooks is not None:
                 hooks.queries_keys(i, q, k)
-            ctx = _attention(q, k, v, row, pos, key_mask, dt).reshape(-1, nh * hd)
+            ctx = _attention(q, k, v, lengths, dt).reshape(-1, nh * hd)
             name = p + "attention.output.dense"
             xin = self._act(name, ctx)
             if hooks is not None:
@@ -333,32 +331,45 @@ class MiniLM:
         return out
 
 
+#: Sentences per attention chunk; sentences are grouped by length so that little is padded.
+_ATTN_CHUNK = 16
+
+
 def _attention(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    row: np.ndarray,
-    pos: np.ndarray,
-    key_mask: np.ndarray,
-    dt: np.dtype,
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray, dt: np.dtype
 ) -> np.ndarray:
-    """Softmax attention per sentence on packed ``[tokens, heads, d]`` arrays; returns packed."""
-    b, t = key_mask.shape
+    """Softmax attention per sentence on packed ``[tokens, heads, d]`` arrays; returns packed.
+
+    Sentences are sorted by length and processed in chunks of :data:`_ATTN_CHUNK`, each padded to
+    its longest sentence with the padded keys masked (``-inf`` logits).
+    """
     nh, hd = q.shape[1], q.shape[2]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out = np.empty_like(v)
+    order = np.argsort(lengths, kind="stable")
+    scale = dt.type(1.0 / math.sqrt(hd))
+    for c in range(0, len(order), _ATTN_CHUNK):
+        sel = order[c : c + _ATTN_CHUNK]
+        lens = lengths[sel]
+        t = int(lens.max())
+        row = np.repeat(np.arange(len(sel)), lens)
+        pos = np.concatenate([np.arange(n) for n in lens])
+        tok = np.repeat(starts[sel], lens) + pos  # packed rows of these sentences
 
-    def pad(a: np.ndarray) -> np.ndarray:
-        out = np.zeros((b, t, nh, hd), dtype=dt)
-        out[row, pos] = a
-        return out.transpose(0, 2, 1, 3)  # [B, H, T, d]
+        def pad(a: np.ndarray, row=row, pos=pos, tok=tok, b=len(sel), t=t) -> np.ndarray:
+            buf = np.zeros((b, t, nh, hd), dtype=dt)
+            buf[row, pos] = a[tok]
+            return buf.transpose(0, 2, 1, 3)  # [B, H, T, d]
 
-    qp, kp, vp = pad(q), pad(k), pad(v)
-    logits = (qp @ kp.transpose(0, 1, 3, 2)) * dt.type(1.0 / math.sqrt(hd))
-    logits = np.where(key_mask[:, None, None, :], logits, -np.inf)
-    logits -= logits.max(axis=-1, keepdims=True)
-    pr = np.exp(logits)
-    pr /= pr.sum(axis=-1, keepdims=True)
-    ctx = (pr @ vp).transpose(0, 2, 1, 3)  # [B, T, H, d]
-    return ctx[row, pos]
+        qp, kp, vp = pad(q), pad(k), pad(v)
+        logits = (qp @ kp.transpose(0, 1, 3, 2)) * scale
+        key_mask = np.arange(t)[None, :] < lens[:, None]  # [B, T]
+        logits = np.where(key_mask[:, None, None, :], logits, -np.inf)
+        logits -= logits.max(axis=-1, keepdims=True)
+        pr = np.exp(logits)
+        pr /= pr.sum(axis=-1, keepdims=True)
+        out[tok] = (pr @ vp).transpose(0, 2, 1, 3)[row, pos]  # [B, T, H, d] -> packed
+    return out
 
 
 def _check_sentences(sentences: Any) -> list[str]:
