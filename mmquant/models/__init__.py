@@ -14,7 +14,8 @@ Use::
     mq = quantize_model(m, "int:bits=4,group=32")           # weights quantized along `in`
     evaluate(mq)                                            # embedding cosine, logit error
 
-Modules: :mod:`~mmquant.models.minilm` (loading, forward pass), :mod:`~.calibration` (sentences
+Modules: :mod:`~mmquant.models.files` (locating and reading the installed files),
+:mod:`~mmquant.models.minilm` (tokenizer, forward pass), :mod:`~.calibration` (sentences
 from ``pydoc_data.topics``), :mod:`~.capture` (captured matrices and Σ_X), :mod:`~.quantized`
 (quantized forward, metrics), :mod:`~.data` (``minilm:qk`` and ``minilm:weights`` data sources).
 """

@@ -187,3 +187,13 @@ def test_runs_without_torch_and_without_importing_the_model_package():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_layer0_output_dense_is_heavy_tailed(m64):
+    # THEORY.md §9: kurtosis of layer 0's output.dense weight ≈ 1600 (others ≈ 3-8)
+    def kurtosis(w):
+        c = w.ravel() - w.mean()
+        return float(np.mean(c**4) / np.mean(c**2) ** 2)
+
+    assert 1400 < kurtosis(m64.weight("encoder.layer.0.output.dense")) < 1800
+    assert kurtosis(m64.weight("encoder.layer.0.attention.self.query")) < 10
