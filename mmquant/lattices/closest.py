@@ -1,0 +1,179 @@
+"""Closest lattice points in Zⁿ, Dₙ and E8 (Conway & Sloane), vectorised over many blocks.
+
+Definitions (Conway & Sloane, *Sphere Packings, Lattices and Groups*, ch. 4 and 20):
+
+* ``Zⁿ`` — integer vectors; ``Dₙ = {z ∈ Zⁿ : Σ z_i even}`` (checkerboard lattice, volume 2);
+* ``E8 = D8 ∪ (D8 + ½·1)`` (volume 1, normalised second moment G = 929/12960).
+
+Algorithms (one pass of vectorised numpy over the blocks, the last axis being the block):
+
+* Zⁿ: ``f(x) = ⌊x + ½⌋`` per coordinate.
+* Dₙ: ``f(x)``; if ``Σ f(x)`` is odd, re-round the coordinate with the largest ``|x_i − f(x_i)|``
+  the other way (``w(x)``).
+* E8: the closer of ``c₀ = Q_{D8}(x)`` and ``c₁ = Q_{D8}(x − ½) + ½``.
+
+Deterministic tie rule (it decides overload at the Voronoi boundary, and the numba kernels in
+:mod:`mmquant.kernels.lattice` follow it bit for bit):
+
+1. scalar rounding ties go **up**: ``⌊x + ½⌋`` (2.5 → 3, −2.5 → −2);
+2. in Dₙ, among coordinates with equal largest rounding error the **lowest index** is re-rounded,
+   towards ``x`` (up if ``x_i − f(x_i) ≥ 0``, else down);
+3. in E8, the integer coset ``c₀`` wins when both cosets are at equal distance.
+
+The rule is invariant under translation by lattice vectors (all three steps are), so
+``Q(x + λ) = Q(x) + λ`` for ``λ`` in the lattice, in exact arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+__all__ = [
+    "LATTICES",
+    "Lattice",
+    "closest_zn",
+    "closest_dn",
+    "closest_e8",
+    "lattice",
+    "E8_G",
+    "E8_NSM",
+]
+
+#: Normalised second moment of E8, 929/12960 ≈ 0.0716821 (Conway & Sloane, table 2.3).
+E8_NSM: float = 929.0 / 12960.0
+
+
+def closest_zn(x: np.ndarray) -> np.ndarray:
+    """Closest point of Zⁿ to each vector along the last axis (ties round up)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.floor(x + 0.5)
+
+
+def closest_dn(x: np.ndarray) -> np.ndarray:
+    """Closest point of Dₙ (integer vectors with even sum) along the last axis.
+
+    Ties: scalar ties round up; among equally bad coordinates the lowest index is re-rounded.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    f = np.floor(x + 0.5)
+    odd = (np.sum(f, axis=-1) % 2) != 0
+    if np.any(odd):
+        xo = x[odd]
+        fo = f[odd]
+        d = xo - fo
+        k = np.argmax(np.abs(d), axis=-1)
+        rows = np.arange(fo.shape[0])
+        fo[rows, k] += np.where(d[rows, k] >= 0, 1.0, -1.0)
+        f[odd] = fo
+    return f
+
+
+def closest_e8(x: np.ndarray) -> np.ndarray:
+    """Closest point of E8 = D8 ∪ (D8 + ½) to each 8-vector along the last axis.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (..., 8)
+        Points to quantize.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of the same shape (integer or half-integer coordinates).
+
+    Examples
+    --------
+    >>> closest_e8(np.array([0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])).tolist()
+    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[-1] != 8:
+        raise ValueError(f"E8 blocks have length 8, got last axis {x.shape[-1]}")
+    c0 = closest_dn(x)
+    c1 = closest_dn(x - 0.5) + 0.5
+    d0 = np.sum((x - c0) ** 2, axis=-1)
+    d1 = np.sum((x - c1) ** 2, axis=-1)
+    return np.where((d1 < d0)[..., None], c1, c0)
+
+
+@cache
+def _gens() -> dict[str, np.ndarray]:
+    e8 = np.zeros((8, 8))
+    e8[0, 0] = 2.0
+    for i in range(1, 7):
+        e8[i, i - 1] = -1.0
+        e8[i, i] = 1.0
+    e8[7, :] = 0.5
+    d4 = np.array([[-1.0, -1, 0, 0], [1, -1, 0, 0], [0, 1, -1, 0], [0, 0, 1, -1]])
+    return {"e8": e8, "d4": d4}
+
+
+#: Generator of E8 (rows are basis vectors, Conway & Sloane eq. (4.100) up to ordering): λ = c·G.
+E8_G: np.ndarray = _gens()["e8"]
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """A lattice used by the Voronoi codes.
+
+    Attributes
+    ----------
+    name : str
+        ``"zn"`` (Z⁸, i.e. scalar rounding), ``"d4"`` (D4 ⊕ D4) or ``"e8"``.
+    dim : int
+        Block length d (8 for all three, so that they share one β index per 8 entries).
+    generator : numpy.ndarray
+        d×d generator ``G`` with basis vectors as rows; points are ``λ = c·G``, ``c ∈ Z^d``.
+    nsm : float
+        Normalised second moment G(Λ) of the lattice.
+    """
+
+    name: str
+    dim: int
+    generator: np.ndarray
+    nsm: float
+
+    def closest(self, x: np.ndarray) -> np.ndarray:
+        """Closest lattice point to each block (last axis of length ``dim``)."""
+        if self.name == "e8":
+            return closest_e8(x)
+        if self.name == "d4":
+            x = np.asarray(x, dtype=np.float64)
+            return closest_dn(x.reshape(*x.shape[:-1], 2, 4)).reshape(x.shape)
+        return closest_zn(x)
+
+    @property
+    def generator_inverse(self) -> np.ndarray:
+        """``G⁻¹`` (entries multiples of ½ for E8 and D4, so ``λ·G⁻¹`` is exact in float64)."""
+        return _ginv(self.name)
+
+    @property
+    def volume(self) -> float:
+        """Volume of a Voronoi cell, ``|det G|``."""
+        return float(abs(np.linalg.det(self.generator)))
+
+
+@cache
+def _ginv(name: str) -> np.ndarray:
+    g = LATTICES[name].generator
+    inv = np.linalg.inv(g)
+    inv = np.round(inv * 4) / 4  # exact: entries are multiples of 1/2 (1/4 to be safe)
+    inv.setflags(write=False)
+    return inv
+
+
+LATTICES: dict[str, Lattice] = {
+    "e8": Lattice("e8", 8, E8_G, E8_NSM),
+    "d4": Lattice("d4", 8, np.kron(np.eye(2), _gens()["d4"]), 0.0766032),
+    "zn": Lattice("zn", 8, np.eye(8), 1.0 / 12.0),
+}
+
+
+def lattice(name: str) -> Lattice:
+    """The :class:`Lattice` called ``name`` (``"e8"``, ``"d4"`` or ``"zn"``)."""
+    if name not in LATTICES:
+        raise ValueError(f"unknown lattice {name!r}; available: {', '.join(LATTICES)}")
+    return LATTICES[name]
