@@ -75,6 +75,9 @@ _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     """Per-row RMS ``√(mean x²)`` rounded to ``scale_dtype`` (the stored side information).
 
+    The sum of squares is accumulated in float32 for float32 input (float64 otherwise, or on
+    overflow); the kernels share this function, so both paths store the same scales.
+
     A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0).
 
     Raises
@@ -82,8 +85,15 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     ValueError
         If an RMS exceeds the float16 range (use ``scale_dtype="float32"``).
     """
-    x64 = np.asarray(x2, np.float64)
-    rms = np.sqrt(np.einsum("ij,ij->i", x64, x64) / x64.shape[1])
+    xa = np.asarray(x2)
+    if xa.dtype != np.float32:
+        xa = xa.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ss = np.einsum("ij,ij->i", xa, xa)  # accumulated in the input precision (fast for f32)
+    if not np.all(np.isfinite(ss)):  # float32 overflow: redo in float64
+        x64 = xa.astype(np.float64)
+        ss = np.einsum("ij,ij->i", x64, x64)
+    rms = np.sqrt(ss.astype(np.float64) / xa.shape[1])
     if scale_dtype == "float16":
         if rms.size and float(rms.max()) > _F16_MAX:
             raise ValueError(
@@ -122,30 +132,30 @@ def _encode_with(
     x2 = x.reshape(-1, n)
     scales = row_scales(x2, scale_dtype)
     thr = cb.thresholds.astype(np.float32)
-    try:  # optional fast path, bit-exact with encode_rows (tests check it)
-        from mmquant.kernels.compander import encode_rows_fast
+    try:  # optional fast path, bit-exact with encode_rows and pack (tests check it)
+        from mmquant.kernels.compander import encode_rows_fast, pack_fast
 
-        codes = encode_rows_fast(x2, scales, thr)
+        packed = pack_fast(encode_rows_fast(x2, scales, thr), bits)
     except ImportError:
-        codes = encode_rows(x2, scales, thr)
+        packed = pack(encode_rows(x2, scales, thr), bits)
     side = {"scale": scales}
     if store_points:
         side["points"] = cb.points.astype(np.float32)
-    counts = np.bincount(codes, minlength=cb.levels)
-    prob = counts[counts > 0] / codes.size
-    return Encoded(
-        codes=pack(codes, bits),
-        side=side,
-        shape=x.shape,
-        spec=spec,
-        stats={"entropy_bits": float(-np.sum(prob * np.log2(prob)))},
-    )
+    # (no entropy statistic here: a histogram of the codes would halve the encode speed;
+    # mmquant.entropy measures it from the unpacked codes when wanted)
+    return Encoded(codes=packed, side=side, shape=x.shape, spec=spec)
 
 
 def _decode_with(enc: Encoded, points: np.ndarray, bits: int) -> np.ndarray:
     n = enc.shape[-1]
     codes = unpack(enc.codes, bits, enc.entries)
-    return decode_rows(codes, enc.side["scale"], points, n).reshape(enc.shape)
+    try:  # optional fast path, bit-exact with decode_rows
+        from mmquant.kernels.compander import decode_rows_fast
+
+        out = decode_rows_fast(codes, enc.side["scale"], points, n)
+    except ImportError:
+        out = decode_rows(codes, enc.side["scale"], points, n)
+    return out.reshape(enc.shape)
 
 
 def _variants_bits(cls: type, rate: float | None, default: tuple[int, ...] = (4,)) -> list:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import mmquant as mq
 from mmquant.formats import compander as cp
+from mmquant.packing import pack, unpack
 from mmquant.theory import scalar as sc
 
 SPECS = [
@@ -197,14 +198,37 @@ def test_variants():
 def test_fast_kernel_bit_exact():
     kc = pytest.importorskip("mmquant.kernels.compander")
     rng = np.random.default_rng(6)
-    for bits in (1, 2, 4, 8):
-        cb = sc.gaussian_product_compander(0.8, 2**bits)
-        thr = cb.thresholds.astype(np.float32)
-        x = rng.standard_normal((37, 91)).astype(np.float32)
-        x[0, : thr.size] = thr  # exact ties
-        x[1] = 0.0
+    for bits in range(1, 9):
+        for cb in (sc.gaussian_product_compander(0.8, 2**bits), sc.uniform_gaussian(2**bits)):
+            thr = cb.thresholds.astype(np.float32)
+            x = rng.standard_normal((37, 300)).astype(np.float32)
+            s = cp.row_scales(x)
+            s[0] = s[1] = np.float16(1.0)
+            x[0, : thr.size] = thr  # exact ties (go to the upper cell)
+            x[1, : thr.size] = np.nextafter(thr, np.float32(-np.inf))  # just below
+            x[2] = 0.0
+            x[3, :4] = [1e3, -1e3, 1e-30, 40.0]  # far outside the table's range
+            for xx in (x, x.astype(np.float64) * 1.0001):
+                ref = cp.encode_rows(xx, s, thr)
+                assert np.array_equal(kc.encode_rows_fast(xx, s, thr), ref)
+            codes = cp.encode_rows(x, s, thr)
+            assert np.array_equal(
+                kc.decode_rows_fast(codes, s, cb.points, 300),
+                cp.decode_rows(codes, s, cb.points, 300),
+            )
+            for n in (1, 7, 8, 9, codes.size):
+                assert np.array_equal(kc.pack_fast(codes[:n], bits), pack(codes[:n], bits))
+
+
+def test_encode_equals_numpy_reference():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 77))
+    for spec in ("compander:bits=5,rho=0.9", "lloydmax:bits=8", "uniform:bits=3"):
+        q = mq.get(spec)
+        enc = q.encode(x)
         s = cp.row_scales(x)
-        s[0] = np.float16(1.0)
-        x64 = x.astype(np.float64) * 1.0001
-        for xx in (x, x64):
-            assert np.array_equal(kc.encode_rows_fast(xx, s, thr), cp.encode_rows(xx, s, thr))
+        assert np.array_equal(enc.side["scale"], s)
+        ref = pack(cp.encode_rows(x, s, q.codebook().thresholds), q.bits)
+        assert np.array_equal(enc.codes, ref)
+        xh = cp.decode_rows(unpack(ref, q.bits, x.size), s, q.codebook().points, 77)
+        assert np.array_equal(q.decode(enc), xh)

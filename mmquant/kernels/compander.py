@@ -1,0 +1,154 @@
+"""Numba kernels of the row-normalised scalar codebook quantizers (mmquant.formats.compander).
+
+Bit-exact with the numpy reference :func:`mmquant.formats.compander.encode_rows` /
+:func:`~mmquant.formats.compander.decode_rows` (tests check it): the same float32 operations
+``inv = 1/σ`` (float32), ``u = float32(x)·inv``, and the index of the cell is the number of
+thresholds ``t ≤ u`` (``searchsorted(..., side='right')``): counted directly (one vectorised pass
+per threshold) up to 32 levels, else found from a lower bound read in a
+uniform-grid table over the thresholds followed by a fixed number of branch-free comparison
+steps (enough for the densest stretch of thresholds). Importing this module compiles nothing; the
+first call compiles (cached on disk when possible). Raises ImportError without numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["encode_rows_fast", "decode_rows_fast", "pack_fast"]
+
+#: Up to this many thresholds (32 levels) a linear count beats the table search.
+_LINEAR_MAX = 31
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
+    rows, n = x.shape
+    nb = lo.size
+    for i in numba.prange(rows):
+        s = inv[i]
+        base = i * n
+        for j in range(n):
+            u = np.float32(x[i, j]) * s
+            # lower bound of the answer from a uniform-grid table (one bin of slack for the
+            # rounding of f), then m branch-free steps of the exact comparison
+            f = (u - t0) * inv_w
+            if f < 1.0:
+                b = 0
+            elif f >= nb:
+                b = nb - 1
+            else:
+                b = int(f) - 1
+            idx = lo[b]
+            for _ in range(m):
+                idx += np.int32(tpad[idx] <= u)
+            out[base + j] = idx
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _encode_linear(x, inv, t, out):  # pragma: no cover - compiled
+    # few thresholds: count t_k <= u with one vectorisable pass over the row per threshold
+    rows, n = x.shape
+    nt = t.size
+    for i in numba.prange(rows):
+        s = inv[i]
+        u = np.empty(n, np.float32)
+        c = np.zeros(n, np.uint8)
+        for j in range(n):
+            u[j] = np.float32(x[i, j]) * s
+        for k in range(nt):
+            tk = t[k]
+            for j in range(n):
+                c[j] += np.uint8(u[j] >= tk)
+        out[i * n : (i + 1) * n] = c
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _decode(codes, scales, points, out):  # pragma: no cover - compiled
+    rows, n = out.shape
+    for i in numba.prange(rows):
+        s = scales[i]
+        base = i * n
+        for j in range(n):
+            out[i, j] = points[codes[base + j]] * s
+
+
+def _start_table(t: np.ndarray) -> tuple[np.float32, np.float32, np.ndarray, int, np.ndarray]:
+    """Uniform grid over [t_0, t_last] with 16 bins per level and ``lo[b] = #{t < edge_b}``.
+
+    Returns ``(t0, 1/bin width, lo, m, tpad)``: for a value whose computed bin is ``b`` (off by at
+    most one from the true bin), the answer lies in ``[lo[b−1], lo[b−1] + m]``; ``tpad`` is ``t``
+    followed by ``m + 1`` copies of +inf so that the branch-free steps never read past the end.
+    """
+    nt = t.size
+    nb = int(min(16 * (nt + 1), 1 << 16))
+    t0 = np.float32(t[0])
+    span = float(t[-1]) - float(t0)
+    inv_w = np.float32(nb / span if span > 0 else 0.0)
+    edges = float(t0) + np.arange(nb + 1) * (span / nb)
+    lo_ext = np.searchsorted(t.astype(np.float64), edges, "left").astype(np.int32)
+    lo_ext[-1] = nt
+    b = np.arange(nb)
+    m = int(np.max(lo_ext[np.minimum(b + 2, nb)] - lo_ext[np.maximum(b - 1, 0)])) + 1
+    tpad = np.concatenate([t, np.full(m + 1, np.inf, np.float32)])
+    return t0, inv_w, np.ascontiguousarray(lo_ext[:nb]), m, tpad
+
+
+def encode_rows_fast(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Same result as :func:`mmquant.formats.compander.encode_rows` (uint8 cell indices).
+
+    The table lookup only gives a starting index ≤ the answer (the bin before the one the value
+    falls in, so rounding of the bin index cannot overshoot); the exact float32 comparisons
+    ``u >= t[idx]`` decide, as in the reference.
+    """
+    x2 = np.ascontiguousarray(x2)
+    if x2.dtype not in (np.float32, np.float64):
+        x2 = x2.astype(np.float32)
+    s = scales.astype(np.float32)
+    inv = np.zeros_like(s)
+    np.divide(np.float32(1.0), s, out=inv, where=s > 0)
+    t = np.ascontiguousarray(thresholds, np.float32)
+    if t.size + 1 > 256:
+        raise ValueError(f"at most 256 levels (uint8 codes), got {t.size + 1}")
+    out = np.empty(x2.size, np.uint8)
+    if t.size <= _LINEAR_MAX:
+        _encode_linear(x2, inv, t, out)
+    else:
+        t0, inv_w, lo, m, tpad = _start_table(t)
+        _encode(x2, inv, tpad, t0, inv_w, lo, m, out)
+    return out
+
+
+def decode_rows_fast(
+    codes: np.ndarray, scales: np.ndarray, points: np.ndarray, n: int
+) -> np.ndarray:
+    """Same result as :func:`mmquant.formats.compander.decode_rows` (float32, ``(rows, n)``)."""
+    c = np.ascontiguousarray(codes).reshape(-1)
+    s = scales.astype(np.float32)
+    out = np.empty((s.size, n), np.float32)
+    _decode(c, s, points.astype(np.float32), out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack(codes, width, out):  # pragma: no cover - compiled
+    groups = out.size // width
+    n = codes.size
+    for g in numba.prange(groups):
+        acc = np.uint64(0)
+        for c in range(8):
+            i = g * 8 + c
+            if i < n:
+                acc |= np.uint64(codes[i]) << np.uint64(c * width)
+        for b in range(width):
+            out[g * width + b] = np.uint8((acc >> np.uint64(8 * b)) & np.uint64(255))
+
+
+def pack_fast(codes: np.ndarray, width: int) -> np.ndarray:
+    """Same bytes as :func:`mmquant.packing.pack` for uint8 codes of width 1..8 (no range check)."""
+    if not 1 <= int(width) <= 8:
+        raise ValueError(f"pack_fast handles widths 1..8, got {width}")
+    c = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    out = np.empty(int(width) * (-(-c.size // 8)), np.uint8)
+    _pack(c, int(width), out)
+    return out
