@@ -13,20 +13,25 @@ Public API::
 
 from mmquant import theory
 from mmquant.core import Encoded, Quantizer, available, get, register, registry
+from mmquant.io import FormatError, load, load_one, save
 from mmquant.metrics import ProductError, matmul, product_error
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Encoded",
+    "FormatError",
     "ProductError",
     "Quantizer",
     "__version__",
     "available",
     "get",
+    "load",
+    "load_one",
     "matmul",
     "product_error",
     "register",
     "registry",
+    "save",
     "theory",
 ]
