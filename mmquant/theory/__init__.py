@@ -1,5 +1,6 @@
 """Information-theoretic limits and constants for quantized matrix multiplication."""
 
+from mmquant.theory import scalar  # noqa: F401  (optimal scalar densities, 2603.19559)
 from mmquant.theory.matmul_rd import (
     GAMMA_R_STAR,
     R_STAR,
