@@ -170,7 +170,7 @@ def scalar_density(
                 round(float(rho), 6),
                 cstar,
                 sc.panter_dite_product_cost(rho),
-                sc.gain_over_panter_dite_db(rho),
+                round(sc.gain_over_panter_dite_db(rho), 12),
                 max(peaks),
                 v_comp,
                 2 * cstar / levels**2,

@@ -67,6 +67,7 @@ __all__ = [
 
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
+_F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +84,8 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     Raises
     ------
     ValueError
-        If an RMS exceeds the float16 range (use ``scale_dtype="float32"``).
+        If an RMS exceeds the float16 range (use ``scale_dtype="float32"``), or, for float32,
+        ``float32_max/1024`` (the normalised values must be finite in float32).
     """
     xa = np.asarray(x2)
     if xa.dtype != np.float32:
@@ -103,6 +105,8 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
         s = rms.astype(np.float16)
         s[(s == 0) & (rms > 0)] = np.float16(_F16_TINY)
         return s
+    if rms.size and float(rms.max()) > _F32_MAX / 1024:
+        raise ValueError(f"a row RMS of {float(rms.max()):.3g} is too large for float32 codes")
     return rms.astype(np.float32)
 
 

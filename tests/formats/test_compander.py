@@ -92,6 +92,8 @@ def test_tiny_and_huge_rows():
         q.encode(np.full((1, 8), 1e6))
     q32 = mq.get("lloydmax:bits=3,scale_dtype=float32")
     assert q32.encode(np.full((1, 8), 1e6)).side["scale"].dtype == np.float32
+    with pytest.raises(ValueError, match="too large"):
+        q32.encode(np.full((1, 8), 1e300))
 
 
 def test_bad_parameters():
