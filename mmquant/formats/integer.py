@@ -1,0 +1,256 @@
+"""Absmax (symmetric) and min/max (affine) integer formats, per tensor, per row or per group.
+
+Spec: ``int:bits=4,group=32,scale_dtype=float16,affine=false``.
+
+``group`` sets the granularity of the scale along the **last axis**:
+
+* ``group = g > 0`` -- one scale per ``g`` consecutive entries of a row. If ``g`` does not divide
+  the row length ``n``, the last group of each row is shorter (it is padded by repeating its last
+  entry for the computation, which leaves its min, max and absmax unchanged; the padding is **not** stored, so codes cost exactly ``bits`` per real entry and the
+  scales ``ceil(n/g)`` per row);
+* ``group = 0``  -- one scale per row (per output channel);
+* ``group = -1`` -- one scale for the whole tensor.
+
+Symmetric (``affine=false``, the default), ``b`` bits, ``qmax = 2^(b−1) − 1``::
+
+    s = fl(amax / qmax)            (fl = rounding to the stored scale dtype)
+    c = clip(rint(x / s), −qmax, qmax)        stored as c + qmax in b bits
+    x̂ = s · c
+
+The codes are computed with the **stored** (rounded) scale, so ``decode`` reproduces exactly what
+the encoder saw; when rounding made ``s`` slightly smaller than ``amax/qmax`` the largest entry
+saturates at ``±qmax`` (an error below one float16 ulp of the scale). Only ``2^b − 1`` of the
+``2^b`` codes are used (the symmetric grid has no ``−2^(b−1)``).
+
+Affine (``affine=true``): ``s = fl((max − min)/(2^b − 1))``, offset ``m = fl(min)``,
+``c = clip(rint((x − m)/s), 0, 2^b − 1)``, ``x̂ = m + s·c``; the offset is stored in the scale dtype
+too (so the rate is ``b + 2·16/g`` bits per entry with float16).
+
+Measured rate (bits per entry) for ``n`` divisible by ``g``: ``b + 16/g`` (float16 scales), e.g.
+INT4 g=32: 4.5 bits/entry.
+
+Edge cases: an all-zero group stores ``s = 0`` and decodes to zeros. A nonzero scale below the
+smallest float16 subnormal (5.96e-8) is stored as that subnormal (codes still fit, resolution is
+coarser); a scale above the float16 maximum (65504) raises ``ValueError`` (use
+``scale_dtype=float32``).
+
+References
+----------
+.. [1] B. Jacob et al., "Quantization and training of neural networks for efficient
+   integer-arithmetic-only inference", arXiv:1712.05877 (affine scheme).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmquant.core import Encoded, Quantizer, register
+from mmquant.packing import pack, unpack
+from mmquant.validation import check_choice, check_int
+
+__all__ = [
+    "AbsmaxInt",
+    "group_view",
+    "ungroup",
+    "round_scale",
+    "SCALE_DTYPES",
+]
+
+SCALE_DTYPES = ("float16", "float32")
+_F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
+_F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
+_F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45
+
+
+def group_view(x: np.ndarray, group: int) -> tuple[np.ndarray, int]:
+    """Reshape ``x`` to ``(rows, groups, g)`` blocks along the last axis, padding the last one.
+
+    The padding repeats the last entry of each row (min, max and absmax of the group unchanged).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Array of any shape; the last axis has length ``n``.
+    group : int
+        ``g > 0`` (blocks of ``g``), ``0`` (one block per row) or ``-1`` (one block for the whole
+        tensor).
+
+    Returns
+    -------
+    blocks : numpy.ndarray
+        ``(rows, ceil(n/g), g)`` array (a view when no padding is needed).
+    n : int
+        Row length (to drop the padding with :func:`ungroup`).
+    """
+    n = x.shape[-1]
+    if group == -1:
+        return x.reshape(1, 1, -1), n
+    x2 = x.reshape(-1, n)
+    g = n if group == 0 else group
+    ng = -(-n // g)
+    if ng * g != n:
+        xp = np.empty((x2.shape[0], ng * g), x2.dtype)
+        xp[:, :n] = x2
+        xp[:, n:] = x2[:, -1:]  # repeat the last entry: min, max and absmax are unchanged
+        x2 = xp
+    return x2.reshape(x2.shape[0], ng, g), n
+
+
+def ungroup(blocks: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`group_view`: drop the padding and restore ``shape``."""
+    rows = math.prod(shape) // n
+    flat = blocks.reshape(rows, -1)
+    if flat.shape[1] != n:
+        flat = flat[:, :n]
+    return flat.reshape(shape)
+
+
+def round_scale(s: np.ndarray, scale_dtype: str) -> np.ndarray:
+    """Round nonnegative scales to their stored dtype, with the documented guards.
+
+    A nonzero scale that would underflow to 0 is stored as the smallest positive subnormal of the
+    dtype; a scale beyond the dtype's range raises ``ValueError``.
+
+    Parameters
+    ----------
+    s : numpy.ndarray
+        Nonnegative float scales.
+    scale_dtype : {"float16", "float32"}
+
+    Returns
+    -------
+    numpy.ndarray
+        The scales as ``numpy.float16`` or ``numpy.float32`` (what is stored and what decode uses).
+    """
+    big, tiny = (_F16_MAX, _F16_TINY) if scale_dtype == "float16" else (_F32_MAX, _F32_TINY)
+    smax = float(np.max(s)) if s.size else 0.0
+    if smax > big:
+        hint = "; use scale_dtype=float32" if scale_dtype == "float16" else ""
+        raise ValueError(f"a scale of {smax:.4g} exceeds the {scale_dtype} range{hint}")
+    st = s.astype(scale_dtype)
+    under = (st == 0) & (s > 0)
+    if under.any():
+        st[under] = tiny
+    return st
+
+
+@register("int")
+@dataclass(frozen=True)
+class AbsmaxInt(Quantizer):
+    """Absmax (or affine) integer quantizer with per-tensor, per-row or per-group scales.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per code, 2..8.
+    group : int
+        Group size along the last axis (``g ≥ 1``), ``0`` per row, ``-1`` per tensor.
+    scale_dtype : {"float16", "float32"}
+        Dtype of the stored scales (16 or 32 bits each, counted in the rate).
+    affine : bool
+        Min/max (asymmetric) grid with an offset per group instead of the symmetric absmax grid.
+    """
+
+    bits: int = 4
+    group: int = 32
+    scale_dtype: str = "float16"
+    affine: bool = False
+
+    description = "absmax/affine INT, per tensor/row/group, float16/float32 scales"
+
+    def __post_init__(self) -> None:
+        check_int(self.bits, "bits", 2, 8)
+        check_int(self.group, "group", -1, 1 << 20)
+        check_choice(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
+        if not isinstance(self.affine, bool):
+            raise TypeError(f"affine must be a bool, got {self.affine!r}")
+
+    @property
+    def qmax(self) -> int:
+        """Largest code magnitude of the symmetric grid, ``2^(bits−1) − 1``."""
+        return 2 ** (self.bits - 1) - 1
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """Bits per entry for rows of length ``n`` divisible by the group (per tensor: ``bits``)."""
+        per = 2 if self.affine else 1
+        sbits = 16 if self.scale_dtype == "float16" else 32
+        if self.group > 0:
+            return self.bits + per * sbits / self.group
+        if self.group == 0 and n:
+            return self.bits + per * sbits / n
+        return float(self.bits)
+
+    @classmethod
+    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+        """INT b bits, g = 32, float16 scales (rate ``b + 0.5``); default b = 4 and 8."""
+        if rate is None:
+            return [cls(bits=4), cls(bits=8)]
+        return [cls(bits=b) for b in range(2, 9) if abs(b + 0.5 - rate) <= 0.5]
+
+    # -- numpy reference ------------------------------------------------------------------------
+    def _encode(self, x: np.ndarray) -> Encoded:
+        blocks, n = group_view(x, self.group)
+        work = np.float32 if x.dtype == np.float32 else np.float64
+        if self.affine:
+            codes, side = self._encode_affine(blocks, work)
+        else:
+            codes, side = self._encode_symmetric(blocks, work)
+        codes = ungroup(codes, n, x.shape)
+        return Encoded(
+            codes=pack(codes, self.bits), side=side, shape=x.shape, spec=self.spec, stats={}
+        )
+
+    def _encode_symmetric(self, blocks: np.ndarray, work: type) -> tuple[np.ndarray, dict]:
+        qmax = self.qmax
+        amax = np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+        scale = round_scale(amax / qmax, self.scale_dtype)
+        s = scale.astype(work)
+        # a true (correctly rounded) division, not x·(1/s): ties are decided on x/s itself
+        safe = np.where(s > 0, s, work(1))
+        t = blocks / safe[..., None]
+        np.rint(t, out=t)
+        np.clip(t, -qmax, qmax, out=t)
+        t += qmax
+        return t.astype(np.uint8), {"scale": scale}
+
+    def _encode_affine(self, blocks: np.ndarray, work: type) -> tuple[np.ndarray, dict]:
+        top = 2**self.bits - 1
+        lo = blocks.min(axis=-1).astype(np.float64)
+        hi = blocks.max(axis=-1).astype(np.float64)
+        scale = round_scale((hi - lo) / top, self.scale_dtype)
+        offset = _round_offset(lo, self.scale_dtype)
+        s = scale.astype(work)
+        safe = np.where(s > 0, s, work(1))
+        t = blocks - offset.astype(work)[..., None]
+        t /= safe[..., None]
+        np.rint(t, out=t)
+        np.clip(t, 0, top, out=t)
+        return t.astype(np.uint8), {"scale": scale, "offset": offset}
+
+    def _decode(self, enc: Encoded) -> np.ndarray:
+        n = enc.shape[-1]
+        codes = unpack(enc.codes, self.bits, enc.entries).reshape(-1, n)
+        blocks, _ = group_view(codes, self.group)
+        s = enc.side["scale"].astype(np.float32)[..., None]
+        if self.affine:
+            out = blocks.astype(np.float32)
+            out *= s
+            out += enc.side["offset"].astype(np.float32)[..., None]
+        else:
+            out = blocks.astype(np.float32)
+            out -= np.float32(self.qmax)
+            out *= s
+        return ungroup(out, n, enc.shape)
+
+
+def _round_offset(lo: np.ndarray, scale_dtype: str) -> np.ndarray:
+    big = _F16_MAX if scale_dtype == "float16" else _F32_MAX
+    if lo.size and float(np.max(np.abs(lo))) > big:
+        raise ValueError(
+            f"an offset of {float(np.max(np.abs(lo))):.4g} exceeds the {scale_dtype} range"
+        )
+    return lo.astype(scale_dtype)
