@@ -1,0 +1,153 @@
+"""Entropy-coded (dithered) E8 lattice quantizer: no coarse lattice, a real rANS bitstream.
+
+After the same preprocessing as the Voronoi codes (optional centring, seeded randomized Hadamard
+rotation, row RMS normalisation; :func:`mmquant.lattices.voronoi.prepare_rows`), every 8-block ``z``
+is quantized to the scaled lattice βE8 with a subtractive dither ``u`` (uniform over the Voronoi
+cell of E8, from a stored 32-bit seed)::
+
+    λ = Q_E8(z/β − u),     ẑ = α·β·(λ + u),     α = ⟨z, β(λ+u)⟩ / ‖β(λ+u)‖²  (MMSE, float32)
+
+The lattice point is written without redundancy as 9 integers per block: the coset bit
+``s ∈ {0, 1}`` (λ ∈ D8 + s/2), ``m_i = λ_i − s/2`` for i < 7, and ``t = (m_7 − p)/2`` where
+``p = (Σ_{i<7} m_i) mod 2`` (the parity of ``Σ m`` is even in both cosets, so ``m_7 ≡ p``). The nine
+streams are entropy-coded by :func:`mmquant.entropy.encode_integers` (one histogram model per
+stream, model tables counted as side information); the rate is the bitstream length plus side
+information, and the plug-in entropy of the symbols is reported in ``stats``.
+
+The step β is set for a target rate: start from the high-rate formula
+``R ≈ h(N(0,1)) − log2 β = ½·log2(2πe) − log2 β`` (cell volume β^8) and correct twice with the
+measured empirical entropy, ``β ← β·2^{H − R_target}`` (β stored as float32).
+
+At high rate the loss against the Shannon bound is the granular loss of E8,
+``½·log2(2πe·G(E8)) = 0.146 bit`` (0.879 dB), plus the (small) cost of the model tables.
+
+References
+----------
+.. [1] O. Ordentlich, Y. Polyanskiy, "Optimal quantization for matrix multiplication",
+   arXiv:2410.13780.
+.. [2] R. Zamir, M. Feder, "On universal quantization by randomized uniform/lattice quantizers",
+   IEEE Trans. Inf. Theory 38 (1992).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from mmquant.core import Encoded, Quantizer, register
+from mmquant.entropy import decode_integers, empirical_entropy, encode_integers
+from mmquant.lattices.closest import closest_e8, lattice
+from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
+from mmquant.validation import check_float, check_int
+
+__all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
+
+
+def e8_to_symbols(lam: np.ndarray) -> np.ndarray:
+    """(N, 8) E8 points → (N, 9) int64 symbols ``[s, m_0..m_6, t]`` (see module docstring)."""
+    s = (lam[:, 0] != np.floor(lam[:, 0])).astype(np.int64)
+    m = (lam - 0.5 * s[:, None]).astype(np.int64)
+    p = np.sum(m[:, :7], axis=1) % 2
+    t = (m[:, 7] - p) // 2
+    return np.concatenate([s[:, None], m[:, :7], t[:, None]], axis=1)
+
+
+def symbols_to_e8(sym: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`e8_to_symbols` (float64 (N, 8) E8 points)."""
+    sym = np.asarray(sym, np.int64)
+    s = sym[:, 0]
+    m7 = 2 * sym[:, 8] + np.sum(sym[:, 1:8], axis=1) % 2
+    m = np.concatenate([sym[:, 1:8], m7[:, None]], axis=1).astype(np.float64)
+    return m + 0.5 * s[:, None]
+
+
+def _entropy_bits(sym: np.ndarray) -> float:
+    """Σ over the 9 symbol streams of their plug-in entropies, in bits per block."""
+    return float(sum(empirical_entropy(sym[:, j]) for j in range(sym.shape[1])))
+
+
+@register("e8ec")
+@dataclass(frozen=True)
+class E8EntropyCoded(Quantizer):
+    """Dithered E8 lattice quantizer with entropy-coded indices (real rANS bitstream).
+
+    Parameters
+    ----------
+    rate : float
+        Target entropy of the codes in bits per entry (the measured rate adds the model tables
+        and the per-row norms).
+    dither : bool
+        Subtractive dither uniform over the E8 cell (seed stored as side information).
+    rotate, center, mmse : bool
+        As for :class:`mmquant.lattices.voronoi.E8Voronoi`.
+    seed : int
+        Seed of the rotation (and, mixed with a CRC of the data, of the dither).
+    """
+
+    description: ClassVar[str] = "entropy-coded dithered E8 lattice (rANS), Hadamard rotation"
+
+    rate: float = 4.0
+    dither: bool = True
+    rotate: bool = True
+    center: bool = False
+    mmse: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_float(self.rate, "rate", lo=0.25, hi=16.0)
+        check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
+
+    @classmethod
+    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), 16.0)))]
+
+    def _encode(self, x: np.ndarray) -> Encoded:
+        shape = x.shape
+        z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
+        u = np.zeros_like(z)
+        if self.dither:
+            ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
+            side["dither_seed"] = np.array([ds], np.uint32)
+            u = dither(z.shape[0], lattice("e8"), ds)
+        beta = 2.0 ** (0.5 * math.log2(2 * math.pi * math.e) - self.rate)
+        for _ in range(2):
+            sym = e8_to_symbols(closest_e8(z / beta - u))
+            h = _entropy_bits(sym) / 8.0
+            beta *= 2.0 ** (h - self.rate)
+        beta32 = np.float32(beta)
+        lam = closest_e8(z / np.float64(beta32) - u)
+        sym = e8_to_symbols(lam)
+        est = np.float64(beta32) * (lam + u)
+        den = float(np.sum(est * est))
+        alpha = float(np.sum(z * est)) / den if (self.mmse and den > 0) else 1.0
+        side["beta"] = np.array([beta32], np.float32)
+        side["alpha"] = np.array([alpha], np.float32)
+        coded = encode_integers(sym, group_axis=1)
+        for k, v in coded.side.items():
+            side[f"model_{k}"] = v
+        stats = {
+            "entropy_bits_per_entry": _entropy_bits(sym) / 8.0,
+            "mse_normalised": float(np.mean((z - alpha * est) ** 2)),
+        }
+        return Encoded(
+            codes=coded.stream, side=side, shape=shape, spec=self.spec, seed=self.seed, stats=stats
+        )
+
+    def _decode(self, enc: Encoded) -> np.ndarray:
+        shape = enc.shape
+        n8 = -(-shape[-1] // 8) * 8
+        nb = math.prod(shape[:-1]) * n8 // 8
+        model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
+        sym = decode_integers(enc.codes, model, (nb, 9), group_axis=1)
+        lam = symbols_to_e8(sym)
+        u = np.zeros_like(lam)
+        if self.dither:
+            u = dither(nb, lattice("e8"), int(enc.side["dither_seed"][0]))
+        zh = float(enc.side["alpha"][0]) * np.float64(enc.side["beta"][0]) * (lam + u)
+        return finish_rows(
+            zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
+        )
