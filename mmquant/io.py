@@ -26,6 +26,16 @@ canonical JSON of the header without that field. Tensors are stored back to back
 i.e. the payload of a matrix is exactly the ``nbytes`` its ``bits_per_entry`` counts. Writing is
 deterministic: the same records give byte-identical files.
 
+API::
+
+    mq.save("w.mmq", q.encode(W))                      # one matrix, stored under the name "x"
+    mq.save("ab.mmq", {"A": enc_a, "B": enc_b})        # several named matrices
+    enc = mq.load_one("w.mmq")                         # the only matrix of a file
+    enc_b = mq.load_one("ab.mmq", "B")                 # or one by name
+    recs = mq.load("ab.mmq")                           # dict name -> Encoded, in saved order
+    info = mq.io.read_info("ab.mmq")                   # header only: specs, shapes, bits/entry
+    W_hat = mq.get(enc.spec).decode(enc)               # bit-identical to decoding the original
+
 Reading checks everything it can and raises :class:`FormatError` (a ``ValueError``) naming the
 problem -- not a safetensors file or truncated, wrong magic, unknown format version, header JSON
 damaged, a CRC mismatch, a missing or unexpected array, an unknown spec -- and, with

@@ -199,9 +199,16 @@ def dequantize_cmd(
 def inspect_cmd(
     path: Path = typer.Argument(..., help="An .mmq file."),
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON instead."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also read every array (CRC32 checks) and decode each matrix."
+    ),
 ) -> None:
-    """Show what an .mmq file holds (reads and checks the header only)."""
+    """Show what an .mmq file holds (checks the header; --verify checks the data too)."""
+    import mmquant
+
     info = read_info(path)
+    if verify:
+        mmquant.load(path, verify=True)  # raises FormatError naming the problem
     if as_json:
         rec = {
             "path": info.path,
@@ -227,6 +234,7 @@ def inspect_cmd(
     console.print(
         f"{path.name}: mmq format v{info.format_version}, written by mmquant "
         f"{info.library_version}; {info.file_bytes} bytes ({info.header_bytes} header)"
+        + ("; data verified (CRC32 + decode)" if verify else "")
     )
     table = Table()
     for col in ("name", "spec", "shape", "bits/entry", "bytes", "seed"):

@@ -60,6 +60,8 @@ def test_npz_keys_and_inspect(tmp_path, capsys, arrays, spec):
     text = capsys.readouterr().out
     for word in ("A", "B", spec, "16×64", "8×32", "bits/entry", "v1"):
         assert word in text, word
+    assert main(["inspect", str(mmq), "--verify"]) == 0
+    assert "data verified" in capsys.readouterr().out
     assert main(["inspect", str(mmq), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     enc = mq.get(spec).encode(arrays["A"])
@@ -129,6 +131,10 @@ def test_damaged_file_is_refused(tmp_path, capsys, arrays, spec):
     data[-3] ^= 0xFF
     mmq.write_bytes(bytes(data))
     capsys.readouterr()
+    assert main(["inspect", str(mmq)]) == 0  # the header alone is intact
+    capsys.readouterr()
+    assert main(["inspect", str(mmq), "--verify"]) == 2
+    assert "CRC32 mismatch" in _err(capsys)
     assert main(["dequantize", str(mmq), str(tmp_path / "o.npy")]) == 2
     assert "CRC32 mismatch" in _err(capsys)
     assert not (tmp_path / "o.npy").exists()
