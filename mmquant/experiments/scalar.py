@@ -78,7 +78,8 @@ def _format_specs(bits: int) -> dict[str, str | None]:
         else []
     )
     return {
-        "int": _try_spec([f"int:bits={bits}"]),
+        "int-row": _try_spec([f"int:bits={bits},group=0"]),  # absmax per row: same side cost
+        "int-g32": _try_spec([f"int:bits={bits}"]),  # the INT default (groups of 32)
         "fp": _try_spec(fp_cands),
     }
 
@@ -89,7 +90,9 @@ def baseline_methods(bits: int, rho: float | None = None) -> tuple[dict[str, Met
     Labels: ``lambda*`` (Gaussian λ* compander for ``rho``, if given), ``lambda*+lloyd`` (its
     weighted-Lloyd refinement, ``compander:refine=true``), ``data-product`` (data-driven
     compander fitted with the partner), ``lloyd-max``, ``panter-dite`` (``compander:rho=0``),
-    ``uniform``, ``int`` and ``fp`` (formats from :mod:`mmquant.formats`, when registered).
+    ``uniform``, ``int-row`` (absmax INT, one float16 scale per row, the same side cost as the
+    codebook quantizers), ``int-g32`` (the INT default, groups of 32: +0.5 bit/entry) and ``fp``
+    (minifloat element format with a per-row scale), from :mod:`mmquant.formats` when registered.
     """
     out: dict[str, Method] = {}
     if rho is not None:
@@ -249,13 +252,15 @@ def scalar_matmul(
     n: int = 128,
     seed: int = 0,
     exact_max_bits: int = 8,
+    exact_for: Sequence[str] = ("lambda*", "lloyd-max"),
 ) -> ExperimentResult:
     """Relative Frobenius error ``‖AB − ÂB̂‖_F/‖AB‖_F`` of every quantizer, with predictions.
 
     Data: :func:`correlated_factors` (``A`` m×k, ``B`` k×n, pairs with correlation ρ; seed fixed).
     ``A`` is quantized along its rows, ``B`` along its columns (``Bᵀ`` along rows), all with a
     float16 RMS per row. Predictions (per pair, σ = 1): ``E‖AB − ÂB̂‖² = m·n·(k·V + k(k−1)·β²)``
-    with the exact V and β of the Gaussian codebook (quadrature), and the high-resolution
+    with the exact V and β of the Gaussian codebook (quadrature; for the methods in ``exact_for``
+    up to ``exact_max_bits``), and the high-resolution
     ``V ≈ 2C/K²`` (C = C*(ρ) for λ*, (√3π/2)(1+2ρ²) for Lloyd–Max and Panter–Dite, β = 0); both
     divided by the measured ``‖AB‖_F²``.
     """
@@ -285,7 +290,7 @@ def scalar_matmul(
                     "rate": 0.5 * (ra + rb),
                     "rel_error": math.sqrt(e2 / c2),
                 }
-                cb = _gaussian_codebook(label, bb, rho)
+                cb = _gaussian_codebook(label, bb, rho) if label in exact_for else None
                 if cb is not None and bb <= exact_max_bits:
                     v, beta = sc.gaussian_product_error(cb, cb, rho)
                     pred = m * n * (k * v + k * (k - 1) * beta * beta)
