@@ -25,13 +25,22 @@ def test_sources_registered():
 
 def test_qk_source_shapes_and_determinism():
     pairs = load_data("minilm:qk", seed=0)
-    assert len(pairs) == 72 and pairs[0].label == "L0.H0" and pairs[-1].label == "L5.H11"
-    for p in pairs[:3]:
-        assert p.a.shape == p.b.shape == (32, 512) and p.a.dtype == np.float32
+    tokens = calibration_capture(64).num_tokens
+    assert len(pairs) == 12
+    assert [p.label.split(".")[0] for p in pairs] == [f"L{i}" for i in range(6) for _ in (0, 1)]
+    for p in pairs:
+        assert p.a.shape == p.b.shape == (32, tokens) and p.a.dtype == np.float32
     again = load_data("minilm:qk", seed=0)
+    assert [p.label for p in again] == [p.label for p in pairs]
     np.testing.assert_array_equal(again[7].a, pairs[7].a)
     other = load_data("minilm:qk", seed=1)
-    assert not np.array_equal(other[7].a, pairs[7].a)
+    assert [p.label for p in other] != [p.label for p in pairs]
+    sub = qk_pairs(64, layers=[0], heads=[1, 2], max_tokens=100, seed=3)
+    assert [p.label for p in sub] == ["L0.H1", "L0.H2"] and sub[0].a.shape == (32, 100)
+    with pytest.raises(ValueError, match="head 12"):
+        qk_pairs(64, heads=[12])
+    with pytest.raises(ValueError, match="heads_per_layer"):
+        qk_pairs(64, heads_per_layer=13)
 
 
 def test_qk_pair_product_is_the_attention_logits():
@@ -45,15 +54,27 @@ def test_qk_pair_product_is_the_attention_logits():
     np.testing.assert_allclose(block, cap.attention_logits(3, s)[4], rtol=1e-5, atol=1e-4)
 
 
-def test_weights_source_product_is_the_layer_output():
+def test_weights_source_shapes_and_fused_qkv():
     pairs = load_data("minilm:weights")
-    assert len(pairs) == 36 and pairs[0].label == "L0.query" and pairs[-1].label == "L5.ffn_out"
+    kinds = ["qkv", "attn_out", "ffn_in", "ffn_out"]
+    assert [p.label for p in pairs] == [f"L{i}.{k}" for i in range(6) for k in kinds]
     assert pairs[-1].a.shape == pairs[-1].b.shape == (1536, 64)
-    assert pairs[0].a.shape == (384, 64)
+    assert pairs[0].a.shape == pairs[0].b.shape == (384, 64)
+    m = MiniLM.load()
+    (full,) = weight_pairs(8, names=m.linear_names[:3], max_rows=None, max_tokens=None)
+    assert full.label == "L0.qkv" and full.a.shape == (384, 1152)
+    split = weight_pairs(8, names=m.linear_names[:3], fuse_qkv=False, max_rows=None)
+    assert [p.label for p in split] == ["L0.query", "L0.key", "L0.value"]
+    with pytest.raises(KeyError, match="unknown linear layer"):
+        weight_pairs(8, names=["encoder.layer.0.nope"])
+
+
+def test_weights_pair_product_is_the_layer_output():
     cap = calibration_capture(8)
     m = MiniLM.load()
     name = "encoder.layer.2.attention.self.key"
     (p,) = weight_pairs(8, names=[name], max_rows=None, max_tokens=None)
+    assert p.label == "L2.key"
     out = p.a.T.astype(np.float64) @ p.b.astype(np.float64)  # W X, [out, tokens]
     out += m.weights[name + ".bias"][:, None]
     np.testing.assert_allclose(out.T, cap.keys[2].reshape(-1, 384), rtol=1e-4, atol=1e-4)
