@@ -1,0 +1,192 @@
+"""Entropy coding of a matrix of integer codes with one cheap probability model per column.
+
+The model of column ``j`` is a zero-mean Gaussian of standard deviation ``s_j`` integrated over the
+unit cells ``[k − ½, k + ½)`` (``constriction``'s ``QuantizedGaussian`` on the pooled symbol range):
+exactly the law of ``round(Y/c)`` when ``Y/c`` is ``N(0, s_j²)``, which is what WaterSIC and GPTQ
+produce column by column. ``s_j`` is stored as one **uint8 per column** on a log grid,
+``s = 2^{(k − 1)/16 − 3}`` (``k = 1..255``: 0.125 to 7.3e3, 4.4 % steps; the encoder picks the
+``k`` of least code length), and ``k = 0`` marks a column of zeros that is not coded at all.
+Side information: ``n`` bytes (the indices) plus 8 bytes (the pooled range as two int32), i.e.
+``8/a`` bits per weight for ``a`` rows, instead of the 64 bits per column of a float32 mean and
+standard deviation (``mmquant.entropy.encode_integers(model="gaussian")``), which would cost 0.17
+bit/weight on a 384-row layer.
+
+The bitstream is the rANS coder's output (32-bit words as little-endian bytes); columns are encoded
+last to first so that they decode first to last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+__all__ = ["ColumnStream", "encode_columns", "decode_columns", "column_code_bits", "std_grid"]
+
+_K_OFFSET = 1
+_K_PER_OCTAVE = 16.0
+_LOG2_MIN = -3.0
+
+
+def std_grid(k: np.ndarray) -> np.ndarray:
+    """Standard deviation of model index ``k`` (1..255): ``2^{(k − 1)/16 − 3}``."""
+    return np.exp2((np.asarray(k, np.float64) - _K_OFFSET) / _K_PER_OCTAVE + _LOG2_MIN)
+
+
+def _k_of_std(s: np.ndarray) -> np.ndarray:
+    k = np.rint((np.log2(np.maximum(s, 1e-9)) - _LOG2_MIN) * _K_PER_OCTAVE) + _K_OFFSET
+    return np.clip(k, 1, 255).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnStream:
+    """An entropy-coded ``a × n`` integer matrix with one Gaussian model per column.
+
+    Attributes
+    ----------
+    stream : numpy.ndarray
+        rANS bitstream, ``uint8``.
+    std_index : numpy.ndarray
+        ``(n,)`` ``uint8`` model index per column (0 = all-zero column, not coded).
+    bounds : numpy.ndarray
+        ``(2,)`` ``int32`` smallest and largest code (the support of every model).
+    shape : tuple of int
+        ``(a, n)``.
+    """
+
+    stream: np.ndarray
+    std_index: np.ndarray
+    bounds: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def side_nbytes(self) -> int:
+        """Bytes of model parameters (indices and bounds)."""
+        return int(self.std_index.nbytes + self.bounds.nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bitstream plus model bytes."""
+        return int(self.stream.nbytes) + self.side_nbytes
+
+
+def _histograms(z: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``(n, hi − lo + 1)`` counts of each symbol per column."""
+    n = z.shape[1]
+    width = hi - lo + 1
+    idx = (z - lo) + width * np.arange(n)[None, :]
+    return np.bincount(idx.reshape(-1), minlength=n * width).reshape(n, width)
+
+
+def _cell_log2p(values: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``log2 P(k)`` of the quantized zero-mean Gaussian, ``(len(std), len(values))``."""
+    s = std[:, None]
+    p = ndtr((values[None, :] + 0.5) / s) - ndtr((values[None, :] - 0.5) / s)
+    return np.log2(np.maximum(p, 2.0**-24))
+
+
+def _choose_models(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Model index per column (least ideal code length) and that code length in bits per column."""
+    z = np.asarray(z, np.int64)
+    lo, hi = int(z.min()), int(z.max())
+    n = z.shape[1]
+    k = np.zeros(n, np.int64)
+    bits = np.zeros(n)
+    zero_col = ~np.any(z != 0, axis=0)
+    if lo == hi:  # constant matrix: nothing to code, k marks the non-zero columns
+        return np.where(zero_col, 0, 1).astype(np.int64), bits, lo, hi
+    hist = _histograms(z, lo, hi).astype(np.float64)
+    values = np.arange(lo, hi + 1, dtype=np.float64)
+    var = (hist * values**2).sum(axis=1) / z.shape[0]
+    k0 = _k_of_std(np.sqrt(np.maximum(var - 1.0 / 12.0, 1.0 / 64.0)))
+    best = np.full(n, np.inf)
+    for dk in (-3, -2, -1, 0, 1, 2, 3):
+        kk = np.clip(k0 + dk, 1, 255)
+        cost = -(hist * _cell_log2p(values, std_grid(kk))).sum(axis=1)
+        better = cost < best
+        best = np.where(better, cost, best)
+        k = np.where(better, kk, k)
+    k[zero_col] = 0
+    best[zero_col] = 0.0
+    return k, best, lo, hi
+
+
+def column_code_bits(z: np.ndarray) -> float:
+    """Ideal code length of ``z`` (``a × n`` ints) under the chosen per-column models, in bits.
+
+    Equals the bitstream length of :func:`encode_columns` up to the coder's ≤ 32-bit flush and its
+    24-bit probability precision; side information is not included.
+    """
+    _, bits, _, _ = _choose_models(z)
+    return float(bits.sum())
+
+
+def _constriction():
+    import constriction
+
+    return constriction
+
+
+def encode_columns(z: np.ndarray) -> ColumnStream:
+    """Entropy-code an ``a × n`` integer matrix column by column (see the module docstring).
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        2-D integer array, values within ±2^30.
+
+    Returns
+    -------
+    ColumnStream
+    """
+    z = np.asarray(z)
+    if z.ndim != 2 or z.dtype.kind not in "iu":
+        raise TypeError(f"z must be a 2-D integer array, got {z.dtype} with shape {z.shape}")
+    if z.size == 0:
+        raise ValueError("z is empty")
+    z = z.astype(np.int64)
+    if int(np.abs(z).max()) > 2**30:
+        raise ValueError("codes must lie within ±2^30")
+    k, _, lo, hi = _choose_models(z)
+    c = _constriction()
+    coder = c.stream.stack.AnsCoder()
+    if lo != hi:
+        for j in range(z.shape[1] - 1, -1, -1):
+            if k[j] == 0:
+                continue
+            model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
+            coder.encode_reverse(z[:, j].astype(np.int32), model)
+    words = np.asarray(coder.get_compressed(), dtype="<u4")
+    return ColumnStream(
+        stream=words.view(np.uint8).copy(),
+        std_index=k.astype(np.uint8),
+        bounds=np.array([lo, hi], np.int32),
+        shape=(int(z.shape[0]), int(z.shape[1])),
+    )
+
+
+def decode_columns(cs: ColumnStream) -> np.ndarray:
+    """Decode a :class:`ColumnStream` back to the ``int64`` matrix (exact inverse)."""
+    if not isinstance(cs, ColumnStream):
+        raise TypeError(f"expected a ColumnStream, got {type(cs).__name__}")
+    a, n = cs.shape
+    lo, hi = int(cs.bounds[0]), int(cs.bounds[1])
+    k = np.asarray(cs.std_index, np.int64)
+    if k.size != n:
+        raise ValueError(f"std_index has {k.size} entries for {n} columns")
+    out = np.zeros((a, n), np.int64)
+    if lo == hi:
+        out[:, k != 0] = lo
+        return out
+    data = np.asarray(cs.stream)
+    if data.dtype != np.uint8 or data.size % 4:
+        raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    c = _constriction()
+    dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
+    for j in range(n):
+        if k[j] == 0:
+            continue
+        model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
+        out[:, j] = dec.decode(model, a)
+    return out

@@ -1,0 +1,64 @@
+"""Gap of a quantized layer to the waterfilling limit, and one entry point for every method."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmquant.theory.highrate import waterfill_rate
+from mmquant.validation import check_choice
+from mmquant.weightonly.result import WeightQuant
+
+__all__ = ["gap_bits", "quantize_layer", "METHODS"]
+
+#: Method names of :func:`quantize_layer` (and of ``mmquant weights --method``).
+METHODS = ("rtn", "gptq", "gptq-rot", "watersic")
+
+
+def gap_bits(
+    q: WeightQuant,
+    sigma: np.ndarray,
+    *,
+    sigma2: float | None = None,
+    eigenvalues: np.ndarray | None = None,
+) -> float:
+    """Measured rate minus the waterfilling rate at the measured WMSE, in bits per weight.
+
+    ``gap = bits_per_weight − R_limit(WMSE)``, ``R_limit`` the reverse-waterfilling rate of iid
+    ``N(0, σ²)`` weights over the eigenvalues of Σ_X (:func:`mmquant.theory.highrate.waterfill_rate`).
+
+    Parameters
+    ----------
+    q : WeightQuant
+    sigma : numpy.ndarray
+        ``(n, n)`` Σ_X (undamped).
+    sigma2 : float, optional
+        Weight variance σ²; default the mean square of the original weights, recovered as
+        ``mean(Ŵ²)`` is biased, so pass it when known (the CLI passes ``mean(W²)``).
+    eigenvalues : numpy.ndarray, optional
+        Precomputed eigenvalues of Σ_X.
+    """
+    lam = np.linalg.eigvalsh(np.asarray(sigma, np.float64)) if eigenvalues is None else eigenvalues
+    s2 = float(np.mean(q.w_hat**2)) if sigma2 is None else float(sigma2)
+    return q.bits_per_weight - waterfill_rate(np.clip(lam, 0, None), q.wmse, sigma2=s2)
+
+
+def quantize_layer(
+    method: str, w: np.ndarray, sigma: np.ndarray, rate: float, *, seed: int = 0, **kw: object
+) -> WeightQuant:
+    """Quantize one layer at a target rate with ``method`` in :data:`METHODS`.
+
+    ``rtn``, ``gptq`` and ``gptq-rot`` use the entropy-coded uniform grid (same coder and side
+    information as WaterSIC) so that all four are compared at the same measured rate.
+    """
+    from mmquant.weightonly.gptq import gptq
+    from mmquant.weightonly.rtn import rtn
+    from mmquant.weightonly.watersic import watersic
+
+    check_choice(method, "method", METHODS)
+    if method == "rtn":
+        return rtn(w, sigma, rate, **kw)  # type: ignore[arg-type]
+    if method == "gptq":
+        return gptq(w, sigma, rate, **kw)  # type: ignore[arg-type]
+    if method == "gptq-rot":
+        return gptq(w, sigma, rate, rotate=True, seed=seed, **kw)  # type: ignore[arg-type]
+    return watersic(w, sigma, rate, **kw)  # type: ignore[arg-type]
