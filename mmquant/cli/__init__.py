@@ -29,6 +29,16 @@ COMMAND_MODULES = [
 ]
 
 
+def make_console(stderr: bool = False):
+    """A rich console; 160 columns wide when the output is not a terminal (pipes, files, CI logs)."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
 def _load_commands() -> None:
     for mod in COMMAND_MODULES:
         try:

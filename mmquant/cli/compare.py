@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmquant.cli import app
+from mmquant.cli import app, make_console
 from mmquant.data import load_data
 from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
 
@@ -66,7 +66,7 @@ def compare_cmd(
     plot: Path = typer.Option(None, help="Write a PNG of product error vs rate with Γ(R)."),
 ) -> None:
     """Run every registered quantizer on the same matrices and rank them by gap to Γ(R)."""
-    console = Console()
+    console = make_console()
     rate_list = parse_rates(rates)
     pairs = load_data(data, seed=seed)
     qs = default_quantizers(rate_list)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mmquant.cli import app
+from mmquant.cli import app, make_console
 from mmquant.experiments.base import ExperimentResult, experiments, run_experiment
 
 __all__ = ["reproduce_cmd", "result_table"]
@@ -36,7 +35,7 @@ def reproduce_cmd(
     out: Path = typer.Option(Path("."), help="Folder for NAME.json and NAME.png."),
 ) -> None:
     """Run one of the papers' experiments: print its table, write NAME.json and NAME.png."""
-    console = Console()
+    console = make_console()
     names = experiments()
     if name is None:
         t = Table(title="experiments")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mmquant.cli import app
+from mmquant.cli import app, make_console
 from mmquant.theory.matmul_rd import GAMMA_R_STAR, R_STAR, gamma, shannon_distortion
 
 __all__ = ["gamma_cmd", "plot_gamma"]
@@ -86,7 +85,7 @@ def gamma_cmd(
     ),
 ) -> None:
     """Tabulate (and plot) Γ(R), the Gaussian matrix-multiplication rate–distortion function."""
-    console = Console()
+    console = make_console()
     from mmquant.cli.compare import parse_rates
 
     t = Table(title=f"Γ(R); R* = {R_STAR:.7f}, Γ(R*) = {GAMMA_R_STAR:.7f}")
