@@ -10,7 +10,8 @@ Algorithms (one pass of vectorised numpy over the blocks, the last axis being th
 * Zⁿ: ``f(x) = ⌊x + ½⌋`` per coordinate.
 * Dₙ: ``f(x)``; if ``Σ f(x)`` is odd, re-round the coordinate with the largest ``|x_i − f(x_i)|``
   the other way (``w(x)``).
-* E8: the closer of ``c₀ = Q_{D8}(x)`` and ``c₁ = Q_{D8}(x − ½) + ½``.
+* E8: the closer of ``c₀ = Q_{D8}(x)`` and ``c₁ = Q_{D8}(x − ½) + ½``, the latter computed as
+  ``⌊x⌋ + ½`` with the same parity fix (identical in exact arithmetic, one rounding less in float).
 
 Deterministic tie rule (it decides overload at the Voronoi boundary, and the numba kernels in
 :mod:`mmquant.kernels.lattice` follow it bit for bit):
@@ -40,6 +41,7 @@ __all__ = [
     "lattice",
     "E8_G",
     "E8_NSM",
+    "sq8",
 ]
 
 #: Normalised second moment of E8, 929/12960 ≈ 0.0716821 (Conway & Sloane, table 2.3).
@@ -52,6 +54,18 @@ def closest_zn(x: np.ndarray) -> np.ndarray:
     return np.floor(x + 0.5)
 
 
+def _fix_parity(f: np.ndarray, d: np.ndarray, odd: np.ndarray) -> np.ndarray:
+    """Re-round, where ``odd``, the coordinate with the largest |d| (lowest index) towards x."""
+    if np.any(odd):
+        fo = f[odd]
+        do = d[odd]
+        k = np.argmax(np.abs(do), axis=-1)
+        rows = np.arange(fo.shape[0])
+        fo[rows, k] += np.where(do[rows, k] >= 0, 1.0, -1.0)
+        f[odd] = fo
+    return f
+
+
 def closest_dn(x: np.ndarray) -> np.ndarray:
     """Closest point of Dₙ (integer vectors with even sum) along the last axis.
 
@@ -59,16 +73,7 @@ def closest_dn(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float64)
     f = np.floor(x + 0.5)
-    odd = (np.sum(f, axis=-1) % 2) != 0
-    if np.any(odd):
-        xo = x[odd]
-        fo = f[odd]
-        d = xo - fo
-        k = np.argmax(np.abs(d), axis=-1)
-        rows = np.arange(fo.shape[0])
-        fo[rows, k] += np.where(d[rows, k] >= 0, 1.0, -1.0)
-        f[odd] = fo
-    return f
+    return _fix_parity(f, x - f, (np.sum(f, axis=-1) % 2) != 0)
 
 
 def closest_e8(x: np.ndarray) -> np.ndarray:
@@ -93,10 +98,20 @@ def closest_e8(x: np.ndarray) -> np.ndarray:
     if x.shape[-1] != 8:
         raise ValueError(f"E8 blocks have length 8, got last axis {x.shape[-1]}")
     c0 = closest_dn(x)
-    c1 = closest_dn(x - 0.5) + 0.5
-    d0 = np.sum((x - c0) ** 2, axis=-1)
-    d1 = np.sum((x - c1) ** 2, axis=-1)
+    # D8 + ½ coset: nearest half-integers ⌊x⌋ + ½ (= Q_{D8}(x − ½) + ½ in exact arithmetic)
+    c1 = np.floor(x) + 0.5
+    c1 = _fix_parity(c1, x - c1, (np.sum(c1 - 0.5, axis=-1) % 2) != 0)
+    d0 = sq8(x - c0)
+    d1 = sq8(x - c1)
     return np.where((d1 < d0)[..., None], c1, c0)
+
+
+def sq8(v: np.ndarray) -> np.ndarray:
+    """Σ v_i² over the last axis, summed left to right (the order the numba kernels use)."""
+    acc = v[..., 0] * v[..., 0]
+    for i in range(1, v.shape[-1]):
+        acc = acc + v[..., i] * v[..., i]
+    return acc
 
 
 @cache
@@ -129,12 +144,15 @@ class Lattice:
         d×d generator ``G`` with basis vectors as rows; points are ``λ = c·G``, ``c ∈ Z^d``.
     nsm : float
         Normalised second moment G(Λ) of the lattice.
+    packing_radius_sq : float
+        ρ², the squared inscribed radius of the Voronoi cell (½ for E8 and D4, ¼ for Z⁸).
     """
 
     name: str
     dim: int
     generator: np.ndarray
     nsm: float
+    packing_radius_sq: float
 
     def closest(self, x: np.ndarray) -> np.ndarray:
         """Closest lattice point to each block (last axis of length ``dim``)."""
@@ -166,9 +184,9 @@ def _ginv(name: str) -> np.ndarray:
 
 
 LATTICES: dict[str, Lattice] = {
-    "e8": Lattice("e8", 8, E8_G, E8_NSM),
-    "d4": Lattice("d4", 8, np.kron(np.eye(2), _gens()["d4"]), 0.0766032),
-    "zn": Lattice("zn", 8, np.eye(8), 1.0 / 12.0),
+    "e8": Lattice("e8", 8, E8_G, E8_NSM, 0.5),
+    "d4": Lattice("d4", 8, np.kron(np.eye(2), _gens()["d4"]), 0.0766032, 0.5),
+    "zn": Lattice("zn", 8, np.eye(8), 1.0 / 12.0, 0.25),
 }
 
 

@@ -9,6 +9,10 @@ points, indexed by ``b = λ·G⁻¹ mod q``. One 8-block ``z`` is coded with sca
     decode:  y = b·G − q·Q_Λ(b·G / q);   ẑ = β·(y + u)
     overload: y ≠ λ  (λ outside the Voronoi cell of qΛ; the error is then large)
 
+The encoder computes ``y`` exactly as the decoder does (from the reduced digits ``b``, not from λ,
+so that tie-breaking at the boundary of qV is identical on both sides), except when
+``‖λ‖² < ρ²q²`` (λ strictly inside the inscribed ball of qV), where ``y = λ`` without computation.
+
 With ``k`` scales ``β₁ < … < β_k`` every block picks one and sends its index (``rule``):
 ``"least-error"`` (try all, keep the smallest ‖z − ẑ‖²) or ``"no-overload"`` (the smallest β that
 does not overload; the largest if all do). The scales are chosen by :func:`optimal_betas`, which
@@ -59,6 +63,7 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.lattices.closest import Lattice, lattice
+from mmquant.lattices.closest import sq8 as _sq8
 from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.rotations import rotation
 from mmquant.validation import check_choice, check_float, check_int
@@ -79,14 +84,6 @@ __all__ = [
 ]
 
 RULES = ("least-error", "no-overload")
-
-
-def _sq8(v: np.ndarray) -> np.ndarray:
-    """Σ v_i² over the last axis (length 8) in a fixed sequential order (matches the kernels)."""
-    acc = v[..., 0] * v[..., 0]
-    for i in range(1, v.shape[-1]):
-        acc = acc + v[..., i] * v[..., i]
-    return acc
 
 
 def _use_numba(backend: str) -> bool:
@@ -170,7 +167,9 @@ def voronoi_encode_blocks(
         lam = lat.closest(z / beta - uu)
         c = lam @ ginv
         c = c - q * np.floor(c / q)
-        y = _reduce(lat, c, q)
+        # strictly inside the inscribed ball of qV: no overload, y = λ (the kernels skip _reduce)
+        inside = _sq8(lam) < lat.packing_radius_sq * q * q
+        y = np.where(inside[:, None], lam, _reduce(lat, c, q))
         ov = np.any(y != lam, axis=-1)
         xh = beta * (y + uu)
         err = _sq8(z - xh)
@@ -295,7 +294,7 @@ def optimal_betas(
         err = np.empty((grid.size, nb))
         ovl = np.empty((grid.size, nb), bool)
         for g, beta in enumerate(grid):
-            r = voronoi_encode_blocks(z, lat, q, np.array([beta]), u, backend="numpy")
+            r = voronoi_encode_blocks(z, lat, q, np.array([beta]), u)
             err[g] = _sq8(z - r.estimate)
             ovl[g] = r.overload
         return err, ovl

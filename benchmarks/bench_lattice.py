@@ -1,0 +1,72 @@
+"""Speed of the lattice kernels: E8 closest point, Voronoi encode (4 β, least error) and decode.
+
+Prints millions of entries per second and the ratio to a float32 memcpy of the same number of
+entries (numba kernels, parallel over the machine's cores; the numpy reference for comparison).
+
+    python benchmarks/bench_lattice.py [--entries 4194304]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import best_time, machine, memcpy_rate
+
+from mmquant.lattices.closest import closest_e8, lattice
+from mmquant.lattices.voronoi import (
+    optimal_betas,
+    voronoi_decode_blocks,
+    voronoi_encode_blocks,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--entries", type=int, default=1 << 22)
+    args = ap.parse_args(argv)
+    import numba
+
+    from mmquant.kernels.lattice import closest_kernel
+
+    n = args.entries // 8 * 8
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((n // 8, 8))
+    u = np.zeros_like(z)
+    lat = lattice("e8")
+    betas = np.array(optimal_betas("e8", 14, 4))
+    mem = memcpy_rate(z.astype(np.float32).reshape(-1))
+    enc = voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba")
+    rows = [
+        ("E8 closest point (numba)", lambda: closest_kernel(z)),
+        ("E8 closest point (numpy)", lambda: closest_e8(z)),
+        (
+            "Voronoi encode q=14, 4β (numba)",
+            lambda: voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba"),
+        ),
+        (
+            "Voronoi decode q=14 (numba)",
+            lambda: voronoi_decode_blocks(enc.digits, enc.beta_index, lat, 14, betas, u, "numba"),
+        ),
+        (
+            "Voronoi decode q=14 (numpy)",
+            lambda: voronoi_decode_blocks(enc.digits, enc.beta_index, lat, 14, betas, u, "numpy"),
+        ),
+    ]
+    print(machine())
+    print(f"numba {numba.__version__}, threads {numba.get_num_threads()}, {n} entries")
+    print(f"float32 memcpy: {mem / 1e6:.0f} M entries/s")
+    print(f"{'kernel':36s} {'M entries/s':>12s} {'/memcpy':>9s}")
+    for name, fn in rows:
+        rate = n / best_time(fn, repeat=3)
+        print(f"{name:36s} {rate / 1e6:12.1f} {rate / mem:9.4f}")
+
+
+if __name__ == "__main__":
+    main()
