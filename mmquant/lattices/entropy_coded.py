@@ -15,8 +15,8 @@ stream, model tables counted as side information); the rate is the bitstream len
 information, and the plug-in entropy of the symbols is reported in ``stats``.
 
 The step β is set for a target rate: start from the high-rate formula
-``R ≈ h(N(0,1)) − log2 β = ½·log2(2πe) − log2 β`` (cell volume β^8) and correct twice with the
-measured empirical entropy, ``β ← β·2^{H − R_target}`` (β stored as float32).
+``R ≈ h(N(0,1)) − log2 β = ½·log2(2πe) − log2 β`` (cell volume β^8), then secant steps on log2 β
+until the empirical entropy of the symbols is within 0.001 bit of the target (β stored as float32).
 
 At high rate the loss against the Shannon bound is the granular loss of E8,
 ``½·log2(2πe·G(E8)) = 0.146 bit`` (0.879 dB), plus the (small) cost of the model tables.
@@ -105,6 +105,25 @@ class E8EntropyCoded(Quantizer):
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
         return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), 16.0)))]
 
+    def _calibrate(self, z: np.ndarray, u: np.ndarray) -> float:
+        """β whose code entropy is ``rate`` (secant on log2 β, on at most 32768 blocks)."""
+        sub = slice(0, min(z.shape[0], 32768))
+        zs, us = z[sub], u[sub]
+
+        def h(logb: float) -> float:
+            b = 2.0**logb
+            return _entropy_bits(e8_to_symbols(closest_e8(zs / b - us))) / 8.0 - self.rate
+
+        l0 = 0.5 * math.log2(2 * math.pi * math.e) - self.rate
+        h0 = h(l0)
+        l1 = l0 + h0
+        for _ in range(6):
+            h1 = h(l1)
+            if abs(h1) < 1e-3 or h1 == h0:
+                break
+            l0, h0, l1 = l1, h1, l1 - h1 * (l1 - l0) / (h1 - h0)
+        return 2.0**l1
+
     def _encode(self, x: np.ndarray) -> Encoded:
         shape = x.shape
         z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
@@ -113,12 +132,7 @@ class E8EntropyCoded(Quantizer):
             ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
             side["dither_seed"] = np.array([ds], np.uint32)
             u = dither(z.shape[0], lattice("e8"), ds)
-        beta = 2.0 ** (0.5 * math.log2(2 * math.pi * math.e) - self.rate)
-        for _ in range(2):
-            sym = e8_to_symbols(closest_e8(z / beta - u))
-            h = _entropy_bits(sym) / 8.0
-            beta *= 2.0 ** (h - self.rate)
-        beta32 = np.float32(beta)
+        beta32 = np.float32(self._calibrate(z, u))
         lam = closest_e8(z / np.float64(beta32) - u)
         sym = e8_to_symbols(lam)
         est = np.float64(beta32) * (lam + u)

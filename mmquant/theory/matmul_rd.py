@@ -112,3 +112,50 @@ def shannon_rate(distortion: ArrayLike, variance: float = 1.0) -> np.ndarray | f
         raise ValueError(f"distortion must be finite and > 0, got {distortion!r}")
     out = np.maximum(0.0, 0.5 * np.log2(variance / d))
     return float(out) if out.ndim == 0 else out
+
+
+def matmul_lower_bound(n: int, a: int, b: int, rate: ArrayLike) -> np.ndarray | float:
+    """Lower bound on the product error of iid Gaussian matrices: ``n·a·b·Γ(R)``.
+
+    For ``A ∈ ℝ^{n×a}``, ``B ∈ ℝ^{n×b}`` with iid N(0, 1) entries, every pair of encoders that
+    describe ``A`` and ``B`` separately with ``R`` bits per entry and every decoder ``Ĉ`` satisfy
+
+        E‖AᵀB − Ĉ‖_F² ≥ n·a·b·Γ(R).
+
+    Which bound this is: arXiv 2410.13780 states in its abstract a *non-asymptotic* lower bound
+    on this mean-squared error for iid Gaussian matrices, achieved as n → ∞ by its nested-lattice
+    scheme; THEORY.md §1 restates it as above, for any n, a, b. We could not retrieve the exact
+    theorem text (its precise conditions on a, b or on unequal rates), so this function implements
+    the bound in that form, for equal rates on both sides, and nothing sharper. Divided by
+    ``n·a·b`` it is Γ(R), the quantity every ``gap_db`` in this package is measured against.
+
+    Parameters
+    ----------
+    n, a, b : int
+        Inner dimension and numbers of columns of A and B (≥ 1).
+    rate : array_like
+        Rate R in bits per entry on each side (≥ 0).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The bound on ``E‖AᵀB − Ĉ‖_F²`` (same units as the squared entries of ``AᵀB``).
+
+    References
+    ----------
+    .. [1] O. Ordentlich, Y. Polyanskiy, "Optimal quantization for matrix multiplication",
+       arXiv:2410.13780, abstract and main converse result.
+
+    Examples
+    --------
+    >>> float(matmul_lower_bound(4096, 256, 256, 2.0)) == 4096 * 256 * 256 * 0.12109375
+    True
+    """
+    for name, v in (("n", n), ("a", a), ("b", b)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    out = float(n) * float(a) * float(b) * np.asarray(gamma(rate), dtype=np.float64)
+    return float(out) if out.ndim == 0 else out
+
+
+__all__ += ["matmul_lower_bound"]
