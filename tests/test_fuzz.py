@@ -226,6 +226,7 @@ def _edge_cases() -> dict[str, np.ndarray]:
     outlier[1, 5] = 1e30
     return {
         "zeros": np.zeros((3, 37)),
+        "zero_row": np.array([[1e-6] + [0.0] * 7, [0.0] * 8]),  # a zero row beside a tiny one
         "huge_f64": g * 1e30,
         "tiny_f64": g * 1e-30,
         "huge_f32": (g * 1e30).astype(np.float32),
@@ -241,7 +242,12 @@ def _edge_cases() -> dict[str, np.ndarray]:
 
 EDGE_CASES = _edge_cases()
 # (family, case) -> reason; filled from fuzzing results (see the module docstring)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("e8ec", "zero_row"): (
+        "e8ec decodes an all-zero row beside a nonzero row to noise of absolute size ~2e-3 "
+        "whatever the data scale (found by test_fuzz_round_trip, float32 sparse 1e-3)"
+    ),
+}
 
 
 def _edge_params():

@@ -2,6 +2,7 @@
 
 import json
 import zlib
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -247,3 +248,32 @@ def test_inconsistent_shape_is_caught_by_decoding(small_file):
     with pytest.raises(FormatError, match=r"does not decode|decodes to shape"):
         load(p)
     assert load(p, verify=False)["A"].shape == (4 * rows, cols)  # only decoding can tell
+
+
+def test_files_identical_across_processes(tmp_path, x):
+    """Byte-identical files from a fresh interpreter with another hash seed (dict order etc.)."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, numpy as np, mmquant as mq\n"
+        "x = np.load(sys.argv[1])\n"
+        "for i, s in enumerate(sys.argv[3:]):\n"
+        "    mq.save(f'{sys.argv[2]}/{i}.mmq', {'A': mq.get(s).encode(x), 'B': mq.get(s).encode(2 * x)})\n"
+    )
+    specs = [q.spec for q in QUANTIZERS]
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    root = str(Path(mq.__file__).parent.parent)
+    out = tmp_path / "sub"
+    out.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.npy"), str(out), *specs],
+        check=True,
+        cwd=root,
+        env=env,
+    )
+    for i, s in enumerate(specs):
+        save(tmp_path / "here.mmq", {"A": mq.get(s).encode(x), "B": mq.get(s).encode(2 * x)})
+        assert (out / f"{i}.mmq").read_bytes() == (tmp_path / "here.mmq").read_bytes(), s
