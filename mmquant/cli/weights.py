@@ -21,6 +21,7 @@ def weights_cmd(
     rate: float = typer.Option(4.0, help="Target bits per weight (bitstream + side information)."),
     sentences: int = typer.Option(64, help="Calibration sentences for Σ_X."),
     eval_sentences: int = typer.Option(32, help="Held-out sentences for the embedding cosine."),
+    layers: str = typer.Option(None, help="Only layers whose name contains this string."),
     json_path: Path = typer.Option(None, "--json", help="Write the per-layer results here."),
 ) -> None:
     """Quantize every linear layer with its calibration Σ_X; gap to the waterfilling limit."""
@@ -37,7 +38,12 @@ def weights_cmd(
             status.update(f"[{i + 1}/{total}] {method} {name}")
 
         res = quantize_minilm(
-            method, rate, n_sentences=sentences, eval_sentences=eval_sentences, progress=progress
+            method,
+            rate,
+            n_sentences=sentences,
+            eval_sentences=eval_sentences,
+            layers=layers,
+            progress=progress,
         )
     t = Table(title=f"MiniLM weights, {method} at {rate:g} bits/weight")
     for c in (

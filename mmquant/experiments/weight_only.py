@@ -81,6 +81,8 @@ def quantize_minilm(
     n_sentences: int = 32,
     eval_sentences: int = 32,
     seed: int = 0,
+    layers: str | None = None,
+    damp: float = 1e-2,
     progress: Any = None,
 ) -> MinilmWeights:
     """Quantize every linear layer of MiniLM with ``method`` at ``rate`` bits/weight.
@@ -96,6 +98,12 @@ def quantize_minilm(
         Held-out sentences (``"evaluation"`` half) for the embedding cosine.
     seed : int
         Rotation seed for ``gptq-rot``.
+    layers : str, optional
+        Quantize only the layers whose name contains this string (the others stay unquantized).
+    damp : float
+        Relative damping of Σ_X for GPTQ and WaterSIC (δ = damp·mean diag Σ_X). Calibration
+        covariances from a few hundred tokens are rank deficient; 1e-2 (GPTQ's default) keeps
+        the quantizer from overfitting them (the WMSE is still measured with the undamped Σ_X).
     progress : callable, optional
         ``progress(i, total, layer_name)`` called before each layer (the CLI's progress bar).
 
@@ -113,7 +121,9 @@ def quantize_minilm(
     eig_cache: dict[int, np.ndarray] = {}
     rows: list[LayerResult] = []
     replaced: dict[str, np.ndarray] = {}
-    names = model.linear_names
+    names = [nm for nm in model.linear_names if layers is None or layers in nm]
+    if not names:
+        raise ValueError(f"no linear layer name contains {layers!r}")
     total_bits = 0.0
     total_w = 0
     for i, name in enumerate(names):
@@ -124,7 +134,8 @@ def quantize_minilm(
         key = id(cap.covariances[name])
         if key not in eig_cache:
             eig_cache[key] = np.clip(np.linalg.eigvalsh(sigma), 0.0, None)
-        q = quantize_layer(method, w, sigma, r, seed=seed)
+        kw = {} if method == "rtn" else {"damp": damp}
+        q = quantize_layer(method, w, sigma, r, seed=seed, **kw)
         s2 = float(np.mean(w**2))
         power = float(np.sum((w @ sigma) * w) / w.size)
         gap = q.bits_per_weight - waterfill_rate(eig_cache[key], q.wmse, sigma2=s2)
@@ -162,10 +173,13 @@ def weight_only(
     n_sentences: int = 32,
     eval_sentences: int = 32,
     methods: Sequence[str] = METHODS,
+    layers: str | None = None,
 ) -> ExperimentResult:
     """Gap per layer of MiniLM to the waterfilling limit for each method, and embedding cosine."""
     results = {
-        m: quantize_minilm(m, rate, n_sentences=n_sentences, eval_sentences=eval_sentences)
+        m: quantize_minilm(
+            m, rate, n_sentences=n_sentences, eval_sentences=eval_sentences, layers=layers
+        )
         for m in methods
     }
     first = results[methods[0]]
