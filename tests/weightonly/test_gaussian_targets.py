@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
+from mmquant.experiments.weight_only import gaussian_problem
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.weightonly import decode, gptq, watersic
 
@@ -18,15 +19,7 @@ A, N = 4096, 512
 
 @lru_cache(maxsize=1)
 def problem():
-    rng = np.random.default_rng(2026)
-    lam = np.exp(rng.uniform(0.0, np.log(1e4), N))
-    lam /= np.exp(np.mean(np.log(lam)))
-    q, r = np.linalg.qr(rng.normal(size=(N, N)))
-    q *= np.sign(np.diag(r))
-    sigma = (q * lam) @ q.T
-    sigma = 0.5 * (sigma + sigma.T)
-    w = rng.normal(size=(A, N))
-    return w, sigma, lam
+    return gaussian_problem(A, N, seed=2026)
 
 
 @lru_cache(maxsize=16)
