@@ -41,12 +41,13 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.formats.integer import group_view, ungroup
-from mmquant.formats.minifloat import FORMATS, decode_elements, encode_elements
+from mmquant.formats.integer import as_rows, group_view, kernels, row_shape, ungroup
+from mmquant.formats.minifloat import FORMATS, decode_elements, encode_elements, value_table
 from mmquant.packing import pack, unpack
 from mmquant.validation import check_choice
 
@@ -111,8 +112,26 @@ def _amax(blocks: np.ndarray) -> np.ndarray:
     return np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
 
 
+def _mx_exponents(amax: np.ndarray, el: MXElement) -> np.ndarray:
+    """Shared exponents ``E = clamp(⌊log2 amax⌋ − emax, −127, 127)`` (−127 for all-zero blocks)."""
+    if amax.size and float(amax.max()) >= 2.0**127:  # decoded values must stay finite in float32
+        raise ValueError(
+            f"MX formats decode to float32: max|x| must be below 2^127 (1.7e38), got {amax.max():.3g}"
+        )
+    _, e2 = np.frexp(amax)  # amax = f·2^e2, f in [0.5, 1): ⌊log2 amax⌋ = e2 − 1
+    expo = np.where(amax > 0, e2 - 1 - el.emax, -E8M0_BIAS)
+    return np.clip(expo, -E8M0_BIAS, E8M0_BIAS)
+
+
+def _mx_table(el: MXElement) -> np.ndarray:
+    if el.fp is not None:
+        return value_table(el.fp)
+    c = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
+    return c * np.float32(2.0**-el.frac)
+
+
 def mx_encode(x: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
-    """MX-encode ``x`` along its last axis (blocks of 32).
+    """MX-encode ``x`` along its last axis (blocks of 32); numpy reference.
 
     Returns
     -------
@@ -124,15 +143,8 @@ def mx_encode(x: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
     """
     el = MX_ELEMENTS[elem]
     blocks, n = group_view(x, MX_BLOCK)
-    amax = _amax(blocks)
-    _, e2 = np.frexp(amax)  # amax = f·2^e2, f in [0.5, 1): ⌊log2 amax⌋ = e2 − 1
-    expo = np.where(amax > 0, e2 - 1 - el.emax, -E8M0_BIAS)
-    expo = np.clip(expo, -E8M0_BIAS, E8M0_BIAS)
-    if amax.size and float(amax.max()) >= 2.0**127:  # decoded values must stay finite in float32
-        raise ValueError(
-            f"MX formats decode to float32: max|x| must be below 2^127 (1.7e38), got {amax.max():.3g}"
-        )
-    inv = np.ldexp(np.ones_like(amax), -expo).astype(blocks.dtype)  # 2^−E, exact
+    expo = _mx_exponents(_amax(blocks), el)
+    inv = np.ldexp(np.ones(expo.shape), -expo).astype(blocks.dtype)  # 2^−E, exact
     t = blocks * inv[..., None]
     if el.fp is not None:
         codes = encode_elements(t, el.fp)
@@ -144,22 +156,45 @@ def mx_encode(x: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
     return ungroup(codes, n, x.shape), (expo + E8M0_BIAS).astype(np.uint8)
 
 
+def _mx_encode_fast(k: Any, x: np.ndarray, el: MXElement) -> tuple[np.ndarray, np.ndarray]:
+    """Packed codes and E8M0 scales with the numba kernels (bit-exact with :func:`mx_encode`)."""
+    x2, g = as_rows(x, MX_BLOCK)
+    expo = _mx_exponents(k.block_absmax(x2, g), el)
+    inv = np.ldexp(np.ones(expo.shape), -expo).astype(x2.dtype)
+    if el.fp is not None:
+        f = FORMATS[el.fp]
+        codes = k.encode_fp(x2, g, inv, True, f.emin, f.mbits, f.max_code, f.bits)
+    else:
+        codes = k.encode_mul_int(x2, g, inv, 2.0**el.frac, -el.int_max, el.int_max)
+    return k.pack(codes, el.bits), (expo + E8M0_BIAS).astype(np.uint8)
+
+
 def mx_decode(codes: np.ndarray, scale: np.ndarray, elem: str) -> np.ndarray:
-    """Inverse of :func:`mx_encode` (float32, shape of ``codes``)."""
+    """Inverse of :func:`mx_encode` (float32, shape of ``codes``); numpy reference."""
     el = MX_ELEMENTS[elem]
     blocks, n = group_view(codes, MX_BLOCK)
-    if el.fp is not None:
-        vals = decode_elements(blocks, el.fp)
-    else:
-        vals = blocks.view(np.int8).astype(np.float32)
-        vals *= np.float32(2.0**-el.frac)
-    x_scale = np.ldexp(np.float32(1.0), scale.astype(np.int32) - E8M0_BIAS).astype(np.float32)
-    vals *= x_scale[..., None]
+    vals = _mx_table(el)[blocks]
+    vals *= _e8m0_values(scale)[..., None]
     return ungroup(vals, n, codes.shape)
 
 
+def _e8m0_values(scale: np.ndarray) -> np.ndarray:
+    return np.ldexp(np.float32(1.0), scale.astype(np.int32) - E8M0_BIAS).astype(np.float32)
+
+
+def _nvfp4_scales(amax: np.ndarray) -> tuple[np.ndarray, np.float32, np.ndarray]:
+    """E4M3 block-scale codes, FP32 tensor scale and the float32 block scales ``S``."""
+    amax_t = float(amax.max())
+    s_t = np.float32(amax_t / (E4M3_MAX * E2M1_MAX))
+    if s_t == 0 and amax_t > 0:
+        s_t = np.float32(_F32_TINY)
+    b_code = encode_elements(amax / (E2M1_MAX * float(s_t)) if s_t > 0 else amax * 0, "e4m3")
+    b_code[(b_code == 0) & (amax > 0)] = 1  # smallest E4M3 subnormal 2^-9, never a zero scale
+    return b_code, s_t, _block_scale(b_code, s_t)
+
+
 def nvfp4_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NVFP4-encode ``x`` along its last axis (blocks of 16).
+    """NVFP4-encode ``x`` along its last axis (blocks of 16); numpy reference.
 
     Returns
     -------
@@ -171,16 +206,8 @@ def nvfp4_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ``float32`` array of shape ``(1,)``: ``s_t = amax/(448·6)``.
     """
     blocks, n = group_view(x, NVFP4_BLOCK)
-    amax = _amax(blocks)
-    amax_t = float(amax.max())
-    s_t = np.float32(amax_t / (E4M3_MAX * E2M1_MAX))
-    if s_t == 0 and amax_t > 0:
-        s_t = np.float32(_F32_TINY)
-    b_code = encode_elements(amax / (E2M1_MAX * float(s_t)) if s_t > 0 else amax * 0, "e4m3")
-    b_code[(b_code == 0) & (amax > 0)] = 1  # smallest E4M3 subnormal 2^-9, never a zero scale
-    big_s = _block_scale(b_code, s_t)
-    work = blocks.dtype
-    t = blocks / np.where(big_s > 0, big_s, 1).astype(work)[..., None]
+    b_code, s_t, big_s = _nvfp4_scales(_amax(blocks))
+    t = blocks / np.where(big_s > 0, big_s, 1).astype(blocks.dtype)[..., None]
     codes = encode_elements(t, "e2m1")
     return ungroup(codes, n, x.shape), b_code, np.array([s_t], np.float32)
 
@@ -192,7 +219,7 @@ def _block_scale(b_code: np.ndarray, s_t: np.float32) -> np.ndarray:
 def nvfp4_decode(
     codes: np.ndarray, block_scale: np.ndarray, tensor_scale: np.ndarray
 ) -> np.ndarray:
-    """Inverse of :func:`nvfp4_encode` (float32, shape of ``codes``)."""
+    """Inverse of :func:`nvfp4_encode` (float32, shape of ``codes``); numpy reference."""
     blocks, n = group_view(codes, NVFP4_BLOCK)
     vals = decode_elements(blocks, "e2m1")
     vals *= _block_scale(block_scale, np.float32(tensor_scale[0]))[..., None]
@@ -228,18 +255,24 @@ class _MXQuantizer(Quantizer):
         return [q for q in qs if abs(q.nominal_rate() - rate) <= 0.5]
 
     def _encode(self, x: np.ndarray) -> Encoded:
-        codes, scale = mx_encode(x, self._elem())
-        return Encoded(
-            codes=pack(codes, self.element.bits),
-            side={"scale": scale},
-            shape=x.shape,
-            spec=self.spec,
-        )
+        k = kernels() if x.dtype == np.float32 or self.element.fp is None else None
+        if k:
+            packed, scale = _mx_encode_fast(k, x, self.element)
+        else:
+            codes, scale = mx_encode(x, self._elem())
+            packed = pack(codes, self.element.bits)
+        return Encoded(codes=packed, side={"scale": scale}, shape=x.shape, spec=self.spec)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
-        bits = self.element.bits
-        codes = unpack(enc.codes, bits, enc.entries).reshape(enc.shape)
-        return mx_decode(codes, enc.side["scale"], self._elem())
+        el = self.element
+        k = kernels()
+        if k:
+            _, n = row_shape(enc.shape, 0)
+            codes = k.unpack(enc.codes, el.bits, enc.entries)
+            s = _e8m0_values(enc.side["scale"])
+            return k.decode_table(codes, _mx_table(el), s, MX_BLOCK, n).reshape(enc.shape)
+        codes = unpack(enc.codes, el.bits, enc.entries).reshape(enc.shape)
+        return mx_decode(codes, enc.side["scale"], el.name)
 
 
 @register("mxfp4")
@@ -299,10 +332,28 @@ class NVFP4(Quantizer):
         return [cls()] if rate is None or abs(rate - 4.5) <= 0.5 else []
 
     def _encode(self, x: np.ndarray) -> Encoded:
-        codes, b, s_t = nvfp4_encode(x)
+        k = kernels() if x.dtype == np.float32 else None  # the FP kernel is float32 only
+        if k:
+            x2, g = as_rows(x, NVFP4_BLOCK)
+            b, s_t, big_s = _nvfp4_scales(k.block_absmax(x2, g))
+            d = np.where(big_s > 0, big_s, 1).astype(x2.dtype)
+            f = FORMATS["e2m1"]
+            packed = k.pack(k.encode_fp(x2, g, d, False, f.emin, f.mbits, f.max_code, 4), 4)
+            s_t = np.array([s_t], np.float32)
+        else:
+            codes, b, s_t = nvfp4_encode(x)
+            packed = pack(codes, 4)
         side = {"block_scale": b, "tensor_scale": s_t}
-        return Encoded(codes=pack(codes, 4), side=side, shape=x.shape, spec=self.spec)
+        return Encoded(codes=packed, side=side, shape=x.shape, spec=self.spec)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
+        b, s_t = enc.side["block_scale"], enc.side["tensor_scale"]
+        k = kernels()
+        if k:
+            _, n = row_shape(enc.shape, 0)
+            codes = k.unpack(enc.codes, 4, enc.entries)
+            big_s = _block_scale(b, np.float32(s_t[0]))
+            out = k.decode_table(codes, value_table("e2m1"), big_s, NVFP4_BLOCK, n)
+            return out.reshape(enc.shape)
         codes = unpack(enc.codes, 4, enc.entries).reshape(enc.shape)
-        return nvfp4_decode(codes, enc.side["block_scale"], enc.side["tensor_scale"])
+        return nvfp4_decode(codes, b, s_t)

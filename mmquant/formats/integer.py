@@ -42,8 +42,11 @@ References
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +59,10 @@ __all__ = [
     "group_view",
     "ungroup",
     "round_scale",
+    "kernels",
+    "as_rows",
+    "row_shape",
+    "group_size",
     "SCALE_DTYPES",
 ]
 
@@ -138,6 +145,42 @@ def round_scale(s: np.ndarray, scale_dtype: str) -> np.ndarray:
     return st
 
 
+def kernels() -> Any:
+    """The numba kernels module :mod:`mmquant.kernels.formats`, or ``None``.
+
+    ``None`` when numba is missing, the module is blocked, or ``MMQUANT_KERNELS=numpy`` is set; the
+    numpy reference is used then (the kernels are bit-exact with it).
+    """
+    if os.environ.get("MMQUANT_KERNELS", "").lower() == "numpy":
+        return None
+    try:
+        return importlib.import_module("mmquant.kernels.formats")
+    except ImportError:
+        return None
+
+
+def as_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, int]:
+    """``x`` as a C-contiguous ``(rows, n)`` array and the group length ``g`` along its rows.
+
+    ``group = −1`` (per tensor) gives one row holding the whole tensor; ``0`` gives ``g = n``.
+    """
+    rows, n = row_shape(x.shape, group)
+    return np.ascontiguousarray(x.reshape(rows, n)), group_size(n, group)
+
+
+def row_shape(shape: tuple[int, ...], group: int) -> tuple[int, int]:
+    """``(rows, n)`` of the 2-D view used for ``group`` (``(1, size)`` per tensor)."""
+    size = math.prod(shape)
+    if group == -1:
+        return 1, size
+    return size // shape[-1], shape[-1]
+
+
+def group_size(n: int, group: int) -> int:
+    """Length of a group along a row of ``n`` entries (``n`` for per-row and per-tensor)."""
+    return n if group <= 0 else group
+
+
 @register("int")
 @dataclass(frozen=True)
 class AbsmaxInt(Quantizer):
@@ -191,60 +234,69 @@ class AbsmaxInt(Quantizer):
             return [cls(bits=4), cls(bits=8)]
         return [cls(bits=b) for b in range(2, 9) if abs(b + 0.5 - rate) <= 0.5]
 
-    # -- numpy reference ------------------------------------------------------------------------
+    # -- encode / decode (numpy reference; numba kernels when available, bit-exact) ------------
     def _encode(self, x: np.ndarray) -> Encoded:
-        blocks, n = group_view(x, self.group)
-        work = np.float32 if x.dtype == np.float32 else np.float64
+        k = kernels()
+        x2, g = as_rows(x, self.group)
+        work = x2.dtype.type
         if self.affine:
-            codes, side = self._encode_affine(blocks, work)
+            top = 2**self.bits - 1
+            lo, hi = k.block_minmax(x2, g) if k else _block_minmax(x2, g)
+            scale = round_scale((hi - lo) / top, self.scale_dtype)
+            offset = _round_offset(lo, self.scale_dtype)
+            side = {"scale": scale, "offset": offset}
+            off, clip_lo, clip_hi, add = offset.astype(work), 0, top, 0
         else:
-            codes, side = self._encode_symmetric(blocks, work)
-        codes = ungroup(codes, n, x.shape)
-        return Encoded(
-            codes=pack(codes, self.bits), side=side, shape=x.shape, spec=self.spec, stats={}
-        )
-
-    def _encode_symmetric(self, blocks: np.ndarray, work: type) -> tuple[np.ndarray, dict]:
-        qmax = self.qmax
-        amax = np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
-        scale = round_scale(amax / qmax, self.scale_dtype)
+            qmax = self.qmax
+            amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
+            scale = round_scale(amax / qmax, self.scale_dtype)
+            side = {"scale": scale}
+            off, clip_lo, clip_hi, add = None, -qmax, qmax, qmax
         s = scale.astype(work)
-        # a true (correctly rounded) division, not x·(1/s): ties are decided on x/s itself
-        safe = np.where(s > 0, s, work(1))
-        t = blocks / safe[..., None]
-        np.rint(t, out=t)
-        np.clip(t, -qmax, qmax, out=t)
-        t += qmax
-        return t.astype(np.uint8), {"scale": scale}
-
-    def _encode_affine(self, blocks: np.ndarray, work: type) -> tuple[np.ndarray, dict]:
-        top = 2**self.bits - 1
-        lo = blocks.min(axis=-1).astype(np.float64)
-        hi = blocks.max(axis=-1).astype(np.float64)
-        scale = round_scale((hi - lo) / top, self.scale_dtype)
-        offset = _round_offset(lo, self.scale_dtype)
-        s = scale.astype(work)
-        safe = np.where(s > 0, s, work(1))
-        t = blocks - offset.astype(work)[..., None]
-        t /= safe[..., None]
-        np.rint(t, out=t)
-        np.clip(t, 0, top, out=t)
-        return t.astype(np.uint8), {"scale": scale, "offset": offset}
+        d = np.where(s > 0, s, work(1))  # x/s is a true (correctly rounded) division
+        if k:
+            codes = k.pack(k.encode_div_int(x2, g, d, off, clip_lo, clip_hi, add), self.bits)
+        else:
+            blocks, n = group_view(x2, g)
+            t = blocks - off[..., None] if off is not None else blocks.copy()
+            t /= d[..., None]
+            np.rint(t, out=t)
+            np.clip(t, clip_lo, clip_hi, out=t)
+            t += add
+            codes = pack(ungroup(t.astype(np.uint8), n, x2.shape), self.bits)
+        return Encoded(codes=codes, side=side, shape=x.shape, spec=self.spec)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
-        n = enc.shape[-1]
-        codes = unpack(enc.codes, self.bits, enc.entries).reshape(-1, n)
-        blocks, _ = group_view(codes, self.group)
-        s = enc.side["scale"].astype(np.float32)[..., None]
-        if self.affine:
-            out = blocks.astype(np.float32)
-            out *= s
-            out += enc.side["offset"].astype(np.float32)[..., None]
+        k = kernels()
+        rows, n = row_shape(enc.shape, self.group)
+        g = group_size(n, self.group)
+        table = np.arange(2**self.bits, dtype=np.float32)
+        if not self.affine:
+            table -= np.float32(self.qmax)
+        s = enc.side["scale"].astype(np.float32)
+        off = enc.side["offset"].astype(np.float32) if self.affine else None
+        if k:
+            codes = k.unpack(enc.codes, self.bits, enc.entries)
+            out = k.decode_table(codes, table, s, g, n, off)
         else:
-            out = blocks.astype(np.float32)
-            out -= np.float32(self.qmax)
-            out *= s
-        return ungroup(out, n, enc.shape)
+            codes = unpack(enc.codes, self.bits, enc.entries).reshape(rows, n)
+            blocks, _ = group_view(codes, g)
+            vals = table[blocks]
+            vals *= s[..., None]
+            if off is not None:
+                vals += off[..., None]
+            out = ungroup(vals, n, (rows, n))
+        return out.reshape(enc.shape)
+
+
+def _block_absmax(x2: np.ndarray, g: int) -> np.ndarray:
+    blocks, _ = group_view(x2, g)
+    return np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+
+
+def _block_minmax(x2: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    blocks, _ = group_view(x2, g)
+    return blocks.min(axis=-1).astype(np.float64), blocks.max(axis=-1).astype(np.float64)
 
 
 def _round_offset(lo: np.ndarray, scale_dtype: str) -> np.ndarray:

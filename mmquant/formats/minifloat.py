@@ -48,7 +48,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.formats.integer import SCALE_DTYPES, group_view, round_scale, ungroup
+from mmquant.formats.integer import (
+    SCALE_DTYPES,
+    _block_absmax,
+    as_rows,
+    group_size,
+    group_view,
+    kernels,
+    round_scale,
+    row_shape,
+    ungroup,
+)
 from mmquant.packing import pack, unpack
 from mmquant.validation import check_choice, check_int
 
@@ -61,6 +71,7 @@ __all__ = [
     "round_to_format",
     "value_table",
     "ScaledFloat",
+    "decode_grouped",
 ]
 
 
@@ -256,21 +267,37 @@ class ScaledFloat(Quantizer):
 
     def _encode(self, x: np.ndarray) -> Encoded:
         f = self.format
-        blocks, n = group_view(x, self.group)
-        amax = np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+        k = kernels() if x.dtype == np.float32 else None  # the FP kernel is float32 only
+        x2, g = as_rows(x, self.group)
+        amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
         scale = round_scale(amax / f.max_normal, self.scale_dtype)
-        s = scale.astype(blocks.dtype)
-        t = blocks / np.where(s > 0, s, 1)[..., None]
-        codes = ungroup(encode_elements(t, f), n, x.shape)
-        return Encoded(
-            codes=pack(codes, f.bits), side={"scale": scale}, shape=x.shape, spec=self.spec
-        )
+        s = scale.astype(x2.dtype)
+        d = np.where(s > 0, s, 1)
+        if k:
+            codes = k.pack(
+                k.encode_fp(x2, g, d, False, f.emin, f.mbits, _max_code(f), f.bits), f.bits
+            )
+        else:
+            blocks, n = group_view(x2, g)
+            codes = pack(ungroup(encode_elements(blocks / d[..., None], f), n, x2.shape), f.bits)
+        return Encoded(codes=codes, side={"scale": scale}, shape=x.shape, spec=self.spec)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
-        f = self.format
-        n = enc.shape[-1]
-        codes = unpack(enc.codes, f.bits, enc.entries).reshape(-1, n)
-        blocks, _ = group_view(codes, self.group)
-        out = decode_elements(blocks, f)
-        out *= enc.side["scale"].astype(np.float32)[..., None]
-        return ungroup(out, n, enc.shape)
+        return decode_grouped(enc, self.format, self.group, enc.side["scale"])
+
+
+def decode_grouped(enc: Encoded, f: FloatFormat, group: int, scale: np.ndarray) -> np.ndarray:
+    """``value(code) · s`` for element codes packed at ``f.bits`` bits, ``s`` per group (float32)."""
+    k = kernels()
+    rows, n = row_shape(enc.shape, group)
+    g = group_size(n, group)
+    s = scale.astype(np.float32)
+    if k:
+        out = k.decode_table(k.unpack(enc.codes, f.bits, enc.entries), value_table(f), s, g, n)
+    else:
+        codes = unpack(enc.codes, f.bits, enc.entries).reshape(rows, n)
+        blocks, _ = group_view(codes, g)
+        vals = decode_elements(blocks, f)
+        vals *= s[..., None]
+        out = ungroup(vals, n, (rows, n))
+    return out.reshape(enc.shape)
