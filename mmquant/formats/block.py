@@ -109,7 +109,7 @@ MX_ELEMENTS: dict[str, MXElement] = {
 
 
 def _amax(blocks: np.ndarray) -> np.ndarray:
-    return np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+    return np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64) + 0.0
 
 
 def _mx_exponents(amax: np.ndarray, el: MXElement) -> np.ndarray:

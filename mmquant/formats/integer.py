@@ -291,12 +291,14 @@ class AbsmaxInt(Quantizer):
 
 def _block_absmax(x2: np.ndarray, g: int) -> np.ndarray:
     blocks, _ = group_view(x2, g)
-    return np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+    amax = np.maximum(blocks.max(axis=-1), -blocks.min(axis=-1)).astype(np.float64)
+    return amax + 0.0  # −0 → +0 (a zero scale is stored as +0)
 
 
 def _block_minmax(x2: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
     blocks, _ = group_view(x2, g)
-    return blocks.min(axis=-1).astype(np.float64), blocks.max(axis=-1).astype(np.float64)
+    lo, hi = blocks.min(axis=-1).astype(np.float64), blocks.max(axis=-1).astype(np.float64)
+    return lo + 0.0, hi + 0.0
 
 
 def _round_offset(lo: np.ndarray, scale_dtype: str) -> np.ndarray:

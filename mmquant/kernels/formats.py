@@ -200,7 +200,7 @@ def block_absmax(x2: np.ndarray, g: int) -> np.ndarray:
     """``max|x|`` per group of ``g`` along the rows of ``x2``, as float64 ``(rows, ceil(n/g))``."""
     out = np.empty((x2.shape[0], _ng(x2.shape[1], g)), x2.dtype)
     _absmax(x2, g, out)
-    return out.astype(np.float64)
+    return out.astype(np.float64) + 0.0
 
 
 def block_minmax(x2: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +208,7 @@ def block_minmax(x2: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
     shape = (x2.shape[0], _ng(x2.shape[1], g))
     lo, hi = np.empty(shape, x2.dtype), np.empty(shape, x2.dtype)
     _minmax(x2, g, lo, hi)
-    return lo.astype(np.float64), hi.astype(np.float64)
+    return lo.astype(np.float64) + 0.0, hi.astype(np.float64) + 0.0
 
 
 def encode_div_int(
