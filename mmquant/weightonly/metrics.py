@@ -32,8 +32,8 @@ def gap_bits(
     sigma : numpy.ndarray
         ``(n, n)`` Σ_X (undamped).
     sigma2 : float, optional
-        Weight variance σ²; default the mean square of the original weights, recovered as
-        ``mean(Ŵ²)`` is biased, so pass it when known (the CLI passes ``mean(W²)``).
+        Weight variance σ²; default ``mean(Ŵ²)``, a slightly biased estimate: pass ``mean(W²)``
+        when the original weights are at hand (the CLI and experiments do).
     eigenvalues : numpy.ndarray, optional
         Precomputed eigenvalues of Σ_X.
     """
