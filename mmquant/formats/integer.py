@@ -229,10 +229,14 @@ class AbsmaxInt(Quantizer):
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """INT b bits, g = 32, float16 scales (rate ``b + 0.5``); default b = 4 and 8."""
+        """INT b bits, g = 32, float16 scales (rate ``b + 0.5``); default b = 4 and 8.
+
+        For a target rate: ``b = ⌊rate⌋`` (2..8), i.e. the codes take at most ``rate`` bits.
+        """
         if rate is None:
             return [cls(bits=4), cls(bits=8)]
-        return [cls(bits=b) for b in range(2, 9) if abs(b + 0.5 - rate) <= 0.5]
+        b = math.floor(rate + 1e-9)
+        return [cls(bits=b)] if 2 <= b <= 8 else []
 
     # -- encode / decode (numpy reference; numba kernels when available, bit-exact) ------------
     def _encode(self, x: np.ndarray) -> Encoded:

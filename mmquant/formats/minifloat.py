@@ -43,6 +43,7 @@ References
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,8 +263,8 @@ class ScaledFloat(Quantizer):
         qs = [cls(fmt="e2m1"), cls(fmt="e2m3"), cls(fmt="e4m3")]
         if rate is None:
             return qs
-        qs.insert(2, cls(fmt="e3m2"))
-        return [q for q in qs if abs(q.format.bits + 0.5 - rate) <= 0.5]
+        qs.insert(2, cls(fmt="e3m2"))  # for a rate: element bits = ⌊rate⌋
+        return [q for q in qs if q.format.bits == math.floor(rate + 1e-9)]
 
     def _encode(self, x: np.ndarray) -> Encoded:
         f = self.format
