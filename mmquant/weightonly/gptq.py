@@ -103,6 +103,8 @@ def quantize_on_grid(
     if grid == "uniform":
         if (rate is None) == (step is None):
             raise ValueError("the uniform grid needs exactly one of rate and step")
+        if step is None and not np.any(wk):  # nothing to code
+            step = 1.0
         if step is None:
             r = check_float(rate, "rate", 0.0, lo_open=True)
             side = side_bits(a, n, col_scale=False, entropy=True)
@@ -122,10 +124,13 @@ def quantize_on_grid(
                 z, _ = _codes(p, ww, gr, feedback)
                 return column_code_bits(z) / z.size
 
-            x, its = search_step(rate_of, target_live, x0)
+            x_min = math.log2(float(np.abs(wk).max())) - 24.0
+            x, its = search_step(rate_of, target_live, x0, x_min=x_min)
             info["search_iterations"] = its
             if rows.size < a:
-                x = search_step(lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3)[0]
+                x = search_step(
+                    lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3, x_min=x_min
+                )[0]
             step = 2.0**x
         gr = make_grid("uniform", wk, step=step)
     else:

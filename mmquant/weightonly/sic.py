@@ -153,17 +153,19 @@ def search_step(
     *,
     tol: float = 0.002,
     max_iter: int = 14,
+    x_min: float = -math.inf,
 ) -> tuple[float, int]:
     """Find ``log2 step`` whose rate ``rate_of(log2 step)`` (decreasing) equals ``target``.
 
-    Secant steps in ``log2 step`` (slope −1 at high rate) safeguarded by bisection.
+    Secant steps in ``log2 step`` (slope −1 at high rate) safeguarded by bisection, never below
+    ``x_min`` (a step so small that the codes would leave ±2^30) nor 60 octaves from the start.
 
     Returns
     -------
     log2_step : float
     iterations : int
     """
-    x0 = log2_step0
+    x0 = max(log2_step0, x_min)
     r0 = rate_of(x0)
     if abs(r0 - target) <= tol:
         return x0, 1
@@ -172,7 +174,7 @@ def search_step(
         lo = x0
     else:
         hi = x0
-    x1 = x0 + (r0 - target)
+    x1 = max(x0 + (r0 - target), x_min)
     best = (abs(r0 - target), x0)
     it = 1
     while it < max_iter:
@@ -187,7 +189,7 @@ def search_step(
             hi = min(hi, x1)
         slope = (r1 - r0) / (x1 - x0) if abs(x1 - x0) > 1e-12 else -1.0
         slope = min(max(slope, -2.0), -0.05)
-        x2 = x1 + (target - r1) / slope
+        x2 = min(max(x1 + (target - r1) / slope, log2_step0 - 60.0, x_min), log2_step0 + 60.0)
         if not (lo < x2 < hi) and math.isfinite(lo) and math.isfinite(hi):
             x2 = 0.5 * (lo + hi)
         x0, r0, x1 = x1, r1, x2

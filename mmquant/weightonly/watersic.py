@@ -138,6 +138,8 @@ def _watersic(
         raise ValueError("give exactly one of rate and step")
     if step is not None:
         c = check_float(step, "step", 0.0, lo_open=True)
+    elif not np.any(wk):  # nothing to code: any step gives zero codes
+        c, step = 1.0, 1.0
     else:
         r = check_float(rate, "rate", 0.0, lo_open=True)
         target = r - side / (a * n)
@@ -161,10 +163,13 @@ def _watersic(
                 cache[log2_c] = out
             return column_code_bits(out[0]) / out[0].size
 
-        x, its = search_step(rate_of, target_live, log2_c0)
+        x_min = math.log2(float(np.abs(wk @ chol).max())) - 26.0
+        x, its = search_step(rate_of, target_live, log2_c0, x_min=x_min)
         info["search_iterations"] = its
         if rows.size < a:  # correct with all rows
-            x = search_step(lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3)[0]
+            x = search_step(
+                lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3, x_min=x_min
+            )[0]
         c = 2.0**x
     unit = _unit(c, d)
     if step is None and x in cache:

@@ -140,3 +140,12 @@ def test_column_coder_round_trip(a, n, scale, seed):
     np.testing.assert_array_equal(decode_columns(cs), z)
     # the real stream is within one 32-bit word (+ rounding of 24-bit probabilities) of the ideal
     assert 8 * cs.stream.nbytes <= column_code_bits(z) * 1.01 + 64
+
+
+@pytest.mark.parametrize("w", [np.zeros((512, 16)), np.ones((512, 16))])
+def test_degenerate_weights_cost_only_side_information(w):
+    for f in (watersic, gptq, rtn):
+        q = f(w, np.eye(16), 3.0)
+        assert q.wmse == pytest.approx(0.0, abs=1e-12)
+        assert q.bits_per_weight < 0.1
+        np.testing.assert_array_equal(decode(q), q.w_hat)
