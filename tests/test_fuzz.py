@@ -10,10 +10,12 @@ Properties checked on every example:
 
 * ``encode`` either succeeds or raises a *documented* ``ValueError``/``TypeError`` (one raised by a
   ``raise`` statement in mmquant, not by numpy deep inside); rejections are counted as hypothesis
-  events (``--hypothesis-show-statistics`` lists them);
+  events (``--hypothesis-show-statistics`` lists them). *Benign* inputs -- normal, uniform, sparse,
+  constant or zero data with magnitudes 1e-4..1e4, or integers with |x| <= 127 -- must never be
+  rejected, whatever their shape (formats pad or handle partial blocks);
 * ``decode(encode(x))`` has the input's shape, a float32/float64 dtype, only finite values, and
-  satisfies the error bound ``max|x̂ − x| ≤ C · max|x|`` (max over the whole tensor, ``x`` as
-  converted by validation). ``C = 1`` for every family except those in ``ERROR_BOUND``: it is the
+  satisfies the error bound ``max_l |x̂_rl − x_rl| ≤ C · max_l |x_rl|`` for every row ``r`` (rows
+  are the last axis, ``x`` as converted by validation; so an all-zero row must decode to zeros). ``C = 1`` for every family except those in ``ERROR_BOUND``: it is the
   bound of any quantizer that rounds into a range containing 0 and clips (never worse than
   outputting zeros); it catches sign errors, overflow, wrong scales and wrap-around. When the
   record holds float16 side information (scales), ``16 · 2^-14 ≈ 1e-3`` is added: float16 has no
@@ -46,6 +48,9 @@ import mmquant as mq
 # Families whose error can exceed max|x| (e.g. lattice overload wrap-around), with their bound.
 ERROR_BOUND: dict[str, float] = {}
 DEFAULT_BOUND = 1.0
+# Families that rotate a row and keep only part of it (time sharing below R*): their per-entry
+# error is bounded by C times the row's l2 norm ||x_r||_2 instead of its max |x_rl|.
+L2_BOUND_FAMILIES = {"timeshare"}
 REL_SLACK = 1e-6  # float32 rounding of the reconstruction
 # float16 side information (scales) has no relative precision below its smallest normal 2^-14;
 # formats that store float16 scales document that tiny data loses accuracy, so an absolute slack
@@ -89,10 +94,11 @@ def _is_documented(exc: BaseException) -> bool:
 EXP_RANGE = {"float16": (-4, 4), "float32": (-30, 30), "float64": (-30, 30)}
 SUBNORMAL = {"float16": 1e-6, "float32": 1e-40, "float64": 1e-310}
 KINDS = ("normal", "zeros", "outlier", "constant", "subnormal", "sparse", "uniform")
+BENIGN_KINDS = ("normal", "zeros", "constant", "sparse", "uniform")
 
 
 @st.composite
-def inputs(draw) -> tuple[np.ndarray, str]:
+def inputs(draw) -> tuple[np.ndarray, str, bool]:
     ndim = draw(st.integers(1, 3))
     last = draw(st.one_of(st.integers(1, 20), st.integers(21, 130)))
     lead = draw(st.lists(st.integers(1, 4), min_size=ndim - 1, max_size=ndim - 1))
@@ -106,7 +112,7 @@ def inputs(draw) -> tuple[np.ndarray, str]:
         hi = {"int8": 127, "int32": 2**31 - 1, "int64": 2**40}[dtype]
         hi = draw(st.sampled_from([1, 3, 100, hi]))
         x = rng.integers(-hi, hi + 1, size=shape).astype(dtype)
-        return x, f"{dtype} |x|<={hi}"
+        return x, f"{dtype} |x|<={hi}", hi <= 127
     kind = draw(st.sampled_from(KINDS))
     lo, hi = EXP_RANGE[dtype]
     e = draw(st.integers(lo, hi))
@@ -133,7 +139,7 @@ def inputs(draw) -> tuple[np.ndarray, str]:
     with np.errstate(over="ignore", under="ignore"):
         x = x.astype(dtype)
     assume(np.isfinite(x).all())
-    return x, f"{dtype} {kind} 1e{e}"
+    return x, f"{dtype} {kind} 1e{e}", kind in BENIGN_KINDS and abs(e) <= 4
 
 
 def _reference(x: np.ndarray) -> np.ndarray:
@@ -143,12 +149,15 @@ def _reference(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Properties
 # ---------------------------------------------------------------------------------------------
-def check_round_trip(q: mq.Quantizer, x: np.ndarray, family: str) -> str:
-    """All the properties of one example; returns "rejected" or "ok"."""
+def check_round_trip(q: mq.Quantizer, x: np.ndarray, family: str, benign: bool = False) -> str:
+    """All the properties of one example; returns "ok" or "rejected: <message>".
+
+    ``benign`` inputs (ordinary magnitudes, no outlier or subnormal) must never be rejected.
+    """
     try:
         enc = q.encode(x)
     except Exception as exc:
-        if _is_documented(exc):
+        if _is_documented(exc) and not benign:
             return f"rejected: {type(exc).__name__}: {str(exc)[:70]}"
         raise
     out = q.decode(enc)
@@ -156,12 +165,20 @@ def check_round_trip(q: mq.Quantizer, x: np.ndarray, family: str) -> str:
     assert out.dtype in (np.float32, np.float64), out.dtype
     assert np.isfinite(out).all(), f"{int((~np.isfinite(out)).sum())} non-finite decoded values"
     ref = _reference(x)
-    amax = float(np.abs(ref).max())
-    err = float(np.abs(out.astype(np.float64) - ref).max())
+    n = x.shape[-1]
+    rows = ref.reshape(-1, n)
+    row_max = np.abs(rows).max(axis=1)
+    if family in L2_BOUND_FAMILIES:  # rotation-based: an entry's error is bounded by the row norm
+        row_max = np.sqrt((rows**2).sum(axis=1))
+    row_err = np.abs(out.astype(np.float64).reshape(-1, n) - rows).max(axis=1)
     c = ERROR_BOUND.get(family, DEFAULT_BOUND)
     floor = F16_FLOOR if any(a.dtype == np.float16 for a in enc.side.values()) else 0.0
-    bound = c * amax * (1 + REL_SLACK) + floor
-    assert err <= bound, f"max error {err:.3e} > {c} * max|x| + {floor:.2g} = {bound:.3e}"
+    bound = c * row_max * (1 + REL_SLACK) + floor
+    bad = np.flatnonzero(row_err > bound)
+    assert bad.size == 0, (
+        f"row {bad[0]}: max error {row_err[bad[0]]:.3e} > {c} * max|row| + {floor:.2g} "
+        f"= {bound[bad[0]]:.3e} ({bad.size} of {rows.shape[0]} rows)"
+    )
     enc2 = q.encode(x)
     assert enc2.codes.tobytes() == enc.codes.tobytes(), "encoding is not deterministic"
     assert {k: v.tobytes() for k, v in enc2.side.items()} == {
@@ -187,15 +204,32 @@ def test_family_builds(family):
         assert out.shape == x.shape and np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("family", NAMES)
+# families whose fuzz run must not execute (crash the machine); the lead must see these
+FUZZ_BROKEN: dict[str, str] = {
+    "e8ec": (
+        "e8ec on small/odd inputs: allocates 2.9 GiB (int64 array of 384e6, entropy model), "
+        "OverflowError (34), 'symbols must lie within ±2^30' from entropy.py, non-finite "
+        "decoded values (beta solved as 0: divide by zero in entropy_coded.py:115/136); "
+        "e.g. float32 N(0,1) of shape (13,)"
+    ),
+}
+
+
+def _fuzz_params():
+    for f in NAMES:
+        marks = [pytest.mark.skip(reason=FUZZ_BROKEN[f])] if f in FUZZ_BROKEN else []
+        yield pytest.param(f, marks=marks, id=f)
+
+
+@pytest.mark.parametrize("family", list(_fuzz_params()))
 @given(data=st.data())
 def test_fuzz_round_trip(family, data):
     configs = FAMILIES[family]
     assume(configs)
     q = data.draw(st.sampled_from(configs), label="quantizer")
-    x, label = data.draw(inputs(), label="x")
+    x, label, benign = data.draw(inputs(), label="x")
     event(f"input: {' '.join(label.split()[:2])}")
-    result = check_round_trip(q, x, family)
+    result = check_round_trip(q, x, family, benign)
     event(result if result == "ok" else result[:60])
 
 
@@ -243,6 +277,7 @@ def _edge_cases() -> dict[str, np.ndarray]:
 EDGE_CASES = _edge_cases()
 # (family, case) -> reason; filled from fuzzing results (see the module docstring)
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("e8ec", "huge_f32"): "e8ec error exceeds max|row| on float32 data of magnitude 1e30",
     ("e8ec", "zero_row"): (
         "e8ec decodes an all-zero row beside a nonzero row to noise of absolute size ~2e-3 "
         "whatever the data scale (found by test_fuzz_round_trip, float32 sparse 1e-3)"
