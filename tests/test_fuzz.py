@@ -84,8 +84,10 @@ def _is_documented(exc: BaseException) -> bool:
     if not tb:
         return False
     last = tb[-1]
-    line = linecache.getline(last.filename, last.lineno).strip()
-    return "mmquant" in Path(last.filename).parts and line.startswith("raise")
+    lines = [
+        linecache.getline(last.filename, i).strip() for i in range(last.lineno - 3, last.lineno + 1)
+    ]
+    return "mmquant" in Path(last.filename).parts and any(s.startswith("raise") for s in lines)
 
 
 # ---------------------------------------------------------------------------------------------
