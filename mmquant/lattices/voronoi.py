@@ -21,7 +21,10 @@ computation with a fixed seed; no typed-in constants). ``betas=(...)`` overrides
 
 The quantizer along the last axis of ``x`` (one row = one column of the product's ``A``):
 
-1. optional centring: the row mean μ (float16 side information) is subtracted;
+1. optional centring (THEORY.md §1): the row mean μ (float16 side information) is subtracted;
+   the decoder re-centres its estimate before adding μ back, so that the product of two decoded
+   matrices is ``Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ`` without cross terms (the means' rounding cancels: the
+   encoder subtracts the stored float16 value);
 2. a seeded randomized Hadamard rotation (:func:`mmquant.rotations.rotation`, NestQuant
    arXiv 2502.09720), then zero padding to a multiple of 8;
 3. row normalisation by its RMS ``s = ‖x‖/√n`` (float16 side information; float32 if float16
@@ -385,8 +388,8 @@ def finish_rows(
     rows = rows[:, :n]
     if rotate:
         rows = rotation(n, seed).inverse(rows)
-    if center:
-        rows = rows + side["mean"].astype(np.float64)[:, None]
+    if center:  # re-centre the estimate: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
+        rows = rows - rows.mean(axis=1, keepdims=True) + side["mean"].astype(np.float64)[:, None]
     return rows.reshape(shape)
 
 
