@@ -207,14 +207,7 @@ def test_family_builds(family):
 
 
 # families whose fuzz run must not execute (crash the machine); the lead must see these
-FUZZ_BROKEN: dict[str, str] = {
-    "e8ec": (
-        "e8ec on small/odd inputs: allocates 2.9 GiB (int64 array of 384e6, entropy model), "
-        "OverflowError (34), 'symbols must lie within ±2^30' from entropy.py, non-finite "
-        "decoded values (beta solved as 0: divide by zero in entropy_coded.py:115/136); "
-        "e.g. float32 N(0,1) of shape (13,)"
-    ),
-}
+FUZZ_BROKEN: dict[str, str] = {}
 
 
 def _fuzz_params():
@@ -279,18 +272,7 @@ def _edge_cases() -> dict[str, np.ndarray]:
 
 EDGE_CASES = _edge_cases()
 # (family, case) -> reason; filled from fuzzing results (see the module docstring)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    **{
-        (f, "beyond_f32"): f"{f} decodes float64 [1e39] to NaN or Inf (a float32 scale overflows; "
-        "should raise ValueError or keep float64)"
-        for f in ("d4", "e8", "e8ec", "nvfp4", "zn")
-    },
-    ("e8ec", "huge_f32"): "e8ec error exceeds max|row| on float32 data of magnitude 1e30",
-    ("e8ec", "zero_row"): (
-        "e8ec decodes an all-zero row beside a nonzero row to noise of absolute size ~2e-3 "
-        "whatever the data scale (found by test_fuzz_round_trip, float32 sparse 1e-3)"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _edge_params():

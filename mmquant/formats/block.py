@@ -185,6 +185,10 @@ def _e8m0_values(scale: np.ndarray) -> np.ndarray:
 def _nvfp4_scales(amax: np.ndarray) -> tuple[np.ndarray, np.float32, np.ndarray]:
     """E4M3 block-scale codes, FP32 tensor scale and the float32 block scales ``S``."""
     amax_t = float(amax.max())
+    if amax_t > float(np.finfo(np.float32).max):  # decoded values are float32
+        raise ValueError(
+            f"NVFP4 cannot represent max|x| = {amax_t:.3g}: beyond the float32 range (3.4e38)"
+        )
     s_t = np.float32(amax_t / (E4M3_MAX * E2M1_MAX))
     if s_t == 0 and amax_t > 0:
         s_t = np.float32(_F32_TINY)

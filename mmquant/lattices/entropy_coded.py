@@ -114,14 +114,20 @@ class E8EntropyCoded(Quantizer):
             b = 2.0**logb
             return _entropy_bits(e8_to_symbols(closest_e8(zs / b - us))) / 8.0 - self.rate
 
-        l0 = 0.5 * math.log2(2 * math.pi * math.e) - self.rate
+        # Rows are normalised to unit RMS, so the high-rate value 2^{½log2(2πe) − R} is within a
+        # few octaves of the answer; the iterates are clamped to ±4 octaves around it. Without
+        # the clamp, a handful of blocks (whose entropy saturates below the target) sends the
+        # secant to β → 0 and astronomically large symbols.
+        start = 0.5 * math.log2(2 * math.pi * math.e) - self.rate
+        lo, hi = start - 4.0, start + 4.0
+        l0 = start
         h0 = h(l0)
-        l1 = l0 + h0
+        l1 = min(max(l0 + h0, lo), hi)
         for _ in range(6):
             h1 = h(l1)
             if abs(h1) < 1e-3 or h1 == h0:
                 break
-            l0, h0, l1 = l1, h1, l1 - h1 * (l1 - l0) / (h1 - h0)
+            l0, h0, l1 = l1, h1, min(max(l1 - h1 * (l1 - l0) / (h1 - h0), lo), hi)
         return 2.0**l1
 
     def _encode(self, x: np.ndarray) -> Encoded:

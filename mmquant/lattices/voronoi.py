@@ -340,10 +340,16 @@ def optimal_betas(
 # ---------------------------------------------------------------------------------------------
 def _store_float(v: np.ndarray) -> np.ndarray:
     """float16 if it represents every value to normal precision, else float32."""
-    h = v.astype(np.float16)
+    with np.errstate(over="ignore"):
+        h = v.astype(np.float16)
+        f = v.astype(np.float32)
+    if not np.all(np.isfinite(f)):
+        raise ValueError(
+            "a row norm or mean exceeds the float32 range (3.4e38) of the stored side information"
+        )
     finite = np.all(np.isfinite(h))
     tiny = np.any((v != 0) & (np.abs(v) < 6.2e-5))
-    return h if finite and not tiny else v.astype(np.float32)
+    return h if finite and not tiny else f
 
 
 def prepare_rows(
@@ -366,9 +372,11 @@ def prepare_rows(
     if n8 != n:
         rows = np.concatenate([rows, np.zeros((rows.shape[0], n8 - n))], axis=1)
     rms = np.sqrt(np.sum(rows * rows, axis=1) / n)
-    norm = _store_float(np.where(rms > 0, rms, 1.0))
+    norm = _store_float(rms)  # an all-zero row stores norm 0 and decodes to zeros
     side["norm"] = norm
-    return (rows / norm.astype(np.float64)[:, None]).reshape(-1, 8), side
+    scale = norm.astype(np.float64)
+    scale = np.where(scale > 0, scale, 1.0)
+    return (rows / scale[:, None]).reshape(-1, 8), side
 
 
 def finish_rows(
