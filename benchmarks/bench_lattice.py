@@ -2,6 +2,8 @@
 
 Prints millions of entries per second and the ratio to a float32 memcpy of the same number of
 entries (numba kernels, parallel over the machine's cores; the numpy reference for comparison).
+Each figure is the best of 7 timed calls after a warm-up: on a shared virtual machine the first
+calls into freshly allocated output arrays can be several times slower (page faults).
 
     python benchmarks/bench_lattice.py [--entries 4194304]
 """
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
             lambda: voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba"),
         ),
         (
+            "  the same without projection search",
+            lambda: voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba", search=False),
+        ),
+        (
             "Voronoi decode q=14 (numba)",
             lambda: voronoi_decode_blocks(enc.digits, enc.beta_index, lat, 14, betas, u, "numba"),
         ),
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"float32 memcpy: {mem / 1e6:.0f} M entries/s")
     print(f"{'kernel':36s} {'M entries/s':>12s} {'/memcpy':>9s}")
     for name, fn in rows:
-        rate = n / best_time(fn, repeat=3)
+        rate = n / best_time(fn, repeat=7)
         print(f"{name:36s} {rate / 1e6:12.1f} {rate / mem:9.4f}")
 
 

@@ -4,6 +4,8 @@ Each kernel performs exactly the floating-point operations of the numpy referenc
 :mod:`mmquant.lattices.closest` and :mod:`mmquant.lattices.voronoi`, in the same order (sums of
 squares left to right, first index on ties), so the results are bit-identical (tests check).
 Blocks are processed in parallel (``numba.prange``) in chunks, with per-chunk scratch buffers.
+The E8 closest point is branch-free (selects, unsigned indices) and runs on tiles of blocks
+transposed to structure-of-arrays scratch, so that LLVM vectorises it across blocks.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import numba as nb
 import numpy as np
 
 from mmquant.lattices.closest import lattice
+from mmquant.lattices.voronoi import PROJECT_MARGINS, PROJECT_STEPS
 
 __all__ = ["closest_kernel", "voronoi_encode_kernel", "voronoi_decode_kernel"]
 
 _LAT_CODE = {"e8": 0, "d4": 1, "zn": 2}
 _CHUNK = 1024
+_TILE = 64  # blocks per structure-of-arrays tile in the E8 closest-point kernel
 
 
 @nb.njit(inline="always", cache=True)
@@ -42,52 +46,120 @@ def _dn(x, out, off, d):
 
 
 @nb.njit(inline="always", cache=True)
-def _e8(x, out, t0):
-    """Closest E8 point of one 8-block: both cosets in one pass (t0: scratch of length 8)."""
-    p0 = 0
-    p1 = 0
-    k0 = 0
-    k1 = 0
+def _psum8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """Sum of 8 values in numpy's pairwise order (``np.sum`` over a length-8 axis)."""
+    return ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
+
+
+@nb.njit(inline="always", cache=True)
+def _odd(s):
+    """``s % 2 != 0`` for an integer-valued float sum s, as numpy has it (True for ±inf, NaN)."""
+    h = 0.5 * s
+    return h - np.floor(h) != 0.0
+
+
+@nb.njit(inline="always", cache=True)
+def _e8_at(x, xo, xs, out, oo, os):
+    """Closest E8 point of x[xo + i·xs] (i < 8) into out[oo + i·os], branch-free.
+
+    Indices are unsigned (no negative-index wraparound), the argmax is a chain of selects (first
+    index on ties) and every output is a select, so LLVM vectorises a loop over blocks calling
+    this. The float operations are those of :func:`mmquant.lattices.closest.closest_e8`: the
+    parity test sums the rounded coordinates in numpy's pairwise order (``np.sum`` over a
+    length-8 axis) and checks ``s % 2 != 0`` (so an overflowing sum counts as odd, as in numpy).
+    In a row with a NaN or ±inf coordinate numpy re-rounds the first NaN error, i.e. a
+    non-finite coordinate, which leaves it unchanged, and keeps the integer coset (d0 is NaN);
+    here such a row simply gets no parity fix, which is the same ``⌊x + ½⌋``.
+    """
+    a0 = np.floor(x[xo] + 0.5)
+    a1 = np.floor(x[xo + xs] + 0.5)
+    a2 = np.floor(x[xo + np.uint64(2) * xs] + 0.5)
+    a3 = np.floor(x[xo + np.uint64(3) * xs] + 0.5)
+    a4 = np.floor(x[xo + np.uint64(4) * xs] + 0.5)
+    a5 = np.floor(x[xo + np.uint64(5) * xs] + 0.5)
+    a6 = np.floor(x[xo + np.uint64(6) * xs] + 0.5)
+    a7 = np.floor(x[xo + np.uint64(7) * xs] + 0.5)
+    f0 = np.floor(x[xo])
+    f1 = np.floor(x[xo + xs])
+    f2 = np.floor(x[xo + np.uint64(2) * xs])
+    f3 = np.floor(x[xo + np.uint64(3) * xs])
+    f4 = np.floor(x[xo + np.uint64(4) * xs])
+    f5 = np.floor(x[xo + np.uint64(5) * xs])
+    f6 = np.floor(x[xo + np.uint64(6) * xs])
+    f7 = np.floor(x[xo + np.uint64(7) * xs])
+    odd0 = _odd(_psum8(a0, a1, a2, a3, a4, a5, a6, a7))
+    # c1 = ⌊x⌋ + ½; its parity is that of c1 − ½ (as numpy computes it)
+    odd1 = _odd(
+        _psum8(
+            (f0 + 0.5) - 0.5,
+            (f1 + 0.5) - 0.5,
+            (f2 + 0.5) - 0.5,
+            (f3 + 0.5) - 0.5,
+            (f4 + 0.5) - 0.5,
+            (f5 + 0.5) - 0.5,
+            (f6 + 0.5) - 0.5,
+            (f7 + 0.5) - 0.5,
+        )
+    )
+    # argmax of |x_i − c_i| (first index on ties): k, and the sign of x_k − c_k
     m0 = -1.0
     m1 = -1.0
+    k0 = 0.0
+    k1 = 0.0
+    v0 = 0.0
+    v1 = 0.0
+    e = 0.0  # NaN iff some x_i − c_i is NaN (x_i NaN or ±inf); |x_i − c_i| ≤ 1 otherwise
     for i in range(8):
-        xi = x[i]
+        xi = x[xo + np.uint64(i) * xs]
+        va = xi - np.floor(xi + 0.5)
+        vb = xi - (np.floor(xi) + 0.5)
+        e += va
+        da = abs(va)
+        db = abs(vb)
+        ca = da > m0
+        cb = db > m1
+        m0 = da if ca else m0
+        k0 = float(i) if ca else k0
+        v0 = va if ca else v0
+        m1 = db if cb else m1
+        k1 = float(i) if cb else k1
+        v1 = vb if cb else v1
+    # −1: no coordinate re-rounded (in a non-finite row c1 is never taken, d1 being NaN too)
+    k0 = k0 if odd0 and e == e else -1.0
+    k1 = k1 if odd1 and e == e else -1.0
+    s0 = 1.0 if v0 >= 0 else -1.0
+    s1 = 1.0 if v1 >= 0 else -1.0
+    d0 = 0.0
+    d1 = 0.0
+    for i in range(8):
+        xi = x[xo + np.uint64(i) * xs]
         a = np.floor(xi + 0.5)
         b = np.floor(xi) + 0.5
-        t0[i] = a
-        out[i] = b
-        p0 += np.int64(a) & 1
-        p1 += np.int64(b - 0.5) & 1
-        da = abs(xi - a)
-        db = abs(xi - b)
-        if da > m0:
-            m0 = da
-            k0 = i
-        if db > m1:
-            m1 = db
-            k1 = i
-    if p0 & 1:
-        if x[k0] - t0[k0] >= 0:
-            t0[k0] += 1.0
+        a = a + s0 if k0 == i else a
+        b = b + s1 if k1 == i else b
+        v = xi - a
+        w = xi - b
+        if i == 0:
+            d0 = v * v
+            d1 = w * w
         else:
-            t0[k0] -= 1.0
-    if p1 & 1:
-        if x[k1] - out[k1] >= 0:
-            out[k1] += 1.0
-        else:
-            out[k1] -= 1.0
-    v = x[0] - t0[0]
-    d0 = v * v
-    v = x[0] - out[0]
-    d1 = v * v
-    for i in range(1, 8):
-        v = x[i] - t0[i]
-        d0 = d0 + v * v
-        v = x[i] - out[i]
-        d1 = d1 + v * v
-    if not d1 < d0:
-        for i in range(8):
-            out[i] = t0[i]
+            d0 = d0 + v * v
+            d1 = d1 + w * w
+    take1 = d1 < d0
+    for i in range(8):
+        xi = x[xo + np.uint64(i) * xs]
+        a = np.floor(xi + 0.5)
+        b = np.floor(xi) + 0.5
+        a = a + s0 if k0 == i else a
+        b = b + s1 if k1 == i else b
+        out[oo + np.uint64(i) * os] = b if take1 else a
+
+
+@nb.njit(inline="always", cache=True)
+def _e8(x, out, t0):
+    """Closest E8 point of one 8-block x into out (t0: unused scratch, kept for the callers)."""
+    one = np.uint64(1)
+    _e8_at(x, np.uint64(0), one, out, np.uint64(0), one)
 
 
 @nb.njit(inline="always", cache=True)
@@ -103,10 +175,36 @@ def _closest(code, x, out, t0, t1):
             out[i] = np.floor(x[i] + 0.5)
 
 
+@nb.njit(cache=True)
+def _e8_rows(x, out, lo, hi, xs, os):
+    """Closest E8 points of the blocks lo..hi-1 of x into out (xs, os: scratch of 8·_TILE).
+
+    Tiles of _TILE blocks are transposed to structure-of-arrays scratch (coordinate i of block
+    j at i·_TILE + j), so that the branch-free :func:`_e8_at` vectorises across blocks.
+    """
+    tile = np.uint64(_TILE)
+    for t in range(lo, hi, _TILE):
+        m = min(_TILE, hi - t)
+        for j in range(m):
+            for i in range(8):
+                xs[i * _TILE + j] = x[t + j, i]
+        for j in range(np.uint64(m)):
+            _e8_at(xs, j, tile, os, j, tile)
+        for j in range(m):
+            for i in range(8):
+                out[t + j, i] = os[i * _TILE + j]
+
+
 @nb.njit(parallel=True, cache=True)
 def _closest_all(code, x, out):
     n = x.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
+    if code == 0:
+        for c in nb.prange(nchunk):
+            xs = np.empty(8 * _TILE)
+            os = np.empty(8 * _TILE)
+            _e8_rows(x, out, c * _CHUNK, min(n, (c + 1) * _CHUNK), xs, os)
+        return
     for c in nb.prange(nchunk):
         t0 = np.empty(8)
         t1 = np.empty(8)
@@ -145,67 +243,370 @@ def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
         y[j] = lam2[j] - q * y[j]
 
 
+@nb.njit(inline="always", cache=True)
+def _max_relevant(code, p, v):
+    """max_v ⟨p, v⟩ over the Voronoi-relevant vectors; v receives the maximiser (see numpy ref)."""
+    for i in range(8):
+        v[i] = 0.0
+    if code == 2:
+        i1 = 0
+        best = abs(p[0])
+        for i in range(1, 8):
+            a = abs(p[i])
+            if a > best:
+                best = a
+                i1 = i
+        v[i1] = -1.0 if p[i1] < 0 else 1.0
+        return best
+    if code == 1:
+        s_best = 0.0
+        j1 = 0
+        j2 = 0
+        for off in (0, 4):
+            i1 = off
+            b1 = abs(p[off])
+            for i in range(off + 1, off + 4):
+                a = abs(p[i])
+                if a > b1:
+                    b1 = a
+                    i1 = i
+            i2 = off
+            b2 = -1.0
+            for i in range(off, off + 4):
+                a = abs(p[i])
+                if i != i1 and a > b2:
+                    b2 = a
+                    i2 = i
+            sh = b1 + b2
+            if off == 0 or sh > s_best:
+                s_best = sh
+                j1 = i1
+                j2 = i2
+        v[j1] = -1.0 if p[j1] < 0 else 1.0
+        v[j2] = -1.0 if p[j2] < 0 else 1.0
+        return s_best
+    i1 = 0
+    b1 = abs(p[0])
+    m = 0
+    bm = b1
+    tot = b1
+    neg = 1 if p[0] < 0 else 0
+    for i in range(1, 8):
+        a = abs(p[i])
+        if a > b1:
+            b1 = a
+            i1 = i
+        if a < bm:
+            bm = a
+            m = i
+        tot = tot + a
+        if p[i] < 0:
+            neg += 1
+    i2 = 0
+    b2 = -1.0
+    for i in range(8):
+        a = abs(p[i])
+        if i != i1 and a > b2:
+            b2 = a
+            i2 = i
+    s1 = b1 + b2
+    odd = (neg & 1) == 1
+    s2 = 0.5 * tot - (bm if odd else 0.0)
+    if s2 > s1:
+        for i in range(8):
+            v[i] = -0.5 if p[i] < 0 else 0.5
+        if odd:
+            v[m] = -v[m]
+        return s2
+    v[i1] = -1.0 if p[i1] < 0 else 1.0
+    v[i2] = -1.0 if p[i2] < 0 else 1.0
+    return s1
+
+
+@nb.njit(inline="always", cache=True)
+def _membership(code, lam, qf, bound, g, ginv, c, lam2, y, v, t0, t1, t2):
+    """0: λ is a codeword (y = λ); 1: outside qV (y not computed); 2: on its boundary, not the
+    coset's representative (y = the representative). Same decisions as the numpy reference."""
+    s = _max_relevant(code, lam, v)
+    if s < bound:
+        for i in range(8):
+            y[i] = lam[i]
+        return 0
+    if s > bound:
+        return 1
+    _digits(lam, ginv, qf, c)
+    _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
+    for i in range(8):
+        if y[i] != lam[i]:
+            return 2
+    return 0
+
+
+@nb.njit(inline="always", cache=True)
+def _sq_err(z, beta, y, u):
+    """Σ (z_i − β(y_i + u_i))², left to right."""
+    w = z[0] - beta * (y[0] + u[0])
+    err = w * w
+    for i in range(1, 8):
+        w = z[i] - beta * (y[i] + u[i])
+        err = err + w * w
+    return err
+
+
+@nb.njit(inline="always", cache=True)
+def _search(code, zb, ub, t, beta, qf, bound, vn2, margins, steps, g, ginv, s8, yb):
+    """Best in-code projection of t (or the origin) into yb; returns its error."""
+    p, cand, c, lam2, y, v, t0, t1, t2 = s8
+    best_c = np.inf
+    for i in range(8):
+        yb[i] = 0.0
+    for mi in range(margins.shape[0]):
+        r = bound - margins[mi]
+        for i in range(8):
+            p[i] = t[i]
+        for _ in range(steps):
+            s = _max_relevant(code, p, v)
+            if s > r:
+                cc = (s - r) / vn2
+                for i in range(8):
+                    p[i] = p[i] - cc * v[i]
+        _closest(code, p, cand, t0, t1)
+        if _membership(code, cand, qf, bound, g, ginv, c, lam2, y, v, t0, t1, t2) == 0:
+            e = _sq_err(zb, beta, cand, ub)
+            if e < best_c:
+                best_c = e
+                for i in range(8):
+                    yb[i] = cand[i]
+    if best_c == np.inf:
+        best_c = _sq_err(zb, beta, yb, ub)
+    return best_c
+
+
+#: Relative margin of the pruning bounds (they are exact in real arithmetic; this absorbs rounding).
+_PRUNE = 1.0 + 1e-9
+
+
+@nb.njit(inline="always", cache=True)
+def _relevant_max_exact(code, x, xo, xs):
+    """max_v ⟨λ, v⟩ for a lattice point λ = x[xo + i·xs], branch-free.
+
+    On lattice points every partial sum is exact, so the value equals :func:`_max_relevant`'s
+    whatever the order; only its comparison with q‖v‖²/2 is used.
+    """
+    if code == 2:
+        m1 = 0.0
+        for i in range(8):
+            m1 = max(m1, abs(x[xo + np.uint64(i) * xs]))
+        return m1
+    if code == 1:
+        best = 0.0
+        for h in range(2):
+            m1 = -1.0
+            m2 = -1.0
+            for i in range(4 * h, 4 * h + 4):
+                a = abs(x[xo + np.uint64(i) * xs])
+                m2 = max(m2, min(m1, a))
+                m1 = max(m1, a)
+            best = max(best, m1 + m2)
+        return best
+    m1 = -1.0
+    m2 = -1.0
+    mn = np.inf
+    tot = 0.0
+    neg = 0
+    for i in range(8):
+        xi = x[xo + np.uint64(i) * xs]
+        a = abs(xi)
+        m2 = max(m2, min(m1, a))
+        m1 = max(m1, a)
+        mn = min(mn, a)
+        tot += a
+        neg += 1 if xi < 0 else 0
+    s2 = 0.5 * tot - (mn if (neg & 1) == 1 else 0.0)
+    return max(m1 + m2, s2)
+
+
+@nb.njit(inline="always", cache=True)
+def _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, blk, out8, t0, t1):
+    """Phase one of the encoder on blocks lo..lo+m−1, structure of arrays (vectorised for E8).
+
+    For every β_j: t = z/β_j − u, λ_j = Q_Λ(t) (into lams[j]), the error e0 of β_j·(λ_j + u)
+    (left-to-right sum, as the reference) and max_v⟨λ_j, v⟩ (into ss[j]).
+    """
+    tile = np.uint64(_TILE)
+    k = betas.shape[0]
+    for bb in range(m):
+        for i in range(8):
+            zs[i * _TILE + bb] = z[lo + bb, i]
+            us[i * _TILE + bb] = u[lo + bb, i]
+    for j in range(k):
+        beta = betas[j]
+        lj = lams[j]
+        for i in range(8):
+            for bb in range(m):
+                ts[i * _TILE + bb] = zs[i * _TILE + bb] / beta - us[i * _TILE + bb]
+        if code == 0:
+            for bb in range(np.uint64(m)):
+                _e8_at(ts, bb, tile, lj, bb, tile)
+        else:
+            for bb in range(m):
+                for i in range(8):
+                    blk[i] = ts[i * _TILE + bb]
+                _closest(code, blk, out8, t0, t1)
+                for i in range(8):
+                    lj[i * _TILE + bb] = out8[i]
+        ej = e0s[j]
+        for bb in range(m):
+            w = zs[bb] - beta * (lj[bb] + us[bb])
+            ej[bb] = w * w
+        for i in range(1, 8):
+            for bb in range(m):
+                w = zs[i * _TILE + bb] - beta * (lj[i * _TILE + bb] + us[i * _TILE + bb])
+                ej[bb] = ej[bb] + w * w
+        sj = ss[j]
+        for bb in range(np.uint64(m)):
+            sj[bb] = _relevant_max_exact(code, lj, bb, tile)
+
+
 @nb.njit(parallel=True, cache=True)
-def _encode_all(code, z, q, betas, u, least_error, rho2, g, ginv, digits, chosen, est, over):
+def _encode_all(
+    code,
+    z,
+    q,
+    betas,
+    u,
+    least_error,
+    vn2,
+    margins,
+    steps,
+    search,
+    g,
+    ginv,
+    digits,
+    chosen,
+    est,
+    over,
+):
+    """Per block: every β, its codeword (nearest lattice point, else projection / wrapped point),
+    and the selection rule.
+
+    Tiles of _TILE blocks: first the nearest lattice point, its error and its
+    ``max_v⟨λ, v⟩`` for every β (:func:`_tile_nearest`, vectorised), then per block the
+    membership test, the search where λ overloads, and the rule. With the least-error rule the
+    scales are visited from the largest down, so that two bounds can skip work that cannot change
+    the choice (ties still go to the smallest index): the error of the nearest lattice point,
+    below which no codeword at that β can be, and ``β²·(max_v⟨t, v⟩ − q‖v‖²/2)²/‖v‖²``, the
+    squared distance from t to the cell qV.
+    """
     n = z.shape[0]
     k = betas.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
     qf = float(q)
-    ball = rho2 * qf * qf
+    bound = 0.5 * qf * vn2
     for ch in nb.prange(nchunk):
+        zs = np.empty(8 * _TILE)
+        us = np.empty(8 * _TILE)
+        ts = np.empty(8 * _TILE)
+        lams = np.empty((k, 8 * _TILE))
+        e0s = np.empty((k, _TILE))
+        ss = np.empty((k, _TILE))
         t = np.empty(8)
         lam = np.empty(8)
-        best_lam = np.empty(8)
+        ysel = np.empty(8)
         c = np.empty(8)
         lam2 = np.empty(8)
         y = np.empty(8)
-        xh = np.empty(8)
+        v = np.empty(8)
         t0 = np.empty(8)
         t1 = np.empty(8)
         t2 = np.empty(8)
-        for b in range(ch * _CHUNK, min(n, (ch + 1) * _CHUNK)):
-            best = np.inf
-            sel = -1
-            for j in range(k):
-                beta = betas[j]
-                for i in range(8):
-                    t[i] = z[b, i] / beta - u[b, i]
-                _closest(code, t, lam, t0, t1)
-                nrm = lam[0] * lam[0]
-                for i in range(1, 8):
-                    nrm = nrm + lam[i] * lam[i]
-                ov = False
-                if nrm < ball:
+        s8 = (
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+            np.empty(8),
+        )
+        end = min(n, (ch + 1) * _CHUNK)
+        for lo in range(ch * _CHUNK, end, _TILE):
+            m = min(_TILE, end - lo)
+            _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, t, lam, t0, t1)
+            for bb in range(m):
+                b = lo + bb
+                zb = z[b]
+                ub = u[b]
+                best = np.inf
+                sel = -1
+                for jj in range(k):
+                    j = k - 1 - jj if least_error else jj
+                    beta = betas[j]
+                    err = e0s[j, bb]
+                    if least_error and err > best * _PRUNE:
+                        continue
+                    s = ss[j, bb]
                     for i in range(8):
+                        lam[i] = lams[j, i * _TILE + bb]
                         y[i] = lam[i]
-                else:
-                    _digits(lam, ginv, qf, c)
-                    _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
-                    for i in range(8):
-                        if y[i] != lam[i]:
-                            ov = True
+                    mm = 0
+                    if s > bound:
+                        mm = 1
+                    elif s == bound:
+                        _digits(lam, ginv, qf, c)
+                        _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
+                        for i in range(8):
+                            if y[i] != lam[i]:
+                                mm = 2
+                    ov = mm != 0
+                    if not least_error and ov and j < k - 1:
+                        continue  # no-overload: a later β will be taken
+                    if ov:
+                        for i in range(8):
+                            t[i] = zb[i] / beta - ub[i]
+                        if search:
+                            if least_error:
+                                st = _max_relevant(code, t, v) - bound
+                                if st > 0 and beta * beta * st * st / vn2 > best * _PRUNE:
+                                    continue
+                            err = _search(
+                                code,
+                                zb,
+                                ub,
+                                t,
+                                beta,
+                                qf,
+                                bound,
+                                vn2,
+                                margins,
+                                steps,
+                                g,
+                                ginv,
+                                s8,
+                                y,
+                            )
+                        else:
+                            if mm == 1:
+                                _digits(lam, ginv, qf, c)
+                                _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
+                            err = _sq_err(zb, beta, y, ub)
+                    if (not least_error) or err < best or (err == best and j < sel):
+                        best = err
+                        sel = j
+                        for i in range(8):
+                            ysel[i] = y[i]
+                        over[b] = ov
+                        if not least_error:
+                            break
+                chosen[b] = sel
+                beta = betas[sel]
                 for i in range(8):
-                    xh[i] = beta * (y[i] + u[b, i])
-                v = z[b, 0] - xh[0]
-                err = v * v
-                for i in range(1, 8):
-                    v = z[b, i] - xh[i]
-                    err = err + v * v
-                if least_error:
-                    take = err < best
-                else:
-                    take = sel < 0 and ((not ov) or j == k - 1)
-                if take:
-                    best = err
-                    sel = j
-                    for i in range(8):
-                        best_lam[i] = lam[i]
-                        est[b, i] = xh[i]
-                    over[b] = ov
-            chosen[b] = sel
-            _digits(best_lam, ginv, qf, c)
-            for i in range(8):
-                digits[b, i] = np.int64(c[i])
+                    est[b, i] = beta * (ysel[i] + ub[i])
+                _digits(ysel, ginv, qf, c)
+                for i in range(8):
+                    digits[b, i] = np.int64(c[i])
 
 
 @nb.njit(inline="always", cache=True)
@@ -218,7 +619,7 @@ def _digits(lam, ginv, qf, c):
         c[jj] = s - qf * np.floor(s / qf)
 
 
-def voronoi_encode_kernel(z, name, q, betas, u, rule):
+def voronoi_encode_kernel(z, name, q, betas, u, rule, search=True):
     """Numba version of :func:`mmquant.lattices.voronoi.voronoi_encode_blocks` (same outputs)."""
     lat = lattice(name)
     z = np.ascontiguousarray(z, dtype=np.float64)
@@ -234,7 +635,10 @@ def voronoi_encode_kernel(z, name, q, betas, u, rule):
         np.ascontiguousarray(betas, dtype=np.float64),
         np.ascontiguousarray(u, dtype=np.float64),
         rule == "least-error",
-        lat.packing_radius_sq,
+        lat.relevant_norm_sq,
+        np.asarray(PROJECT_MARGINS, dtype=np.float64),
+        PROJECT_STEPS,
+        bool(search),
         np.ascontiguousarray(lat.generator),
         np.ascontiguousarray(lat.generator_inverse),
         digits,

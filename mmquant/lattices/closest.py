@@ -39,6 +39,7 @@ __all__ = [
     "closest_dn",
     "closest_e8",
     "lattice",
+    "max_relevant",
     "E8_G",
     "E8_NSM",
     "sq8",
@@ -114,6 +115,89 @@ def sq8(v: np.ndarray) -> np.ndarray:
     return acc
 
 
+def _sgn(x: np.ndarray) -> np.ndarray:
+    """−1 where x < 0, else +1 (so −0.0 and 0.0 count as positive)."""
+    return np.where(x < 0, -1.0, 1.0)
+
+
+def max_relevant(p: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The Voronoi-relevant vector ``v`` of the lattice with the largest ``⟨p, v⟩``, per block.
+
+    The Voronoi cell of ``qΛ`` is ``{x : ⟨x, v⟩ ≤ q·‖v‖²/2 for every relevant v}``; for the three
+    lattices the relevant vectors are the minimal ones, so the maximum has a closed form
+    (Conway & Sloane ch. 21):
+
+    * E8 (the 240 roots, ‖v‖² = 2): ``s₁ = |p|₍₁₎ + |p|₍₂₎`` (two largest magnitudes, v = ±e_i ± e_j)
+      or ``s₂ = ½Σ|p_i|`` minus ``|p|₍₈₎`` when an odd number of p_i are negative (v = ½(±1)⁸ with
+      an even number of minus signs: the sign of the smallest |p_i| is flipped); ``s₂`` wins only
+      if strictly larger;
+    * D4 ⊕ D4 (the roots ±e_i ± e_j inside each half, ‖v‖² = 2): the two largest magnitudes of the
+      half with the larger sum (the first half on ties);
+    * Z⁸ (±e_i, ‖v‖² = 1): the largest magnitude.
+
+    Ties between coordinates go to the lowest index; the sign of 0 is +. The numba kernels in
+    :mod:`mmquant.kernels.lattice` do the same operations in the same order (bit-identical).
+
+    Parameters
+    ----------
+    p : numpy.ndarray, shape (N, 8)
+        Points (float64).
+    name : str
+        ``"e8"``, ``"d4"`` or ``"zn"``.
+
+    Returns
+    -------
+    s : numpy.ndarray, shape (N,)
+        ``max_v ⟨p, v⟩``.
+    v : numpy.ndarray, shape (N, 8)
+        The maximising relevant vector.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.shape[0]
+    rows = np.arange(n)
+    a = np.abs(p)
+    sg = _sgn(p)
+    v = np.zeros_like(p)
+    if name == "zn":
+        i1 = np.argmax(a, axis=1)
+        v[rows, i1] = sg[rows, i1]
+        return a[rows, i1], v
+    if name == "d4":
+        halves = []
+        for off in (0, 4):
+            h = a[:, off : off + 4]
+            i1 = np.argmax(h, axis=1)
+            h2 = h.copy()
+            h2[rows, i1] = -1.0
+            i2 = np.argmax(h2, axis=1)
+            halves.append((h[rows, i1] + h[rows, i2], i1 + off, i2 + off))
+        (s0, a0, b0), (s1, a1, b1) = halves
+        second = s1 > s0
+        i1 = np.where(second, a1, a0)
+        i2 = np.where(second, b1, b0)
+        v[rows, i1] = sg[rows, i1]
+        v[rows, i2] = sg[rows, i2]
+        return np.where(second, s1, s0), v
+    i1 = np.argmax(a, axis=1)
+    a2 = a.copy()
+    a2[rows, i1] = -1.0
+    i2 = np.argmax(a2, axis=1)
+    s1 = a[rows, i1] + a[rows, i2]
+    m = np.argmin(a, axis=1)
+    odd = (np.sum(p < 0, axis=1) % 2) == 1
+    tot = a[:, 0]
+    for i in range(1, 8):
+        tot = tot + a[:, i]
+    s2 = 0.5 * tot - np.where(odd, a[rows, m], 0.0)
+    half = s2 > s1
+    v1 = np.zeros_like(p)
+    v1[rows, i1] = sg[rows, i1]
+    v1[rows, i2] = sg[rows, i2]
+    v2 = 0.5 * sg
+    v2[rows, m] = np.where(odd, -v2[rows, m], v2[rows, m])
+    return np.where(half, s2, s1), np.where(half[:, None], v2, v1)
+
+
 @cache
 def _gens() -> dict[str, np.ndarray]:
     e8 = np.zeros((8, 8))
@@ -144,15 +228,16 @@ class Lattice:
         d×d generator ``G`` with basis vectors as rows; points are ``λ = c·G``, ``c ∈ Z^d``.
     nsm : float
         Normalised second moment G(Λ) of the lattice.
-    packing_radius_sq : float
-        ρ², the squared inscribed radius of the Voronoi cell (½ for E8 and D4, ¼ for Z⁸).
+    relevant_norm_sq : float
+        ‖v‖² of its Voronoi-relevant vectors (2 for E8 and D4, 1 for Z⁸): ``x`` lies in the Voronoi
+        cell of ``qΛ`` iff ``max_v ⟨x, v⟩ ≤ q·‖v‖²/2`` (:func:`max_relevant`).
     """
 
     name: str
     dim: int
     generator: np.ndarray
     nsm: float
-    packing_radius_sq: float
+    relevant_norm_sq: float
 
     def closest(self, x: np.ndarray) -> np.ndarray:
         """Closest lattice point to each block (last axis of length ``dim``)."""
@@ -184,9 +269,9 @@ def _ginv(name: str) -> np.ndarray:
 
 
 LATTICES: dict[str, Lattice] = {
-    "e8": Lattice("e8", 8, E8_G, E8_NSM, 0.5),
-    "d4": Lattice("d4", 8, np.kron(np.eye(2), _gens()["d4"]), 0.0766032, 0.5),
-    "zn": Lattice("zn", 8, np.eye(8), 1.0 / 12.0, 0.25),
+    "e8": Lattice("e8", 8, E8_G, E8_NSM, 2.0),
+    "d4": Lattice("d4", 8, np.kron(np.eye(2), _gens()["d4"]), 0.0766032, 2.0),
+    "zn": Lattice("zn", 8, np.eye(8), 1.0 / 12.0, 1.0),
 }
 
 

@@ -7,11 +7,22 @@ points, indexed by ``b = λ·G⁻¹ mod q``. One 8-block ``z`` is coded with sca
 
     encode:  λ = Q_Λ(z/β − u);   b = λ·G⁻¹ mod q                      (integers in [0, q))
     decode:  y = b·G − q·Q_Λ(b·G / q);   ẑ = β·(y + u)
-    overload: y ≠ λ  (λ outside the Voronoi cell of qΛ; the error is then large)
+    overload: y ≠ λ  (λ outside the Voronoi cell of qΛ; the wrapped point y is then far away)
 
-The encoder computes ``y`` exactly as the decoder does (from the reduced digits ``b``, not from λ,
-so that tie-breaking at the boundary of qV is identical on both sides), except when
-``‖λ‖² < ρ²q²`` (λ strictly inside the inscribed ball of qV), where ``y = λ`` without computation.
+Membership: λ is a codeword iff the decoder returns it. With ``s = max_v ⟨λ, v⟩`` over the
+Voronoi-relevant vectors (:func:`mmquant.lattices.closest.max_relevant`), ``s < q‖v‖²/2`` means
+strictly inside qV (a codeword, no computation) and ``s > q‖v‖²/2`` strictly outside; on the
+boundary the encoder computes ``y`` exactly as the decoder does (from the reduced digits), so that
+the tie rule picks the same representative of the coset on both sides.
+
+Projection search (``search=true``, the default): an overloaded block is not sent as its wrapped
+point. For each margin ``t ∈ PROJECT_MARGINS = (0, 1)`` the point ``x = z/β − u`` is moved onto
+``{p : max_v ⟨p, v⟩ ≤ q‖v‖²/2 − t}`` by ``PROJECT_STEPS = 2`` orthogonal projections on the most
+violated facet, rounded to Λ, and kept if it is a codeword; the best such codeword (the origin
+if none) is sent. With several β this makes the union of the scaled codes a much better
+quantizer near the edge of each code: at q = 14, k = 4 on N(0, 1) blocks the MSE falls from
+0.00580 to 0.00551 (−0.22 dB) for the same rate, and the product error on ``mmquant compare``'s
+default data from 2.16 to 1.91 dB above Γ. The decoder is unchanged.
 
 With ``k`` scales ``β₁ < … < β_k`` every block picks one and sends its index (``rule``):
 ``"least-error"`` (try all, keep the smallest ‖z − ẑ‖²) or ``"no-overload"`` (the smallest β that
@@ -36,11 +47,11 @@ The quantizer along the last axis of ``x`` (one row = one column of the product'
    the least-error rule (measured: 0.00608 vs 0.00585 at q = 14, k = 4), so it is off by default;
 5. MMSE scaling: the decoder multiplies ẑ by ``α = ⟨z, ẑ⟩/‖ẑ‖²`` (one float32 per tensor).
 
-Packing (real bytes, the rate is measured): the ``8·J`` base-q digits of ``J`` consecutive blocks
-form one integer ``< q^{8J} ≤ 2^64`` (J the largest such, J = 2 for q = 14) stored in
-``W = ⌈8J·log2 q⌉`` bits, split into ≤ 16-bit fields packed by :func:`mmquant.packing.pack`; the
-β indices take ``⌈log2 k⌉`` bits per block. Rate = ``W/(8J) + ⌈log2 k⌉/8`` bits/entry plus side
-information (q = 14, k = 4: 61/16 + 2/8 = 4.0625, i.e. log2 14 + 2/8 + 0.005).
+Packing (real bytes, the rate is measured): with ``q = 2^a·m`` (m odd) each base-q digit is ``a``
+raw bits and one base-m digit; J base-m digits form one integer ``< m^J ≤ 2^64`` stored in
+``W = ⌈J·log2 m⌉`` bits (J chosen to minimise W/J; :func:`pack_base_q`); the β indices take
+``⌈log2 k⌉`` bits per block. Rate = ``a + W/J + ⌈log2 k⌉/8`` bits/entry plus side information
+(q = 14, k = 4: 1 + 59/21 + 2/8 = 4.0595, i.e. log2 14 + 2/8 + 0.002).
 
 References
 ----------
@@ -65,7 +76,7 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.lattices.closest import Lattice, lattice
+from mmquant.lattices.closest import Lattice, lattice, max_relevant
 from mmquant.lattices.closest import sq8 as _sq8
 from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.rotations import rotation
@@ -79,6 +90,7 @@ __all__ = [
     "optimal_betas",
     "voronoi_encode_blocks",
     "voronoi_decode_blocks",
+    "digit_bits",
     "pack_base_q",
     "unpack_base_q",
     "dither",
@@ -87,6 +99,10 @@ __all__ = [
 ]
 
 RULES = ("least-error", "no-overload")
+#: Margins t of the projection search: targets ``max_v⟨p, v⟩ ≤ q‖v‖²/2 − t`` (see module docstring).
+PROJECT_MARGINS = (0.0, 1.0)
+#: Projections on the most violated facet per search target.
+PROJECT_STEPS = 2
 
 
 def _use_numba(backend: str) -> bool:
@@ -122,7 +138,8 @@ class VoronoiBlocks:
     estimate : numpy.ndarray
         (N, 8) float64 reconstruction ``ẑ = β·(y + u)`` (before MMSE scaling).
     overload : numpy.ndarray
-        (N,) bool, the chosen β overloads.
+        (N,) bool: at the chosen β the nearest lattice point ``Q_Λ(z/β − u)`` lies outside the
+        code (the block was then coded by its wrapped point, or, with the search, by a projection).
     """
 
     digits: np.ndarray
@@ -137,6 +154,63 @@ def _reduce(lat: Lattice, digits: np.ndarray, q: int) -> np.ndarray:
     return lam - q * lat.closest(lam / q)
 
 
+def _digits(lat: Lattice, lam: np.ndarray, q: int) -> np.ndarray:
+    """b = λ·G⁻¹ mod q (exact in float64: G⁻¹ has entries in ½Z, λ in ½Z)."""
+    c = lam @ lat.generator_inverse
+    return c - q * np.floor(c / q)
+
+
+def _code_member(lat: Lattice, lam: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """(in_code, y): y is what the decoder returns for λ's coset; λ is a codeword iff y = λ.
+
+    ``s = max_v ⟨λ, v⟩`` against ``q·‖v‖²/2``: strictly below, λ is inside the Voronoi cell of qΛ
+    (y = λ, no computation); otherwise y comes from the decoder's own reduction, so that points
+    on the boundary of qV are codewords exactly when the tie rule makes them the coset's
+    representative.
+    """
+    s, _ = max_relevant(lam, lat.name)
+    y = lam.copy()
+    need = s >= 0.5 * q * lat.relevant_norm_sq
+    if np.any(need):
+        y[need] = _reduce(lat, _digits(lat, lam[need], q), q)
+    return ~np.any(y != lam, axis=-1), y
+
+
+def _project(x: np.ndarray, lat: Lattice, r: float) -> np.ndarray:
+    """Move x into ``{p : max_v ⟨p, v⟩ ≤ r}``: up to PROJECT_STEPS projections on the worst facet."""
+    p = x.copy()
+    for _ in range(PROJECT_STEPS):
+        s, v = max_relevant(p, lat.name)
+        c = (s - r) / lat.relevant_norm_sq
+        p = np.where((s > r)[:, None], p - c[:, None] * v, p)
+    return p
+
+
+def _code_point(
+    z: np.ndarray, x: np.ndarray, uu: np.ndarray, lat: Lattice, q: int, beta: float, search: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codeword for every block at one scale: (y, error ‖z − β(y+u)‖², overload of Q_Λ(x))."""
+    lam = lat.closest(x)
+    inc, y = _code_member(lat, lam, q)
+    over = ~inc
+    if search and np.any(over):
+        idx = np.nonzero(over)[0]
+        zi, ui = z[idx], uu[idx]
+        best_e = np.full(idx.size, np.inf)
+        best_y = np.zeros((idx.size, 8))  # the origin, always a codeword, if no projection is
+        bound = 0.5 * q * lat.relevant_norm_sq
+        for t in PROJECT_MARGINS:
+            cand = lat.closest(_project(x[idx], lat, bound - t))
+            ok, _ = _code_member(lat, cand, q)
+            e = _sq8(zi - beta * (cand + ui))
+            take = ok & (e < best_e)
+            best_e = np.where(take, e, best_e)
+            best_y[take] = cand[take]
+        y[idx] = best_y
+    err = _sq8(z - beta * (y + uu))
+    return y, err, over
+
+
 def voronoi_encode_blocks(
     z: np.ndarray,
     lat: Lattice | str,
@@ -145,11 +219,14 @@ def voronoi_encode_blocks(
     u: np.ndarray | None,
     rule: str = "least-error",
     backend: str = "auto",
+    search: bool = True,
 ) -> VoronoiBlocks:
     """Encode (N, 8) blocks with a Voronoi code of several scales (see the module docstring).
 
-    ``u`` is the (N, 8) dither in units of the lattice (``None``: no dither). ``backend="numba"``
-    uses :mod:`mmquant.kernels.lattice` (bit-identical to this numpy reference).
+    ``u`` is the (N, 8) dither in units of the lattice (``None``: no dither). ``search=False``
+    codes an overloaded block by its wrapped point (the plain Voronoi code); ``True`` by the
+    best in-code projection (or the origin). ``backend="numba"`` uses
+    :mod:`mmquant.kernels.lattice` (bit-identical to this numpy reference).
     """
     lat = lattice(lat) if isinstance(lat, str) else lat
     z = np.ascontiguousarray(z, dtype=np.float64)
@@ -158,33 +235,24 @@ def voronoi_encode_blocks(
     if _use_numba(backend):
         from mmquant.kernels.lattice import voronoi_encode_kernel
 
-        return VoronoiBlocks(*voronoi_encode_kernel(z, lat.name, q, betas, uu, rule))
-    ginv = lat.generator_inverse
+        return VoronoiBlocks(*voronoi_encode_kernel(z, lat.name, q, betas, uu, rule, search))
     n = z.shape[0]
     best_err = np.full(n, np.inf)
     chosen = np.full(n, -1, np.int64)
-    digits = np.zeros((n, 8), np.int64)
-    est = np.zeros((n, 8))
+    best_y = np.zeros((n, 8))
     over = np.ones(n, bool)
     for j, beta in enumerate(betas):
-        lam = lat.closest(z / beta - uu)
-        c = lam @ ginv
-        c = c - q * np.floor(c / q)
-        # strictly inside the inscribed ball of qV: no overload, y = λ (the kernels skip _reduce)
-        inside = _sq8(lam) < lat.packing_radius_sq * q * q
-        y = np.where(inside[:, None], lam, _reduce(lat, c, q))
-        ov = np.any(y != lam, axis=-1)
-        xh = beta * (y + uu)
-        err = _sq8(z - xh)
+        y, err, ov = _code_point(z, z / beta - uu, uu, lat, q, float(beta), search)
         if rule == "least-error":
             take = err < best_err
         else:  # smallest β without overload; the largest β if every β overloads
             take = (chosen < 0) & (~ov | (j == len(betas) - 1))
         best_err = np.where(take, err, best_err)
         chosen[take] = j
-        digits[take] = c[take].astype(np.int64)
-        est[take] = xh[take]
+        best_y[take] = y[take]
         over[take] = ov[take]
+    est = betas[chosen][:, None] * (best_y + uu)
+    digits = _digits(lat, best_y, q).astype(np.int64)
     return VoronoiBlocks(digits, chosen, est, over)
 
 
@@ -214,54 +282,93 @@ def voronoi_decode_blocks(
 # ---------------------------------------------------------------------------------------------
 # Packing of base-q digits
 # ---------------------------------------------------------------------------------------------
-def _pack_params(q: int) -> tuple[int, int]:
-    """(J, W): J blocks per word (q^{8J} ≤ 2^64, J ≥ 1 for q ≤ 256), W bits per word."""
+def _pack_params(q: int) -> tuple[int, int, int, int]:
+    """(a, m, J, W) for q = 2^a·m with m odd: J odd parts per W-bit word (m^J ≤ 2^64).
+
+    J minimises ``W/J`` with ``W = ⌈log2 m^J⌉`` (computed exactly as the bit length of
+    ``m^J − 1``), the smallest such J on ties. q = 14: a = 1, m = 7, J = 21, W = 59.
+    """
+    a = (q & -q).bit_length() - 1
+    m = q >> a
+    if m == 1:
+        return a, 1, 1, 0
+    best = (1, (m - 1).bit_length())
     j = 1
-    while q ** (8 * (j + 1)) <= 2**64:
+    while m ** (j + 1) <= 2**64:
         j += 1
-    return j, (q ** (8 * j) - 1).bit_length()
+        w = (m**j - 1).bit_length()
+        if w * best[0] < best[1] * j:
+            best = (j, w)
+    return a, m, best[0], best[1]
 
 
 def _fields(w: int) -> list[int]:
     return [16] * (w // 16) + ([w % 16] if w % 16 else [])
 
 
+def digit_bits(q: int) -> float:
+    """Bits per base-q digit as packed by :func:`pack_base_q`: ``a + W/J`` (before byte padding)."""
+    a, m, j, w = _pack_params(q)
+    return a + (w / j if m > 1 else 0.0)
+
+
 def pack_base_q(digits: np.ndarray, q: int) -> np.ndarray:
-    """Pack (N, 8) digits in [0, q) as ``⌈N/J⌉`` words of ``W`` bits (see module docstring)."""
-    j, w = _pack_params(q)
+    """Pack digits in [0, q) (any shape, C order) into bytes at :func:`digit_bits` bits each.
+
+    With ``q = 2^a·m`` (m odd) every digit ``d = 2^a·h + l`` gives ``a`` raw bits ``l`` and a
+    base-m digit ``h``; the raw bits are packed as they are, the base-m digits in words of J
+    (one integer ``< m^J ≤ 2^64`` by Horner's rule, ``W`` bits, split into ≤ 16-bit fields packed
+    by :func:`mmquant.packing.pack`). q = 14: 1 + 59/21 = 3.8095 bits per digit, 0.002 above
+    log2 14 (one word of 16 digits in 61 bits would cost 0.005).
+    """
+    a, m, j, w = _pack_params(q)
     d = np.asarray(digits, np.uint64).reshape(-1)
-    n_words = -(-d.size // (8 * j))
-    padded = np.zeros(n_words * 8 * j, np.uint64)
-    padded[: d.size] = d
-    p = padded.reshape(n_words, 8 * j)
-    val = np.zeros(n_words, np.uint64)
-    qq = np.uint64(q)
-    for i in range(8 * j - 1, -1, -1):  # Horner: exact, val < q^{8J} ≤ 2^64
-        val = val * qq + p[:, i]
-    out, shift = [], 0
-    for f in _fields(w):
-        out.append(pack((val >> np.uint64(shift)) & np.uint64((1 << f) - 1), f))
-        shift += f
-    return np.concatenate(out)
+    out = []
+    if a:
+        out.append(pack(d & np.uint64((1 << a) - 1), a))
+    if m > 1:
+        h = d >> np.uint64(a)
+        n_words = -(-h.size // j)
+        p = np.zeros(n_words * j, np.uint64)
+        p[: h.size] = h
+        p = p.reshape(n_words, j)
+        val = np.zeros(n_words, np.uint64)
+        mm = np.uint64(m)
+        for i in range(j - 1, -1, -1):  # Horner: exact, val < m^J ≤ 2^64
+            val = val * mm + p[:, i]
+        shift = 0
+        for f in _fields(w):
+            out.append(pack((val >> np.uint64(shift)) & np.uint64((1 << f) - 1), f))
+            shift += f
+    return np.concatenate(out) if out else np.zeros(0, np.uint8)
 
 
 def unpack_base_q(data: np.ndarray, q: int, n_blocks: int) -> tuple[np.ndarray, int]:
     """Inverse of :func:`pack_base_q`: ((n_blocks, 8) int64 digits, bytes consumed)."""
-    j, w = _pack_params(q)
-    n_words = -(-n_blocks // j)
-    val = np.zeros(n_words, np.uint64)
-    pos, shift = 0, 0
-    for f in _fields(w):
-        nb = packed_nbytes(n_words, f)
-        val |= unpack(data[pos : pos + nb], f, n_words).astype(np.uint64) << np.uint64(shift)
+    a, m, j, w = _pack_params(q)
+    n = n_blocks * 8
+    d = np.zeros(n, np.uint64)
+    pos = 0
+    if a:
+        nb = packed_nbytes(n, a)
+        d |= unpack(data[pos : pos + nb], a, n).astype(np.uint64)
         pos += nb
-        shift += f
-    out = np.empty((n_words, 8 * j), np.int64)
-    qq = np.uint64(q)
-    for i in range(8 * j):
-        out[:, i] = (val % qq).astype(np.int64)
-        val = val // qq
-    return out.reshape(-1)[: n_blocks * 8].reshape(n_blocks, 8), pos
+    if m > 1:
+        n_words = -(-n // j)
+        val = np.zeros(n_words, np.uint64)
+        shift = 0
+        for f in _fields(w):
+            nb = packed_nbytes(n_words, f)
+            val |= unpack(data[pos : pos + nb], f, n_words).astype(np.uint64) << np.uint64(shift)
+            pos += nb
+            shift += f
+        h = np.empty((n_words, j), np.uint64)
+        mm = np.uint64(m)
+        for i in range(j):
+            h[:, i] = val % mm
+            val = val // mm
+        d |= h.reshape(-1)[:n] << np.uint64(a)
+    return d.astype(np.int64).reshape(n_blocks, 8), pos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,15 +376,22 @@ def unpack_base_q(data: np.ndarray, q: int, n_blocks: int) -> tuple[np.ndarray, 
 # ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=64)
 def optimal_betas(
-    lattice_name: str, q: int, k: int, rule: str = "least-error", dithered: bool = True
+    lattice_name: str,
+    q: int,
+    k: int,
+    rule: str = "least-error",
+    dithered: bool = True,
+    search: bool = True,
 ) -> tuple[float, ...]:
     """Scales β₁ < … < β_k minimising the MSE of the Voronoi code on N(0, 1) entries.
 
     Monte Carlo with a fixed seed: 16384 blocks of 8 iid N(0, 1) entries, the error of every block
     at each β of a log-spaced grid of 97 values in ``[1/q, 32/q]`` (spacing 3.6%), then
     coordinate descent over the grid indices of the k scales (sweeps until no change) for the
-    mean error of the selection ``rule`` (a finer second pass changed the product error by less
-    than 0.01 dB at q = 14, k = 4, so there is none). Deterministic; cached per argument tuple.
+    mean error of the selection ``rule``. A continuous refinement (Nelder–Mead on log β, from
+    several starts) moved the scales by up to 4% but changed the MSE on 2^21 fresh blocks by
+    less than 0.3% (q = 14, k = 4): the optimum is flat, so there is none. Deterministic (the
+    numba and numpy encoders agree bit for bit); cached per argument tuple.
 
     Returns
     -------
@@ -297,7 +411,7 @@ def optimal_betas(
         err = np.empty((grid.size, nb))
         ovl = np.empty((grid.size, nb), bool)
         for g, beta in enumerate(grid):
-            r = voronoi_encode_blocks(z, lat, q, np.array([beta]), u)
+            r = voronoi_encode_blocks(z, lat, q, np.array([beta]), u, search=search)
             err[g] = _sq8(z - r.estimate)
             ovl[g] = r.overload
         return err, ovl
@@ -414,6 +528,7 @@ class _VoronoiQuantizer(Quantizer):
     rotate: bool = True
     center: bool = False
     mmse: bool = True
+    search: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -435,14 +550,15 @@ class _VoronoiQuantizer(Quantizer):
         """The β list in use (optimised by :func:`optimal_betas` when ``betas`` is an int)."""
         if isinstance(self.betas, tuple):
             return self.betas
-        return optimal_betas(self.lattice_name, self.q, self.betas, self.rule, self.dither)
+        return optimal_betas(
+            self.lattice_name, self.q, self.betas, self.rule, self.dither, self.search
+        )
 
     @property
     def nominal_rate(self) -> float:
-        """Bits per entry of the codes (no side information): W/(8J) + ⌈log2 k⌉/8."""
-        j, w = _pack_params(self.q)
-        k = len(self.scales) if isinstance(self.betas, tuple) else self.betas
-        return w / (8 * j) + math.ceil(math.log2(k)) / 8 if k > 1 else w / (8 * j)
+        """Bits per entry of the codes (no side information or byte padding): a + W/J + ⌈log2 k⌉/8."""
+        k = len(self.betas) if isinstance(self.betas, tuple) else self.betas
+        return digit_bits(self.q) + (math.ceil(math.log2(k)) / 8 if k > 1 else 0.0)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
@@ -465,7 +581,7 @@ class _VoronoiQuantizer(Quantizer):
             side["dither_seed"] = np.array([ds], np.uint32)
             u = dither(z.shape[0], lat, ds)
         betas = np.asarray(self.scales)
-        res = voronoi_encode_blocks(z, lat, self.q, betas, u, self.rule)
+        res = voronoi_encode_blocks(z, lat, self.q, betas, u, self.rule, search=self.search)
         den = float(np.sum(res.estimate * res.estimate))
         alpha = float(np.sum(z * res.estimate)) / den if (self.mmse and den > 0) else 1.0
         side["alpha"] = np.array([alpha], np.float32)

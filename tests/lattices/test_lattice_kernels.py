@@ -8,7 +8,11 @@ from mmquant.lattices.closest import closest_dn, closest_e8, lattice
 from mmquant.lattices.voronoi import dither, voronoi_decode_blocks, voronoi_encode_blocks
 
 pytest.importorskip("numba")
-from mmquant.kernels.lattice import closest_kernel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mmquant.kernels.lattice import _e8, closest_kernel
 
 
 def _inputs(seed=0, n=20000):
@@ -29,16 +33,81 @@ def test_closest_bit_exact(name):
     np.testing.assert_array_equal(closest_kernel(z, name), ref)
 
 
+def _adversarial_e8(seed=3, n=6000):
+    """Rows full of ties: half-integers, quarters, all-equal entries, ±0, huge and non-finite."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    k = rng.integers(-6, 7, (n, 8)).astype(np.float64)
+    rows.append(k + 0.5)  # exact half-integers (scalar ties in c0, exact points of c1)
+    rows.append(k + rng.choice([0.0, 0.25, 0.5, 0.75], (n, 8)))  # quarter patterns
+    rows.append(k + rng.choice([0.0, 0.5], (n, 8)))  # integers mixed with half-integers
+    frac = rng.choice([0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875], (n, 1))
+    rows.append(np.repeat(rng.integers(-3, 4, (n, 1)) + frac, 8, axis=1))  # all equal
+    rows.append(np.repeat(np.array([[0.25], [-0.25], [0.5], [-0.5], [0.75], [-0.75]]), 8, 1))
+    rows.append(rng.choice([0.0, -0.0, 0.5, -0.5, 1.0, -1.0], (n, 8)))  # signed zeros
+    big = rng.choice([1e6, -1e6, 2.0**52, -(2.0**52), 2.0**53, 1e15, 1e300], (n, 8))
+    rows.append(big + rng.choice([0.0, 0.25, 0.5, 1.0, 1.5], (n, 8)))  # 1e6 + 0.5 etc.
+    # sums beyond 2**53: numpy's pairwise float sum decides the parity
+    rows.append(2.0**53 * rng.choice([0.0, 1.0, -1.0, 3.0], (n, 8)) + k)
+    rows.append(np.full((4, 8), 1.7e308) + np.array([[0.0], [1.0], [-0.5], [0.5]]))  # overflow
+    rows.append(rng.standard_normal((n, 8)) * 3)
+    special = rng.standard_normal((n, 8)) * 2
+    mask = rng.random((n, 8)) < 0.1
+    special[mask] = rng.choice([np.nan, np.inf, -np.inf], mask.sum())
+    rows.append(special)
+    rows.append(rng.choice([5e-324, -5e-324, 1e-300, 0.5 - 2.0**-54, 0.5 + 2.0**-53], (n, 8)))
+    return np.concatenate(rows)
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint64)
+
+
+def test_closest_e8_bit_exact_adversarial():
+    z = _adversarial_e8()
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = closest_e8(z)
+    np.testing.assert_array_equal(_bits(closest_kernel(z)), _bits(ref))
+
+
+def test_closest_e8_per_block_bit_exact():
+    """The per-block _e8 (used by the Voronoi encoder and decoder) equals the numpy path."""
+    z = _adversarial_e8(4, 300)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = closest_e8(z)
+    out = np.empty(8)
+    t0 = np.empty(8)
+    for row, r in zip(z, ref):
+        _e8(row, out, t0)
+        np.testing.assert_array_equal(_bits(out), _bits(r))
+
+
+_tie_floats = st.one_of(
+    st.integers(-64, 64).map(lambda i: i / 8),
+    st.floats(-6, 6, width=64),
+    st.sampled_from([0.0, -0.0, 1e6 + 0.5, -1e6 - 0.5, 2.0**53, np.nan, np.inf, -np.inf]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrays(np.float64, st.integers(1, 40).map(lambda r: (r, 8)), elements=_tie_floats))
+def test_closest_e8_bit_exact_property(z):
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = closest_e8(z)
+    np.testing.assert_array_equal(_bits(closest_kernel(z)), _bits(ref))
+
+
 @pytest.mark.parametrize("name", ["e8", "d4", "zn"])
 @pytest.mark.parametrize("rule", ["least-error", "no-overload"])
 @pytest.mark.parametrize("dithered", [False, True])
-def test_voronoi_bit_exact(name, rule, dithered):
+@pytest.mark.parametrize("search", [True, False])
+def test_voronoi_bit_exact(name, rule, dithered, search):
     lat = lattice(name)
     z = _inputs(1)
     u = dither(z.shape[0], lat, 9) if dithered else None
     betas = np.array([0.15, 0.25, 0.35, 0.6])
-    a = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numpy")
-    b = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numba")
+    a = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numpy", search=search)
+    b = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numba", search=search)
     for x, y in zip(
         (a.digits, a.beta_index, a.estimate, a.overload),
         (b.digits, b.beta_index, b.estimate, b.overload),
