@@ -324,25 +324,6 @@ def _max_relevant(code, p, v):
 
 
 @nb.njit(inline="always", cache=True)
-def _membership(code, lam, qf, bound, g, ginv, c, lam2, y, v, t0, t1, t2):
-    """0: λ is a codeword (y = λ); 1: outside qV (y not computed); 2: on its boundary, not the
-    coset's representative (y = the representative). Same decisions as the numpy reference."""
-    s = _max_relevant(code, lam, v)
-    if s < bound:
-        for i in range(8):
-            y[i] = lam[i]
-        return 0
-    if s > bound:
-        return 1
-    _digits(lam, ginv, qf, c)
-    _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
-    for i in range(8):
-        if y[i] != lam[i]:
-            return 2
-    return 0
-
-
-@nb.njit(inline="always", cache=True)
 def _sq_err(z, beta, y, u):
     """Σ (z_i − β(y_i + u_i))², left to right."""
     w = z[0] - beta * (y[0] + u[0])
@@ -351,39 +332,6 @@ def _sq_err(z, beta, y, u):
         w = z[i] - beta * (y[i] + u[i])
         err = err + w * w
     return err
-
-
-@nb.njit(inline="always", cache=True)
-def _search(code, zb, ub, t, beta, qf, bound, vn2, margins, steps, g, ginv, s8, yb):
-    """Best in-code projection of t (or the origin) into yb; returns its error."""
-    p, cand, c, lam2, y, v, t0, t1, t2 = s8
-    best_c = np.inf
-    for i in range(8):
-        yb[i] = 0.0
-    for mi in range(margins.shape[0]):
-        r = bound - margins[mi]
-        for i in range(8):
-            p[i] = t[i]
-        for _ in range(steps):
-            s = _max_relevant(code, p, v)
-            if s > r:
-                cc = (s - r) / vn2
-                for i in range(8):
-                    p[i] = p[i] - cc * v[i]
-        _closest(code, p, cand, t0, t1)
-        if _membership(code, cand, qf, bound, g, ginv, c, lam2, y, v, t0, t1, t2) == 0:
-            e = _sq_err(zb, beta, cand, ub)
-            if e < best_c:
-                best_c = e
-                for i in range(8):
-                    yb[i] = cand[i]
-    if best_c == np.inf:
-        best_c = _sq_err(zb, beta, yb, ub)
-    return best_c
-
-
-#: Relative margin of the pruning bounds (they are exact in real arithmetic; this absorbs rounding).
-_PRUNE = 1.0 + 1e-9
 
 
 @nb.njit(inline="always", cache=True)
@@ -424,6 +372,63 @@ def _relevant_max_exact(code, x, xo, xs):
         neg += 1 if xi < 0 else 0
     s2 = 0.5 * tot - (mn if (neg & 1) == 1 else 0.0)
     return max(m1 + m2, s2)
+
+
+@nb.njit(inline="always", cache=True)
+def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
+    """λ (a lattice point) is a codeword: the test of :func:`_membership`, without filling y."""
+    s = _relevant_max_exact(code, lam, np.uint64(0), np.uint64(1))
+    if s < bound:
+        return True
+    if s > bound:
+        return False
+    _digits(lam, ginv, qf, c)
+    _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
+    for i in range(8):
+        if y[i] != lam[i]:
+            return False
+    return True
+
+
+@nb.njit(inline="always", cache=True)
+def _search(code, zb, ub, t, s0, v0, beta, qf, bound, vn2, margins, steps, g, ginv, s8, yb):
+    """Best in-code projection of t (or the origin) into yb; returns its error.
+
+    ``s0``, ``v0`` are ``max_v ⟨t, v⟩`` and its maximiser, the first step of every margin.
+    """
+    p, cand, c, lam2, y, v, t0, t1, t2 = s8
+    best_c = np.inf
+    for i in range(8):
+        yb[i] = 0.0
+    for mi in range(margins.shape[0]):
+        r = bound - margins[mi]
+        for i in range(8):
+            p[i] = t[i]
+        for st in range(steps):
+            if st == 0:
+                s = s0
+                for i in range(8):
+                    v[i] = v0[i]
+            else:
+                s = _max_relevant(code, p, v)
+            if s > r:
+                cc = (s - r) / vn2
+                for i in range(8):
+                    p[i] = p[i] - cc * v[i]
+        _closest(code, p, cand, t0, t1)
+        if _is_codeword(code, cand, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
+            e = _sq_err(zb, beta, cand, ub)
+            if e < best_c:
+                best_c = e
+                for i in range(8):
+                    yb[i] = cand[i]
+    if best_c == np.inf:
+        best_c = _sq_err(zb, beta, yb, ub)
+    return best_c
+
+
+#: Relative margin of the pruning bounds (they are exact in real arithmetic; this absorbs rounding).
+_PRUNE = 1.0 + 1e-9
 
 
 @nb.njit(inline="always", cache=True)
@@ -567,15 +572,21 @@ def _encode_all(
                         for i in range(8):
                             t[i] = zb[i] / beta - ub[i]
                         if search:
-                            if least_error:
-                                st = _max_relevant(code, t, v) - bound
-                                if st > 0 and beta * beta * st * st / vn2 > best * _PRUNE:
-                                    continue
+                            s0 = _max_relevant(code, t, v)
+                            st = s0 - bound
+                            if (
+                                least_error
+                                and st > 0
+                                and beta * beta * st * st / vn2 > best * _PRUNE
+                            ):
+                                continue
                             err = _search(
                                 code,
                                 zb,
                                 ub,
                                 t,
+                                s0,
+                                v,
                                 beta,
                                 qf,
                                 bound,
