@@ -11,7 +11,7 @@ arrays are converted to little-endian first) are written as their raw bytes in a
 tensor, with the dtype name and shape kept in the header; their byte count is unchanged. The string
 metadata of the safetensors header holds a single key, ``"mmquant"``, whose value is a JSON header::
 
-    {"magic": "mmquant", "format_version": 1, "library_version": "0.1.0",
+    {"magic": "mmquant", "format_version": 2, "library_version": "0.1.0",
      "matrices": {NAME: {"spec": ..., "shape": [...], "seed": ..., "stats": {...},
                          "arrays": {TENSOR: {"dtype": ..., "shape": [...], "raw": bool,
                                              "crc32": int}}}},
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "mmquant"  # the "magic" of the JSON header
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_NAME = "x"  # name of the matrix when save() is given a single Encoded
 _META_KEY = "mmquant"
 
@@ -316,6 +316,12 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
         got = header.get("magic") if isinstance(header, dict) else type(header).__name__
         raise FormatError(f"{path}: wrong magic {got!r}, expected {FORMAT_NAME!r}")
     version = header.get("format_version")
+    if version == 1:
+        raise FormatError(
+            f"{path}: format version 1 (before the lattice codes e8/d4/zn changed their packing "
+            f"and started to store their β list); this library reads version {FORMAT_VERSION}: "
+            "re-encode the matrices"
+        )
     if version != FORMAT_VERSION:
         raise FormatError(
             f"{path}: unknown format version {version!r} (this library reads version "

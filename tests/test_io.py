@@ -197,7 +197,14 @@ def test_not_mmquant_files(tmp_path, x):
 def test_unknown_version(small_file):
     p, _ = small_file
     _rewrite(p, lambda h: h.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(FormatError, match="unknown format version 2"):
+    with pytest.raises(FormatError, match=f"unknown format version {FORMAT_VERSION + 1}"):
+        load(p)
+
+
+def test_version_1_files_are_refused_with_the_reason(small_file):
+    p, _ = small_file
+    _rewrite(p, lambda h: h.update(format_version=1))
+    with pytest.raises(FormatError, match=r"format version 1 .*re-encode"):
         load(p)
 
 

@@ -47,6 +47,9 @@ The quantizer along the last axis of ``x`` (one row = one column of the product'
    the least-error rule (measured: 0.00608 vs 0.00585 at q = 14, k = 4), so it is off by default;
 5. MMSE scaling: the decoder multiplies ẑ by ``α = ⟨z, ẑ⟩/‖ẑ‖²`` (one float32 per tensor).
 
+The β list travels as side information (``betas``, k float64: 256 bits per tensor at k = 4), so
+that a stored code decodes the same even if :func:`optimal_betas` changes.
+
 Packing (real bytes, the rate is measured): with ``q = 2^a·m`` (m odd) each base-q digit is ``a``
 raw bits and one base-m digit; J base-m digits form one integer ``< m^J ≤ 2^64`` stored in
 ``W = ⌈J·log2 m⌉`` bits (J chosen to minimise W/J; :func:`pack_base_q`); the β indices take
@@ -580,7 +583,8 @@ class _VoronoiQuantizer(Quantizer):
             ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
             side["dither_seed"] = np.array([ds], np.uint32)
             u = dither(z.shape[0], lat, ds)
-        betas = np.asarray(self.scales)
+        betas = np.asarray(self.scales, dtype=np.float64)
+        side["betas"] = betas.copy()  # the decoder reads them, whatever optimal_betas computes
         res = voronoi_encode_blocks(z, lat, self.q, betas, u, self.rule, search=self.search)
         den = float(np.sum(res.estimate * res.estimate))
         alpha = float(np.sum(z * res.estimate)) / den if (self.mmse and den > 0) else 1.0
@@ -613,8 +617,13 @@ class _VoronoiQuantizer(Quantizer):
         n8 = -(-n // 8) * 8
         nb = n_rows * n8 // 8
         digits, pos = unpack_base_q(enc.codes, self.q, nb)
-        betas = np.asarray(self.scales)
-        k = betas.size
+        k = len(self.betas) if isinstance(self.betas, tuple) else self.betas
+        betas = np.asarray(enc.side.get("betas", np.zeros(0)), dtype=np.float64)
+        if betas.shape != (k,) or not np.all(np.isfinite(betas)) or np.any(betas <= 0):
+            raise ValueError(
+                f"corrupt side information: 'betas' must hold {k} positive finite scales, "
+                f"got {betas.tolist()}"
+            )
         if k > 1:
             bi = unpack(enc.codes[pos:], math.ceil(math.log2(k)), nb).astype(np.int64)
         else:

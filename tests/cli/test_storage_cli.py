@@ -10,6 +10,7 @@ from safetensors.numpy import save as st_save
 
 import mmquant as mq
 from mmquant.cli import main
+from mmquant.io import FORMAT_VERSION
 
 
 def _err(capsys):
@@ -58,7 +59,7 @@ def test_npz_keys_and_inspect(tmp_path, capsys, arrays, spec):
     capsys.readouterr()
     assert main(["inspect", str(mmq)]) == 0
     text = capsys.readouterr().out
-    for word in ("A", "B", spec, "16×64", "8×32", "bits/entry", "v1"):
+    for word in ("A", "B", spec, "16×64", "8×32", "bits/entry", f"v{FORMAT_VERSION}"):
         assert word in text, word
     assert main(["inspect", str(mmq), "--verify"]) == 0
     assert "data verified" in capsys.readouterr().out
