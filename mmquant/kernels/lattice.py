@@ -5,7 +5,10 @@ Each kernel performs exactly the floating-point operations of the numpy referenc
 squares left to right, first index on ties), so the results are bit-identical (tests check).
 Blocks are processed in parallel (``numba.prange``) in chunks, with per-chunk scratch buffers.
 The E8 closest point is branch-free (selects, unsigned indices) and runs on tiles of blocks
-transposed to structure-of-arrays scratch, so that LLVM vectorises it across blocks.
+transposed to structure-of-arrays scratch, so that LLVM vectorises it across blocks. The Voronoi
+encoder works the same way in two phases per tile: the nearest lattice point, its error and its
+largest relevant inner product for every β (vectorised), then per block the membership test, the
+projection search and the selection rule, with bounds that skip what cannot be chosen.
 """
 
 from __future__ import annotations

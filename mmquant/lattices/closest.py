@@ -21,8 +21,11 @@ Deterministic tie rule (it decides overload at the Voronoi boundary, and the num
    towards ``x`` (up if ``x_i − f(x_i) ≥ 0``, else down);
 3. in E8, the integer coset ``c₀`` wins when both cosets are at equal distance.
 
-The rule is invariant under translation by lattice vectors (all three steps are), so
-``Q(x + λ) = Q(x) + λ`` for ``λ`` in the lattice, in exact arithmetic.
+Steps 1 and 2 are invariant under translation by Dₙ vectors, so ``Q(x + λ) = Q(x) + λ`` for λ in
+Dₙ (exact arithmetic). Step 3 is not invariant under the half-integer coset of E8 (it swaps the
+cosets), so a point equidistant from two E8 points is resolved by where it lies; the Voronoi codes
+therefore decide whether a point on the boundary of qV is a codeword with the decoder's own
+reduction, never by assuming invariance (:mod:`mmquant.lattices.voronoi`).
 """
 
 from __future__ import annotations
