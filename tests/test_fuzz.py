@@ -171,7 +171,8 @@ def check_round_trip(q: mq.Quantizer, x: np.ndarray, family: str, benign: bool =
     rows = ref.reshape(-1, n)
     row_max = np.abs(rows).max(axis=1)
     if family in L2_BOUND_FAMILIES:  # rotation-based: an entry's error is bounded by the row norm
-        row_max = np.sqrt((rows**2).sum(axis=1))
+        scale = np.where(row_max > 0, row_max, 1.0)  # (no underflow for subnormal rows)
+        row_max = scale * np.sqrt(((rows / scale[:, None]) ** 2).sum(axis=1))
     row_err = np.abs(out.astype(np.float64).reshape(-1, n) - rows).max(axis=1)
     c = ERROR_BOUND.get(family, DEFAULT_BOUND)
     floor = F16_FLOOR if any(a.dtype == np.float16 for a in enc.side.values()) else 0.0

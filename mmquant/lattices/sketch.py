@@ -35,6 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
+from mmquant.lattices.voronoi import store_float
 from mmquant.packing import pack, unpack
 from mmquant.rotations import rotation
 from mmquant.theory.matmul_rd import R_STAR
@@ -82,10 +83,12 @@ class TimeShare(Quantizer):
         rows = rotation(n, self.seed).apply(x.reshape(-1, n).astype(np.float64))
         m = self._kept(n)
         kept = rows[:, :m]
-        alpha = np.mean(np.abs(kept), axis=1).astype(np.float16)
-        alpha = np.where(np.isfinite(alpha), alpha, np.float16(65504.0)).astype(np.float16)
+        # float16 where it holds the scale to normal precision, else float32 (never saturated)
+        alpha = store_float(np.mean(np.abs(kept), axis=1))
         bits = (kept < 0).astype(np.uint8)
-        d = float(np.mean((kept - np.where(bits, -1.0, 1.0) * alpha[:, None]) ** 2))
+        d = float(
+            np.mean((kept - np.where(bits, -1.0, 1.0) * alpha.astype(np.float64)[:, None]) ** 2)
+        )
         return Encoded(
             codes=pack(bits, 1),
             side={"alpha": alpha},

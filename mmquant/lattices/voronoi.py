@@ -98,6 +98,7 @@ __all__ = [
     "unpack_base_q",
     "dither",
     "prepare_rows",
+    "store_float",
     "finish_rows",
 ]
 
@@ -455,7 +456,7 @@ def optimal_betas(
 # ---------------------------------------------------------------------------------------------
 # The quantizers
 # ---------------------------------------------------------------------------------------------
-def _store_float(v: np.ndarray) -> np.ndarray:
+def store_float(v: np.ndarray) -> np.ndarray:
     """float16 if it represents every value to normal precision, else float32."""
     with np.errstate(over="ignore"):
         h = v.astype(np.float16)
@@ -480,7 +481,7 @@ def prepare_rows(
     rows = x.reshape(-1, n).astype(np.float64)
     side: dict[str, np.ndarray] = {}
     if center:
-        mean = _store_float(rows.mean(axis=1))
+        mean = store_float(rows.mean(axis=1))
         side["mean"] = mean
         rows = rows - mean.astype(np.float64)[:, None]
     if rotate:
@@ -489,7 +490,7 @@ def prepare_rows(
     if n8 != n:
         rows = np.concatenate([rows, np.zeros((rows.shape[0], n8 - n))], axis=1)
     rms = np.sqrt(np.sum(rows * rows, axis=1) / n)
-    norm = _store_float(rms)  # an all-zero row stores norm 0 and decodes to zeros
+    norm = store_float(rms)  # an all-zero row stores norm 0 and decodes to zeros
     side["norm"] = norm
     scale = norm.astype(np.float64)
     scale = np.where(scale > 0, scale, 1.0)

@@ -38,3 +38,14 @@ def test_beats_direct_quantization_at_half_a_bit():
     assert ts.error < direct.error - 0.05
     assert abs(ts.error - (1 - 0.5 * (2 / np.pi) ** 2)) < 0.03
     assert ts.error > float(gamma(ts.rate))
+
+
+def test_large_scales_are_stored_not_saturated():
+    """A row scale beyond float16 (65504) is stored as float32, not clipped."""
+    x = np.random.default_rng(1).standard_normal((3, 256)) * np.array([[1e-3], [1.0], [1e7]])
+    q = mq.get("timeshare:rate=0.5")
+    enc = q.encode(x)
+    assert enc.side["alpha"].dtype == np.float32
+    xh = q.decode(enc)
+    ratio = np.linalg.norm(xh, axis=1) / np.linalg.norm(x, axis=1)
+    np.testing.assert_allclose(ratio, ratio[1], rtol=0.2)  # the same shrinkage on every row
