@@ -2,8 +2,10 @@
 
 Prints millions of entries per second and the ratio to a float32 memcpy of the same number of
 entries (numba kernels, parallel over the machine's cores; the numpy reference for comparison).
-Each figure is the best of 7 timed calls after a warm-up: on a shared virtual machine the first
-calls into freshly allocated output arrays can be several times slower (page faults).
+Each figure is the best of 7 timed calls after a warm-up, with glibc told to keep freed memory
+(:func:`common.keep_freed_memory`), so that the output arrays of one call are reused by the next
+instead of being faulted in afresh: on a shared virtual machine those page faults can cost more
+than the kernels and vary several-fold between runs.
 
     python benchmarks/bench_lattice.py [--entries 4194304]
 """
@@ -19,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import best_time, machine, memcpy_rate
+from common import best_time, keep_freed_memory, machine, memcpy_rate
 
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import (
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--entries", type=int, default=1 << 22)
     args = ap.parse_args(argv)
+    kept = keep_freed_memory()
     import numba
 
     from mmquant.kernels.lattice import closest_kernel
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(machine())
     print(f"numba {numba.__version__}, threads {numba.get_num_threads()}, {n} entries")
+    print(f"freed memory kept for reuse (glibc mallopt): {'yes' if kept else 'no'}")
     print(f"float32 memcpy: {mem / 1e6:.0f} M entries/s")
     print(f"{'kernel':36s} {'M entries/s':>12s} {'/memcpy':>9s}")
     for name, fn in rows:

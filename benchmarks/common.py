@@ -26,6 +26,28 @@ def machine() -> str:
     )
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed large blocks (no mmap/munmap per array): kernels, not page faults.
+
+    A kernel that returns a fresh 32 MB array otherwise pays the page faults of new memory on
+    every call, which on a virtual machine can cost more than the kernel and vary several-fold
+    between runs. Returns False where glibc's ``mallopt`` is not available (nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
+
+
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     """Smallest wall-clock time of ``repeat`` calls of ``fn`` (seconds), after one warm-up call."""
     fn()

@@ -385,7 +385,7 @@ def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
         return True
     if s > bound:
         return False
-    _digits(lam, ginv, qf, c)
+    _digits(code, lam, ginv, qf, c)
     _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
     for i in range(8):
         if y[i] != lam[i]:
@@ -549,6 +549,7 @@ def _encode_all(
                 ub = u[b]
                 best = np.inf
                 sel = -1
+                sel_table = True  # the chosen codeword is the nearest point in lams[sel]
                 for jj in range(k):
                     j = k - 1 - jj if least_error else jj
                     beta = betas[j]
@@ -556,14 +557,13 @@ def _encode_all(
                     if least_error and err > best * _PRUNE:
                         continue
                     s = ss[j, bb]
-                    for i in range(8):
-                        lam[i] = lams[j, i * _TILE + bb]
-                        y[i] = lam[i]
                     mm = 0
                     if s > bound:
                         mm = 1
                     elif s == bound:
-                        _digits(lam, ginv, qf, c)
+                        for i in range(8):
+                            lam[i] = lams[j, i * _TILE + bb]
+                        _digits(code, lam, ginv, qf, c)
                         _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
                         for i in range(8):
                             if y[i] != lam[i]:
@@ -603,34 +603,55 @@ def _encode_all(
                             )
                         else:
                             if mm == 1:
-                                _digits(lam, ginv, qf, c)
+                                for i in range(8):
+                                    lam[i] = lams[j, i * _TILE + bb]
+                                _digits(code, lam, ginv, qf, c)
                                 _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
                             err = _sq_err(zb, beta, y, ub)
                     if (not least_error) or err < best or (err == best and j < sel):
                         best = err
                         sel = j
-                        for i in range(8):
-                            ysel[i] = y[i]
+                        sel_table = not ov
+                        if ov:
+                            for i in range(8):
+                                ysel[i] = y[i]
                         over[b] = ov
                         if not least_error:
                             break
+                if sel_table:
+                    for i in range(8):
+                        ysel[i] = lams[sel, i * _TILE + bb]
                 chosen[b] = sel
                 beta = betas[sel]
                 for i in range(8):
                     est[b, i] = beta * (ysel[i] + ub[i])
-                _digits(ysel, ginv, qf, c)
+                _digits(code, ysel, ginv, qf, c)
                 for i in range(8):
                     digits[b, i] = np.int64(c[i])
 
 
 @nb.njit(inline="always", cache=True)
-def _digits(lam, ginv, qf, c):
-    """c = λ·G⁻¹ mod q (exact: small integers and halves)."""
+def _digits(code, lam, ginv, qf, c):
+    """c = λ·G⁻¹ mod q (exact: small integers and halves, so any summation order agrees).
+
+    For E8 the generator's back-substitution: c₇ = 2λ₇, c₆ = λ₆ − λ₇, c_j = λ_j − λ₇ + c_{j+1}
+    (j = 5..1), c₀ = (λ₀ − λ₇ + c₁)/2.
+    """
+    if code == 0:
+        h = lam[7]
+        c[7] = 2.0 * h
+        c[6] = lam[6] - h
+        for j in range(5, 0, -1):
+            c[j] = lam[j] - h + c[j + 1]
+        c[0] = 0.5 * (lam[0] - h + c[1])
+    else:
+        for jj in range(8):
+            s = 0.0
+            for i in range(8):
+                s += lam[i] * ginv[i, jj]
+            c[jj] = s
     for jj in range(8):
-        s = 0.0
-        for i in range(8):
-            s += lam[i] * ginv[i, jj]
-        c[jj] = s - qf * np.floor(s / qf)
+        c[jj] = c[jj] - qf * np.floor(c[jj] / qf)
 
 
 def voronoi_encode_kernel(z, name, q, betas, u, rule, search=True):
