@@ -62,6 +62,18 @@ def _odd(s):
 
 
 @nb.njit(inline="always", cache=True)
+def _coset_coords(xi, i, k0, s0, k1, s1):
+    """Coordinate i of both E8 coset candidates, ⌊x+½⌋ and ⌊x⌋+½, with their parity fixes
+    (coordinate k moved by s); recomputed rather than stored, which keeps the tile loop in
+    registers."""
+    a = np.floor(xi + 0.5)
+    b = np.floor(xi) + 0.5
+    a = a + s0 if k0 == i else a
+    b = b + s1 if k1 == i else b
+    return a, b
+
+
+@nb.njit(inline="always", cache=True)
 def _e8_at(x, xo, xs, out, oo, os):
     """Closest E8 point of x[xo + i·xs] (i < 8) into out[oo + i·os], branch-free.
 
@@ -136,10 +148,7 @@ def _e8_at(x, xo, xs, out, oo, os):
     d1 = 0.0
     for i in range(8):
         xi = x[xo + np.uint64(i) * xs]
-        a = np.floor(xi + 0.5)
-        b = np.floor(xi) + 0.5
-        a = a + s0 if k0 == i else a
-        b = b + s1 if k1 == i else b
+        a, b = _coset_coords(xi, i, k0, s0, k1, s1)
         v = xi - a
         w = xi - b
         if i == 0:
@@ -150,11 +159,7 @@ def _e8_at(x, xo, xs, out, oo, os):
             d1 = d1 + w * w
     take1 = d1 < d0
     for i in range(8):
-        xi = x[xo + np.uint64(i) * xs]
-        a = np.floor(xi + 0.5)
-        b = np.floor(xi) + 0.5
-        a = a + s0 if k0 == i else a
-        b = b + s1 if k1 == i else b
+        a, b = _coset_coords(x[xo + np.uint64(i) * xs], i, k0, s0, k1, s1)
         out[oo + np.uint64(i) * os] = b if take1 else a
 
 
