@@ -229,6 +229,16 @@ def closest_kernel(x: np.ndarray, name: str = "e8") -> np.ndarray:
 
 
 @nb.njit(inline="always", cache=True)
+def _vecmat(x, m, out):
+    """out = x·m for an 8-vector and an 8×8 matrix (sums in index order)."""
+    for j in range(8):
+        s = 0.0
+        for i in range(8):
+            s += x[i] * m[i, j]
+        out[j] = s
+
+
+@nb.njit(inline="always", cache=True)
 def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
     """y = c·G − q·Q(c·G/q) for one block of digits c (float)."""
     if code == 0:  # E8 generator: rows 2e0, e_i − e_{i−1} (i = 1..6), ½·1 (exact arithmetic)
@@ -239,11 +249,7 @@ def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
         lam2[6] = c[6] + h
         lam2[7] = h
     else:
-        for j in range(8):
-            s = 0.0
-            for i in range(8):
-                s += c[i] * g[i, j]
-            lam2[j] = s
+        _vecmat(c, g, lam2)
     for j in range(8):
         t2[j] = lam2[j] / q
     _closest(code, t2, y, t0, t1)
@@ -650,11 +656,7 @@ def _digits(code, lam, ginv, qf, c):
             c[j] = lam[j] - h + c[j + 1]
         c[0] = 0.5 * (lam[0] - h + c[1])
     else:
-        for jj in range(8):
-            s = 0.0
-            for i in range(8):
-                s += lam[i] * ginv[i, jj]
-            c[jj] = s
+        _vecmat(lam, ginv, c)
     for jj in range(8):
         c[jj] = c[jj] - qf * np.floor(c[jj] / qf)
 
