@@ -25,7 +25,7 @@ from common import best_time, keep_freed_memory, machine, memcpy_rate
 
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import (
-    optimal_betas,
+    optimal_design,
     voronoi_decode_blocks,
     voronoi_encode_blocks,
 )
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     z = rng.standard_normal((n // 8, 8))
     u = np.zeros_like(z)
     lat = lattice("e8")
-    betas = np.array(optimal_betas("e8", 14, 4))
+    betas = np.array(optimal_design("e8", 14, 4).betas)
     mem = memcpy_rate(z.astype(np.float32).reshape(-1))
     enc = voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba")
     rows = [

@@ -491,7 +491,7 @@ def _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, blk, out8
 def _encode_all(
     code,
     z,
-    q,
+    qs,
     betas,
     u,
     least_error,
@@ -515,13 +515,11 @@ def _encode_all(
     scales are visited from the largest down, so that two bounds can skip work that cannot change
     the choice (ties still go to the smallest index): the error of the nearest lattice point,
     below which no codeword at that β can be, and ``β²·(max_v⟨t, v⟩ − q‖v‖²/2)²/‖v‖²``, the
-    squared distance from t to the cell qV.
+    squared distance from t to the cell qV. ``qs`` holds the code size q_j of every scale.
     """
     n = z.shape[0]
     k = betas.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
-    qf = float(q)
-    bound = 0.5 * qf * vn2
     for ch in nb.prange(nchunk):
         zs = np.empty(8 * _TILE)
         us = np.empty(8 * _TILE)
@@ -564,6 +562,8 @@ def _encode_all(
                 for jj in range(k):
                     j = k - 1 - jj if least_error else jj
                     beta = betas[j]
+                    qf = qs[j]
+                    bound = 0.5 * qf * vn2
                     err = e0s[j, bb]
                     if least_error and err > best * _PRUNE:
                         continue
@@ -636,7 +636,7 @@ def _encode_all(
                 beta = betas[sel]
                 for i in range(8):
                     est[b, i] = beta * (ysel[i] + ub[i])
-                _digits(code, ysel, ginv, qf, c)
+                _digits(code, ysel, ginv, qs[sel], c)
                 for i in range(8):
                     digits[b, i] = np.int64(c[i])
 
@@ -661,8 +661,11 @@ def _digits(code, lam, ginv, qf, c):
         c[jj] = c[jj] - qf * np.floor(c[jj] / qf)
 
 
-def voronoi_encode_kernel(z, name, q, betas, u, rule, search=True):
-    """Numba version of :func:`mmquant.lattices.voronoi.voronoi_encode_blocks` (same outputs)."""
+def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
+    """Numba version of :func:`mmquant.lattices.voronoi.voronoi_encode_blocks` (same outputs).
+
+    ``qs`` holds the code size of every scale (one per β).
+    """
     lat = lattice(name)
     z = np.ascontiguousarray(z, dtype=np.float64)
     n = z.shape[0]
@@ -673,7 +676,7 @@ def voronoi_encode_kernel(z, name, q, betas, u, rule, search=True):
     _encode_all(
         _LAT_CODE[name],
         z,
-        int(q),
+        np.ascontiguousarray(qs, dtype=np.float64),
         np.ascontiguousarray(betas, dtype=np.float64),
         np.ascontiguousarray(u, dtype=np.float64),
         rule == "least-error",
@@ -692,10 +695,9 @@ def voronoi_encode_kernel(z, name, q, betas, u, rule, search=True):
 
 
 @nb.njit(parallel=True, cache=True)
-def _decode_all(code, digits, bi, q, betas, u, g, out):
+def _decode_all(code, digits, bi, qs, betas, u, g, out):
     n = digits.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
-    qf = float(q)
     for ch in nb.prange(nchunk):
         c = np.empty(8)
         lam2 = np.empty(8)
@@ -706,14 +708,14 @@ def _decode_all(code, digits, bi, q, betas, u, g, out):
         for b in range(ch * _CHUNK, min(n, (ch + 1) * _CHUNK)):
             for i in range(8):
                 c[i] = float(digits[b, i])
-            _reduce(code, g, c, qf, lam2, y, t0, t1, t2)
+            _reduce(code, g, c, qs[bi[b]], lam2, y, t0, t1, t2)
             beta = betas[bi[b]]
             for i in range(8):
                 out[b, i] = beta * (y[i] + u[b, i])
 
 
-def voronoi_decode_kernel(digits, beta_index, name, q, betas, u):
-    """Numba version of :func:`mmquant.lattices.voronoi.voronoi_decode_blocks`."""
+def voronoi_decode_kernel(digits, beta_index, name, qs, betas, u):
+    """Numba version of :func:`mmquant.lattices.voronoi.voronoi_decode_blocks` (one q per β)."""
     lat = lattice(name)
     d = np.ascontiguousarray(digits, dtype=np.int64)
     out = np.empty(d.shape)
@@ -721,7 +723,7 @@ def voronoi_decode_kernel(digits, beta_index, name, q, betas, u):
         _LAT_CODE[name],
         d,
         np.ascontiguousarray(beta_index, dtype=np.int64),
-        int(q),
+        np.ascontiguousarray(qs, dtype=np.float64),
         np.ascontiguousarray(betas, dtype=np.float64),
         np.ascontiguousarray(u, dtype=np.float64),
         np.ascontiguousarray(lat.generator),

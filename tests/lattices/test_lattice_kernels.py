@@ -101,29 +101,32 @@ def test_closest_e8_bit_exact_property(z):
 @pytest.mark.parametrize("rule", ["least-error", "no-overload"])
 @pytest.mark.parametrize("dithered", [False, True])
 @pytest.mark.parametrize("search", [True, False])
-def test_voronoi_bit_exact(name, rule, dithered, search):
+@pytest.mark.parametrize("q", [7, (7, 8, 6, 5)])
+def test_voronoi_bit_exact(name, rule, dithered, search, q):
     lat = lattice(name)
     z = _inputs(1)
     u = dither(z.shape[0], lat, 9) if dithered else None
     betas = np.array([0.15, 0.25, 0.35, 0.6])
-    a = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numpy", search=search)
-    b = voronoi_encode_blocks(z, lat, 7, betas, u, rule, backend="numba", search=search)
+    a = voronoi_encode_blocks(z, lat, q, betas, u, rule, backend="numpy", search=search)
+    b = voronoi_encode_blocks(z, lat, q, betas, u, rule, backend="numba", search=search)
     for x, y in zip(
         (a.digits, a.beta_index, a.estimate, a.overload),
         (b.digits, b.beta_index, b.estimate, b.overload),
     ):
         np.testing.assert_array_equal(x, y)
-    da = voronoi_decode_blocks(a.digits, a.beta_index, lat, 7, betas, u, backend="numpy")
-    db = voronoi_decode_blocks(a.digits, a.beta_index, lat, 7, betas, u, backend="numba")
+    da = voronoi_decode_blocks(a.digits, a.beta_index, lat, q, betas, u, backend="numpy")
+    db = voronoi_decode_blocks(a.digits, a.beta_index, lat, q, betas, u, backend="numba")
     np.testing.assert_array_equal(da, db)
     np.testing.assert_array_equal(da, a.estimate)
 
 
 def test_quantizer_same_bytes_with_and_without_numba(monkeypatch):
     x = np.random.default_rng(2).standard_normal((16, 256))
-    q = mq.get("e8:q=9,betas=3")
-    e1 = q.encode(x)
-    monkeypatch.setenv("MMQUANT_KERNELS", "numpy")
-    e2 = q.encode(x)
-    np.testing.assert_array_equal(e1.codes, e2.codes)
-    np.testing.assert_array_equal(q.decode(e1), q.decode(e2))
+    for spec in ("e8:q=9,betas=3", "e8:q=9;10;8,betas=0.3;0.4;0.6"):
+        q = mq.get(spec)
+        monkeypatch.delenv("MMQUANT_KERNELS", raising=False)
+        e1 = q.encode(x)
+        monkeypatch.setenv("MMQUANT_KERNELS", "numpy")
+        e2 = q.encode(x)
+        np.testing.assert_array_equal(e1.codes, e2.codes)
+        np.testing.assert_array_equal(q.decode(e1), q.decode(e2))

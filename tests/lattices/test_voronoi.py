@@ -15,10 +15,14 @@ from mmquant.lattices.voronoi import (
     E8Voronoi,
     digit_bits,
     dither,
-    fit_betas,
-    optimal_betas,
+    fit_design,
+    optimal_design,
     pack_base_q,
+    pack_union,
+    union_bits,
+    union_size,
     unpack_base_q,
+    unpack_union,
     voronoi_decode_blocks,
     voronoi_encode_blocks,
 )
@@ -70,7 +74,7 @@ def test_rules():
     """least-error never has more error than no-overload; no-overload picks the smallest safe β."""
     lat = lattice("e8")
     z = np.random.default_rng(1).standard_normal((4000, 8))
-    betas = np.array(optimal_betas("e8", 6, 3))
+    betas = np.array(optimal_design("e8", 6, 3).betas)
     le = voronoi_encode_blocks(z, lat, 6, betas, None, "least-error", backend="numpy")
     no = voronoi_encode_blocks(z, lat, 6, betas, None, "no-overload", backend="numpy")
     e_le = np.sum((z - le.estimate) ** 2, axis=1)
@@ -82,10 +86,11 @@ def test_rules():
         assert np.all(single.overload[earlier])  # a larger β was chosen only if β_j overloads
 
 
-def test_optimal_betas_sorted_and_cached():
-    b = optimal_betas("e8", 14, 4)
-    assert len(b) == 4 and list(b) == sorted(b)
-    assert optimal_betas("e8", 14, 4) is b
+def test_optimal_design_sorted_and_cached():
+    d = optimal_design("e8", 14, 4)
+    assert d.qs == (14, 14, 14, 14)
+    assert len(d.betas) == 4 and list(d.betas) == sorted(d.betas)
+    assert optimal_design("e8", 14, 4) is d
 
 
 @pytest.mark.parametrize(
@@ -119,7 +124,9 @@ def test_betas_travel_as_side_information():
 
 
 def test_spec_forms():
-    assert mq.get("e8:q=14,betas=4").scales == optimal_betas("e8", 14, 4, "least-error", False)
+    assert (
+        mq.get("e8:q=14,betas=4").scales == optimal_design("e8", 14, 4, "least-error", False).betas
+    )
     q = mq.get("e8:q=14,betas=0.2;0.3;0.5")
     assert q.scales == (0.2, 0.3, 0.5)
     assert mq.get(q.spec) == q
@@ -236,4 +243,101 @@ def test_fit_betas_to_the_data():
     with pytest.raises(ValueError, match="fit=true"):
         E8Voronoi(betas=(0.2, 0.3), fit=True)
     with pytest.raises(ValueError, match="at least one block"):
-        fit_betas(np.zeros((0, 8)), "e8", 14, 4)
+        fit_design(np.zeros((0, 8)), "e8", 14, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    qs=st.lists(st.integers(2, 60), min_size=1, max_size=6).filter(
+        lambda qs: union_size(qs) <= 2**62
+    ),
+    nb=st.integers(1, 50),
+    seed=st.integers(0, 1000),
+)
+def test_union_packing_round_trip_and_rate(qs, nb, seed):
+    """Union code indices: exact round trip, within 0.1 bit per block of log2 Σ q_j^8."""
+    rng = np.random.default_rng(seed)
+    qs = np.array(qs)
+    bi = rng.integers(0, qs.size, nb)
+    d = (rng.random((nb, 8)) * qs[bi][:, None]).astype(np.int64)
+    data = pack_union(d, bi, qs)
+    d2, bi2, used = unpack_union(data, qs, nb)
+    np.testing.assert_array_equal(d2, d)
+    np.testing.assert_array_equal(bi2, bi)
+    assert used == data.size
+    ideal = math.log2(union_size(qs))
+    assert ideal <= union_bits(qs) < ideal + 0.1
+    big = pack_union(np.zeros((4096, 8)), np.zeros(4096), qs)  # padding: < 16 bytes per field
+    assert union_bits(qs) <= 8 * big.size / 4096 < union_bits(qs) + 0.25
+
+
+def test_union_packing_rejects_corrupt_indices():
+    qs = np.array([3, 2])  # 6561 + 256 codewords: 13 bits, so 8192 − 6817 indices are invalid
+    data = pack_union(np.zeros((8, 8), np.int64), np.zeros(8, np.int64), qs)
+    with pytest.raises(ValueError, match="corrupt codes"):
+        unpack_union(np.full_like(data, 255), qs, 8)
+    with pytest.raises(ValueError, match="ends after"):
+        unpack_union(data[:-1], qs, 8)
+
+
+def test_per_scale_code_sizes_encode_and_decode():
+    """One q per scale: digits below their own q, decoder equal to the encoder's estimate."""
+    lat = lattice("e8")
+    z = np.random.default_rng(12).standard_normal((3000, 8))
+    qs = np.array([9, 10, 8])
+    betas = np.array([0.3, 0.4, 0.6])
+    for rule in ("least-error", "no-overload"):
+        r = voronoi_encode_blocks(z, lat, qs, betas, None, rule, backend="numpy")
+        assert np.all(r.digits < qs[r.beta_index][:, None])
+        zh = voronoi_decode_blocks(r.digits, r.beta_index, lat, qs, betas, None, backend="numpy")
+        np.testing.assert_array_equal(zh, r.estimate)
+        for j in range(3):  # each scale's codewords are those of its own single code
+            m = r.beta_index == j
+            one = voronoi_encode_blocks(z[m], lat, int(qs[j]), betas[j : j + 1], None)
+            if rule == "least-error":
+                assert np.all(
+                    np.sum((z[m] - r.estimate[m]) ** 2, 1)
+                    <= np.sum((z[m] - one.estimate) ** 2, 1) + 1e-12
+                )
+    with pytest.raises(ValueError, match="one code size q per scale"):
+        voronoi_encode_blocks(z, lat, np.array([9, 10]), betas, None)
+
+
+def test_mixed_design_beats_one_q_in_gap_to_shannon():
+    """mixed=true: sizes within q ± 1, and a smaller D·4^R than one q (fresh N(0,1) blocks)."""
+    one = optimal_design("e8", 14, 4, "least-error", False)
+    mix = optimal_design("e8", 14, 4, "least-error", False, True, True)
+    assert all(abs(v - 14) <= 1 for v in mix.qs) and mix.qs != one.qs
+    z = np.random.default_rng(13).standard_normal((1 << 16, 8))
+
+    def gap_db(d):
+        r = voronoi_encode_blocks(z, lattice("e8"), np.array(d.qs), np.array(d.betas), None)
+        mse = np.mean((z - r.estimate) ** 2)
+        return 10 * np.log10(mse * 4 ** (math.log2(union_size(d.qs)) / 8))
+
+    assert gap_db(mix) < gap_db(one) - 0.03  # measured: 0.05 dB
+
+
+def test_union_quantizer_round_trip_and_side_information():
+    x = np.random.default_rng(14).standard_normal((8, 256))
+    for spec in ("e8:q=9;10;8,betas=3", "e8:q=9,betas=3,mixed=true", "d4:q=6,betas=2,mixed=true"):
+        q = mq.get(spec)
+        assert mq.get(q.spec) == q
+        enc = q.encode(x)
+        assert enc.side["qs"].tolist() == list(q.design.qs)
+        assert mq.metrics.relative_mse(x, q.decode(enc)) < 0.1
+        assert enc.codes.size == pack_union(np.zeros((256, 8)), np.zeros(256), enc.side["qs"]).size
+        for bad in ([9, 10], [2, 20, 8], [1, 1, 1]):
+            side = {**enc.side, "qs": np.array(bad, np.uint16)}
+            with pytest.raises(ValueError, match="'qs'"):
+                q.decode(dataclasses.replace(enc, side=side))
+    enc = mq.get("e8:q=9,betas=3,mixed=true,fit=true").encode(x)
+    assert all(abs(v - 9) <= 1 for v in enc.side["qs"].tolist())
+    with pytest.raises(ValueError, match="one code size per scale"):
+        E8Voronoi(q=(9, 10), betas=3)
+    with pytest.raises(ValueError, match="give q as one integer"):
+        E8Voronoi(q=(9, 10, 8), betas=3, mixed=True)
+    with pytest.raises(ValueError, match="give betas=k"):
+        E8Voronoi(q=9, betas=(0.2, 0.3), mixed=True)
+    with pytest.raises(ValueError, match="union code too large"):
+        E8Voronoi(q=(250, 250, 250, 250), betas=4)
