@@ -19,7 +19,13 @@ import numpy as np
 from mmquant.lattices.closest import lattice
 from mmquant.lattices.voronoi import PROJECT_MARGINS, PROJECT_STEPS
 
-__all__ = ["closest_kernel", "voronoi_encode_kernel", "voronoi_decode_kernel"]
+__all__ = [
+    "closest_kernel",
+    "voronoi_encode_kernel",
+    "voronoi_decode_kernel",
+    "group_minima_kernel",
+    "group_choose_kernel",
+]
 
 _LAT_CODE = {"e8": 0, "d4": 1, "zn": 2}
 _CHUNK = 1024
@@ -729,4 +735,86 @@ def voronoi_decode_kernel(digits, beta_index, name, qs, betas, u):
         np.ascontiguousarray(lat.generator),
         out,
     )
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_minima(e, weights, budget, group, out):
+    """Per group of ``group`` consecutive blocks: the least total error within the budget.
+
+    The forward pass of :func:`mmquant.lattices.grouping._forward` (same additions, the same
+    strict comparisons in the same order), one group per iteration.
+    """
+    n, k = e.shape
+    n_groups = out.shape[0]
+    for gi in nb.prange(n_groups):
+        f = np.full(budget + 1, np.inf)
+        h = np.empty(budget + 1)
+        f[0] = 0.0
+        for b in range(gi * group, min(n, (gi + 1) * group)):
+            for s in range(budget + 1):
+                h[s] = np.inf
+            for j in range(k):
+                w = weights[j]
+                for s in range(w, budget + 1):
+                    c = f[s - w] + e[b, j]
+                    if c < h[s]:
+                        h[s] = c
+            for s in range(budget + 1):
+                f[s] = h[s]
+        m = f[0]
+        for s in range(1, budget + 1):
+            if f[s] < m:
+                m = f[s]
+        out[gi] = m
+
+
+def group_minima_kernel(err, weights, group, budget):
+    """Numba version of the per-group least errors of :func:`mmquant.lattices.grouping.least_error`."""
+    e = np.ascontiguousarray(err, dtype=np.float64)
+    out = np.empty(-(-e.shape[0] // group))
+    _group_minima(e, np.asarray(weights, np.int64), int(budget), int(group), out)
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _group_choose(e, weights, budget, group, out):
+    """:func:`mmquant.lattices.grouping.choose` per group: forward pass keeping the choices,
+    then the walk back from the least total (the smallest total weight on ties)."""
+    n, k = e.shape
+    n_groups = (n + group - 1) // group
+    for gi in nb.prange(n_groups):
+        lo = gi * group
+        g = min(n, lo + group) - lo
+        f = np.full(budget + 1, np.inf)
+        h = np.empty(budget + 1)
+        pick = np.zeros((g, budget + 1), np.int64)
+        f[0] = 0.0
+        for b in range(g):
+            for s in range(budget + 1):
+                h[s] = np.inf
+            for j in range(k):
+                w = weights[j]
+                for s in range(w, budget + 1):
+                    c = f[s - w] + e[lo + b, j]
+                    if c < h[s]:
+                        h[s] = c
+                        pick[b, s] = j
+            for s in range(budget + 1):
+                f[s] = h[s]
+        s = 0
+        for t in range(1, budget + 1):
+            if f[t] < f[s]:
+                s = t
+        for b in range(g - 1, -1, -1):
+            j = pick[b, s]
+            out[lo + b] = j
+            s -= weights[j]
+
+
+def group_choose_kernel(err, weights, group, budget):
+    """Numba version of :func:`mmquant.lattices.grouping.choose` (the same choices)."""
+    e = np.ascontiguousarray(err, dtype=np.float64)
+    out = np.empty(e.shape[0], np.int64)
+    _group_choose(e, np.asarray(weights, np.int64), int(budget), int(group), out)
     return out

@@ -80,8 +80,8 @@ References
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
 import types
 import zlib
 from dataclasses import dataclass
@@ -91,6 +91,8 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
+from mmquant.kernels import use_numba
+from mmquant.lattices import grouping
 from mmquant.lattices.closest import Lattice, lattice, max_relevant
 from mmquant.lattices.closest import sq8 as _sq8
 from mmquant.packing import pack, packed_nbytes, unpack
@@ -125,20 +127,6 @@ RULES = ("least-error", "no-overload")
 PROJECT_MARGINS = (0.0, 1.0)
 #: Projections on the most violated facet per search target.
 PROJECT_STEPS = 2
-
-
-def _use_numba(backend: str) -> bool:
-    if backend == "numpy" or os.environ.get("MMQUANT_KERNELS", "").lower() == "numpy":
-        return False
-    if backend not in ("auto", "numba"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        if backend == "numba":
-            raise
-        return False
-    return True
 
 
 def dither(n_blocks: int, lat: Lattice, seed: int) -> np.ndarray:
@@ -266,7 +254,7 @@ def voronoi_encode_blocks(
     betas = np.asarray(betas, dtype=np.float64)
     qs = _per_scale(q, betas.size)
     uu = np.zeros_like(z) if u is None else np.ascontiguousarray(u, dtype=np.float64)
-    if _use_numba(backend):
+    if use_numba(backend):
         from mmquant.kernels.lattice import voronoi_encode_kernel
 
         return VoronoiBlocks(*voronoi_encode_kernel(z, lat.name, qs, betas, uu, rule, search))
@@ -309,7 +297,7 @@ def voronoi_decode_blocks(
     d = np.ascontiguousarray(digits, dtype=np.int64)
     bi = np.ascontiguousarray(beta_index, dtype=np.int64)
     uu = np.zeros(d.shape) if u is None else np.ascontiguousarray(u, dtype=np.float64)
-    if _use_numba(backend):
+    if use_numba(backend):
         from mmquant.kernels.lattice import voronoi_decode_kernel
 
         return voronoi_decode_kernel(d, bi, lat.name, qs, betas, uu)
@@ -546,10 +534,34 @@ class Design:
         Code size of every scale (q_j^8 codewords each).
     betas : tuple of float
         The scales, strictly increasing (units of the entries' RMS).
+    weights : tuple of int
+        Weight of every scale in a group's budget (:mod:`mmquant.lattices.grouping`); empty when
+        the scale indices are sent block by block.
+    budget : int
+        Largest total weight of a group's scale indices.
     """
 
     qs: tuple[int, ...]
     betas: tuple[float, ...]
+    weights: tuple[int, ...] = ()
+    budget: int = 0
+
+
+#: Largest number of scales whose indices :func:`fit_design` codes in groups.
+GROUP_MAX_SCALES = 8
+
+
+#: Largest weight of a scale in a group's budget.
+WEIGHT_MAX = 4
+
+
+def _weight_candidates(k: int) -> list[tuple[int, ...]]:
+    """Scale weights the optimiser tries: 0 for the smallest scale, non-decreasing, ≤ WEIGHT_MAX."""
+    return [
+        (0, *t)
+        for t in itertools.combinations_with_replacement(range(WEIGHT_MAX + 1), k - 1)
+        if t[-1]
+    ]
 
 
 #: Scales of the optimiser's grid: log-spaced in ``[1/q, 32/q]`` (3.6% apart).
@@ -565,6 +577,7 @@ def fit_design(
     u: np.ndarray | None = None,
     search: bool = True,
     mixed: bool = False,
+    group: int = 1,
 ) -> Design:
     """Scales (and, with ``mixed``, code sizes) minimising the error of the code on the blocks ``z``.
 
@@ -580,6 +593,14 @@ def fit_design(
     starting from the optimum with q everywhere. Small codes go to the scales that few blocks
     use: on N(0, 1) at q = 14, k = 4 it picks (14, 15, 15, 13), 0.05 dB closer to D(R) than
     (14, 14, 14, 14) at 0.04 bit per entry more.
+
+    With ``group = G > 1`` the scale indices of G blocks are coded jointly under a weight budget
+    (:mod:`mmquant.lattices.grouping`). From the least-error optimum, the optimiser alternates
+    (i) the weights (every non-decreasing tuple with w₁ = 0 and entries ≤ 4) and the budget
+    W (from 0.7 to 1.05 times the mean group weight of the unconstrained choices) that minimise
+    ``D·4^R`` for the current scales, and (ii) coordinate descent of the scales (±8 grid steps,
+    kept in increasing order) for those weights, until neither changes (three rounds at most).
+    On N(0, 1) at q = 14, k = 4, G = 32 it picks w = (0, 1, 2, 4), W = 34.
 
     Parameters
     ----------
@@ -599,11 +620,13 @@ def fit_design(
         Projection search for overloaded blocks (see the module docstring).
     mixed : bool
         Let each scale's code size vary by one around ``q``.
+    group : int
+        Blocks whose scale indices are coded together (1: block by block).
 
     Returns
     -------
     Design
-        Code sizes and scales, ordered by increasing scale.
+        Code sizes and scales, ordered by increasing scale (and the group weights and budget).
     """
     lat = lattice(lat) if isinstance(lat, str) else lat
     k = check_int(k, "k", lo=1, hi=64)
@@ -613,6 +636,11 @@ def fit_design(
     qs0 = [int(v) for v in _per_scale(q, k)]
     for v in qs0:
         check_int(v, "q", lo=2, hi=256)
+    group = check_int(group, "group", lo=1, hi=64)
+    if group > 1 and (mixed or len(set(qs0)) > 1 or rule != "least-error"):
+        raise ValueError("group > 1 codes the scale indices of one q with the least-error rule")
+    if group > 1 and not 2 <= k <= GROUP_MAX_SCALES:
+        raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {k}")
     z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1, 8)
     nb = z.shape[0]
     if nb == 0:
@@ -686,7 +714,62 @@ def fit_design(
     if mixed:
         sel = descend(sel, [sizes] * k)
     sel.sort(key=lambda s: grids[s[0]][s[1]])
-    return Design(tuple(v for v, _ in sel), tuple(float(grids[v][g]) for v, g in sel))
+    weights: tuple[int, ...] = ()
+    budget = 0
+    if group > 1:
+        sel, weights, budget = _fit_grouping(sel, grids, errs, group)
+    return Design(
+        tuple(v for v, _ in sel), tuple(float(grids[v][g]) for v, g in sel), weights, budget
+    )
+
+
+def _fit_grouping(
+    sel: list[tuple[int, int]],
+    grids: dict[int, np.ndarray],
+    errs: dict[int, np.ndarray],
+    group: int,
+) -> tuple[list[tuple[int, int]], tuple[int, ...], int]:
+    """Steps (i) and (ii) of :func:`fit_design` for ``group > 1``: (scales, weights, budget)."""
+    k = len(sel)
+    nb = errs[sel[0][0]].shape[1]
+
+    def merit(sel: list[tuple[int, int]], w: tuple[int, ...], budget: int) -> float:
+        e = np.stack([errs[v][g] for v, g in sel], axis=1)
+        bits = grouping.group_bits(w, group, budget, nb)
+        return grouping.least_error(e, w, group, budget) / nb * 4.0 ** (bits / (8 * nb))
+
+    def weights_and_budget(sel: list[tuple[int, int]]) -> tuple[float, tuple[int, ...], int]:
+        free = np.argmin(np.stack([errs[v][g] for v, g in sel]), axis=0)  # unconstrained
+        best: tuple[float, tuple[int, ...], int] = (np.inf, (), 0)
+        for w in _weight_candidates(k):
+            mean = group * float(np.mean(np.asarray(w)[free]))
+            top = min(group * max(w) - 1, math.ceil(1.05 * mean))
+            for budget in range(int(0.7 * mean), top + 1):
+                if grouping.count(w, group, budget) >= grouping.MAX_COUNT:
+                    break
+                m = merit(sel, w, budget)
+                if m < best[0] - 1e-15:
+                    best = (m, w, budget)
+        return best
+
+    best, w, budget = weights_and_budget(sel)
+    for _ in range(3):
+        before = (list(sel), w, budget)
+        for i in range(k):  # coordinate descent of the scales, kept in increasing order
+            v, g0 = sel[i]
+            lo = grids[v][sel[i - 1][1]] if i > 0 else -np.inf
+            hi = grids[v][sel[i + 1][1]] if i < k - 1 else np.inf
+            for g in range(max(0, g0 - 8), min(GRID_SIZE, g0 + 9)):
+                if not lo < grids[v][g] < hi:
+                    continue
+                trial = [*sel[:i], (v, g), *sel[i + 1 :]]
+                m = merit(trial, w, budget)
+                if m < best - 1e-15:
+                    best, sel = m, trial
+        best, w, budget = weights_and_budget(sel)
+        if (sel, w, budget) == before:
+            break
+    return sel, w, budget
 
 
 @lru_cache(maxsize=64)
@@ -698,6 +781,7 @@ def optimal_design(
     dithered: bool = True,
     search: bool = True,
     mixed: bool = False,
+    group: int = 1,
 ) -> Design:
     """The code (scales, and code sizes if ``mixed``) minimising the MSE on N(0, 1) entries.
 
@@ -717,7 +801,7 @@ def optimal_design(
     nb = 65536
     z = np.random.default_rng(20250213).standard_normal((nb, 8))
     u = dither(nb, lat, 7) if dithered else None
-    return fit_design(z, lat, q, k, rule, u, search, mixed)
+    return fit_design(z, lat, q, k, rule, u, search, mixed, group)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -815,6 +899,10 @@ class _VoronoiQuantizer(Quantizer):
     mixed : bool
         Let the optimiser give each scale the code size q − 1, q or q + 1 (a union code,
         :func:`fit_design`); the chosen sizes are stored as side information.
+    group : int
+        Code the scale indices of this many consecutive blocks jointly under a weight budget
+        (:mod:`mmquant.lattices.grouping`; weights and budget chosen by the optimiser and stored);
+        1 sends ⌈log2 k⌉ bits per block.
     seed : int
         Seed of the rotation and of the dither.
     """
@@ -831,6 +919,7 @@ class _VoronoiQuantizer(Quantizer):
     search: bool = True
     fit: bool = False
     mixed: bool = False
+    group: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -863,6 +952,15 @@ class _VoronoiQuantizer(Quantizer):
             raise ValueError("fit=true fits the scales to the data: give their number (betas=k)")
         if self.mixed and isinstance(self.betas, tuple):
             raise ValueError("mixed=true optimises the scales with the sizes: give betas=k")
+        check_int(self.group, "group", lo=1, hi=64)
+        if self.group > 1:
+            if self.union or self.rule != "least-error" or isinstance(self.betas, tuple):
+                raise ValueError(
+                    "group > 1 needs one q, the least-error rule and betas=k (the optimiser "
+                    "chooses the scales with the group's weights)"
+                )
+            if not 2 <= self.k <= GROUP_MAX_SCALES:
+                raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {self.k}")
         check_choice(self.rule, "rule", RULES)
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
@@ -882,7 +980,14 @@ class _VoronoiQuantizer(Quantizer):
         if isinstance(self.betas, tuple):
             return Design(tuple(int(v) for v in _per_scale(self.q, self.k)), self.betas)
         return optimal_design(
-            self.lattice_name, self.q, self.k, self.rule, self.dither, self.search, self.mixed
+            self.lattice_name,
+            self.q,
+            self.k,
+            self.rule,
+            self.dither,
+            self.search,
+            self.mixed,
+            self.group,
         )
 
     @property
@@ -894,23 +999,30 @@ class _VoronoiQuantizer(Quantizer):
     def nominal_rate(self) -> float:
         """Bits per entry of the codes (no side information or byte padding).
 
-        ``a + W/J + ⌈log2 k⌉/8`` for one q; :func:`union_bits` / 8 for a union code.
+        ``a + W/J + ⌈log2 k⌉/8`` for one q; :func:`union_bits` / 8 for a union code;
+        ``a + W/J + ⌈log2 |A(G, W)|⌉/(8G)`` with groups of G blocks.
         """
         if self.union:
             return union_bits(self.design.qs) / 8
         k = self.k
+        if self.group > 1:
+            d = self.design
+            return digit_bits(int(self.q)) + grouping.group_bits(
+                d.weights, self.group, d.budget, self.group
+            ) / (8 * self.group)
         return digit_bits(int(self.q)) + (math.ceil(math.log2(k)) / 8 if k > 1 else 0.0)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """The k = 4 code nearest the rate (q = 14 by default), with one q and mixed."""
+        """The k = 4 code nearest the rate (q = 14 by default): scale indices block by block, and
+        in groups of 32."""
         q = 14
         if rate is not None:
             near = [v for v in range(2, 65) if abs(cls(q=v).nominal_rate - rate) <= 0.13]
             if not near:
                 return []
             q = near[0]
-        return [cls(q=q, betas=4), cls(q=q, betas=4, mixed=True)]
+        return [cls(q=q, betas=4), cls(q=q, betas=4, group=32)]
 
     def _encode(self, x: np.ndarray) -> Encoded:
         lat = lattice(self.lattice_name)
@@ -925,7 +1037,15 @@ class _VoronoiQuantizer(Quantizer):
             pick = np.unique(np.linspace(0, z.shape[0] - 1, min(z.shape[0], 16384)).astype(int))
             sample_u = None if u is None else u[pick]
             design = fit_design(
-                z[pick], lat, self.q, self.k, self.rule, sample_u, self.search, self.mixed
+                z[pick],
+                lat,
+                self.q,
+                self.k,
+                self.rule,
+                sample_u,
+                self.search,
+                self.mixed,
+                self.group,
             )
         else:
             design = self.design
@@ -934,13 +1054,27 @@ class _VoronoiQuantizer(Quantizer):
         qs = np.asarray(design.qs, np.int64)
         if self.union:
             side["qs"] = qs.astype(np.uint16)
-        res = voronoi_encode_blocks(z, lat, qs, betas, u, self.rule, search=self.search)
+        if self.group > 1:
+            side["weights"] = np.asarray(design.weights, np.uint8)
+            side["budget"] = np.array([design.budget], np.uint16)
+            res = self._encode_grouped(z, lat, betas, u, design)
+        else:
+            res = voronoi_encode_blocks(z, lat, qs, betas, u, self.rule, search=self.search)
         den = float(np.sum(res.estimate * res.estimate))
         alpha = float(np.sum(z * res.estimate)) / den if (self.mmse and den > 0) else 1.0
         side["alpha"] = np.array([alpha], np.float32)
         k = betas.size
         if self.union:
             codes = pack_union(res.digits, res.beta_index, qs)
+        elif self.group > 1:
+            w, budget = design.weights, design.budget
+            ranks = grouping.rank(res.beta_index, w, self.group, budget)
+            codes = np.concatenate(
+                [
+                    pack_base_q(res.digits, int(self.q)),
+                    grouping.pack(ranks, w, self.group, budget, res.digits.shape[0]),
+                ]
+            )
         else:
             parts = [pack_base_q(res.digits, int(self.q))]
             if k > 1:
@@ -961,6 +1095,46 @@ class _VoronoiQuantizer(Quantizer):
             seed=self.seed,
             stats=stats,
         )
+
+    def _encode_grouped(
+        self, z: np.ndarray, lat: Lattice, betas: np.ndarray, u: np.ndarray | None, design: Design
+    ) -> VoronoiBlocks:
+        """Every block at every scale, then the group's least-error choice within its budget."""
+        per = [
+            voronoi_encode_blocks(z, lat, int(self.q), betas[j : j + 1], u, search=self.search)
+            for j in range(betas.size)
+        ]
+        err = np.stack([_sq8(z - r.estimate) for r in per], axis=1)
+        a = grouping.choose(err, design.weights, self.group, design.budget)
+        rows = np.arange(z.shape[0])
+        return VoronoiBlocks(
+            np.stack([r.digits for r in per])[a, rows],
+            a,
+            np.stack([r.estimate for r in per])[a, rows],
+            np.stack([r.overload for r in per])[a, rows],
+        )
+
+    def _stored_grouping(self, enc: Encoded) -> tuple[tuple[int, ...], int]:
+        """The group weights and budget, read from the side information and checked."""
+        w = np.asarray(enc.side.get("weights", np.zeros(0)), dtype=np.int64)
+        b = np.asarray(enc.side.get("budget", np.zeros(0)), dtype=np.int64)
+        if w.shape != (self.k,) or b.shape != (1,):
+            raise ValueError(
+                f"corrupt side information: 'weights' must hold {self.k} integers and 'budget' "
+                f"one, got {w.tolist()} and {b.tolist()}"
+            )
+        weights, budget = tuple(int(v) for v in w), int(b[0])
+        ok = (
+            min(weights) >= 0
+            and max(weights) <= WEIGHT_MAX
+            and min(weights) <= budget < self.group * max(weights)
+        )
+        if not ok or grouping.count(weights, self.group, budget) >= grouping.MAX_COUNT:
+            raise ValueError(
+                f"corrupt side information: weights {weights} and budget {budget} do not define "
+                f"a group code of {self.group} blocks"
+            )
+        return weights, budget
 
     def _stored_qs(self, enc: Encoded) -> np.ndarray:
         """The per-scale code sizes of a union code, read from the side information and checked."""
@@ -995,7 +1169,11 @@ class _VoronoiQuantizer(Quantizer):
         else:
             qs = np.full(k, int(self.q), np.int64)
             digits, pos = unpack_base_q(enc.codes, int(self.q), nb)
-            if k > 1:
+            if self.group > 1:
+                w, budget = self._stored_grouping(enc)
+                ranks, _ = grouping.unpack(enc.codes[pos:], w, self.group, budget, nb)
+                bi = grouping.unrank(ranks, w, self.group, budget, nb)
+            elif k > 1:
                 bi = unpack(enc.codes[pos:], math.ceil(math.log2(k)), nb).astype(np.int64)
                 if np.any(bi >= k):
                     raise ValueError(f"corrupt codes: a β index is not below {k}")

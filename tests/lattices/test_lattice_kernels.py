@@ -122,7 +122,7 @@ def test_voronoi_bit_exact(name, rule, dithered, search, q):
 
 def test_quantizer_same_bytes_with_and_without_numba(monkeypatch):
     x = np.random.default_rng(2).standard_normal((16, 256))
-    for spec in ("e8:q=9,betas=3", "e8:q=9;10;8,betas=0.3;0.4;0.6"):
+    for spec in ("e8:q=9,betas=3", "e8:q=9;10;8,betas=0.3;0.4;0.6", "e8:q=9,group=16,fit=true"):
         q = mq.get(spec)
         monkeypatch.delenv("MMQUANT_KERNELS", raising=False)
         e1 = q.encode(x)

@@ -341,3 +341,61 @@ def test_union_quantizer_round_trip_and_side_information():
         E8Voronoi(q=9, betas=(0.2, 0.3), mixed=True)
     with pytest.raises(ValueError, match="union code too large"):
         E8Voronoi(q=(250, 250, 250, 250), betas=4)
+
+
+def test_grouped_scale_indices_round_trip_and_side_information():
+    """group=G: the least-error choice within the budget, decoded exactly; corrupt side
+    information and ranks are refused."""
+    x = np.random.default_rng(15).standard_normal((6, 520))  # 390 blocks: 12 groups and 6
+    q = mq.get("e8:q=9,betas=3,group=32")
+    assert mq.get(q.spec) == q
+    d = q.design
+    assert d.weights[0] == 0 and list(d.weights) == sorted(d.weights) and d.budget > 0
+    enc = q.encode(x)
+    assert enc.side["weights"].tolist() == list(d.weights)
+    assert enc.side["budget"].tolist() == [d.budget]
+    plain = mq.get("e8:q=9,betas=3")
+    assert enc.codes.size < plain.encode(x).codes.size  # fewer bits than 2 per block
+    xh = q.decode(enc)
+    assert mq.metrics.relative_mse(x, xh) < 0.1
+    for bad in ({"weights": np.array([0, 1], np.uint8)}, {"budget": np.array([1000], np.uint16)}):
+        with pytest.raises(ValueError, match="corrupt side information"):
+            q.decode(dataclasses.replace(enc, side={**enc.side, **bad}))
+    with pytest.raises(ValueError, match="corrupt codes"):
+        q.decode(dataclasses.replace(enc, codes=np.full_like(enc.codes, 255)))
+    fit = mq.get("e8:q=9,betas=3,group=16,fit=true").encode(x)
+    assert fit.side["weights"][0] == 0
+    for bad in (
+        dict(mixed=True),
+        dict(rule="no-overload"),
+        dict(q=(9, 9, 9)),
+        dict(betas=(0.2, 0.3, 0.5)),
+        dict(betas=1),
+        dict(betas=9),
+    ):
+        with pytest.raises(ValueError, match="group > 1"):
+            E8Voronoi(**{"q": 9, "betas": 3, "group": 8, **bad})
+
+
+def test_grouped_design_beats_block_by_block_on_fresh_blocks():
+    """At q = 14, k = 4: groups of 32 are ≥ 0.1 dB closer to Shannon's D(R) (measured 0.17)."""
+    from mmquant.lattices import grouping
+
+    z = np.random.default_rng(16).standard_normal((1 << 15, 8))
+    lat = lattice("e8")
+
+    def gap_db(mse, rate):
+        return 10 * np.log10(mse * 4**rate)
+
+    one = optimal_design("e8", 14, 4, "least-error", False)
+    r = voronoi_encode_blocks(z, lat, 14, np.array(one.betas), None)
+    plain = gap_db(np.mean((z - r.estimate) ** 2), digit_bits(14) + 2 / 8)
+    d = optimal_design("e8", 14, 4, "least-error", False, True, False, 32)
+    per = [voronoi_encode_blocks(z, lat, 14, np.array([b]), None).estimate for b in d.betas]
+    err = np.stack([np.sum((z - e) ** 2, axis=1) for e in per], axis=1)
+    a = grouping.choose(err, d.weights, 32, d.budget)
+    mse = np.mean(err[np.arange(z.shape[0]), a]) / 8
+    rate = digit_bits(14) + grouping.group_bits(d.weights, 32, d.budget, z.shape[0]) / (
+        8 * z.shape[0]
+    )
+    assert gap_db(mse, rate) < plain - 0.1
