@@ -1,5 +1,8 @@
 """Speed of the lattice kernels: E8 closest point, Voronoi encode (4 β, least error) and decode.
 
+Also the encoder with the scale indices of 32 blocks coded jointly (``group=32``: every block at
+every scale, then the budget-constrained choice) and that choice on its own.
+
 Prints millions of entries per second and the ratio to a float32 memcpy of the same number of
 entries (numba kernels, parallel over the machine's cores; the numpy reference for comparison).
 Each figure is the best of 7 timed calls after a warm-up, with glibc told to keep freed memory
@@ -23,11 +26,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import best_time, keep_freed_memory, machine, memcpy_rate
 
+from mmquant.lattices import grouping
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import (
     optimal_design,
     voronoi_decode_blocks,
     voronoi_encode_blocks,
+    voronoi_encode_grouped,
 )
 
 
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     betas = np.array(optimal_design("e8", 14, 4).betas)
     mem = memcpy_rate(z.astype(np.float32).reshape(-1))
     enc = voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba")
+    g = optimal_design("e8", 14, 4, "least-error", False, True, False, 32)
+    gb = np.array(g.betas)
+    err = np.random.default_rng(1).random((n // 8, 4))
     rows = [
         ("E8 closest point (numba)", lambda: closest_kernel(z)),
         ("E8 closest point (numpy)", lambda: closest_e8(z)),
@@ -58,6 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         (
             "  the same without projection search",
             lambda: voronoi_encode_blocks(z, lat, 14, betas, u, backend="numba", search=False),
+        ),
+        (
+            "Voronoi encode q=14, 4β, groups of 32",
+            lambda: voronoi_encode_grouped(z, lat, 14, gb, u, g.weights, 32, g.budget),
+        ),
+        (
+            "  its group choice alone (numba)",
+            lambda: grouping.choose(err, g.weights, 32, g.budget, backend="numba"),
+        ),
+        (
+            "  its group choice alone (numpy)",
+            lambda: grouping.choose(err, g.weights, 32, g.budget, backend="numpy"),
         ),
         (
             "Voronoi decode q=14 (numba)",

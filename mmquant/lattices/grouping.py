@@ -51,20 +51,27 @@ MAX_COUNT = 2**63
 
 
 @lru_cache(maxsize=256)
-def _table(weights: tuple[int, ...], n: int, budget: int) -> tuple[tuple[int, ...], ...]:
-    """C(m, r) for m = 0..n and r = 0..budget (exact Python integers)."""
-    rows = [tuple([1] * (budget + 1))]
+def _table(weights: tuple[int, ...], n: int) -> tuple[tuple[int, ...], ...]:
+    """C(m, r) for m = 0..n and r = 0..n·max(w) (exact Python integers; constant beyond)."""
+    top = n * max(weights)
+    rows = [tuple([1] * (top + 1))]
     for _ in range(n):
         prev = rows[-1]
-        rows.append(
-            tuple(sum(prev[r - w] for w in weights if r - w >= 0) for r in range(budget + 1))
-        )
+        rows.append(tuple(sum(prev[r - w] for w in weights if r - w >= 0) for r in range(top + 1)))
     return tuple(rows)
+
+
+def _row(weights: tuple[int, ...], n: int, m: int, budget: int) -> np.ndarray:
+    """C(m, r) for r = 0..budget as uint64 (callers keep counts below 2^63)."""
+    row = _table(weights, n)[m]
+    return np.array([row[min(r, len(row) - 1)] for r in range(budget + 1)], np.uint64)
 
 
 def count(weights: tuple[int, ...], n: int, budget: int) -> int:
     """Number of index sequences of length ``n`` with total weight ≤ ``budget``."""
-    return _table(tuple(int(w) for w in weights), int(n), int(budget))[n][budget]
+    weights = tuple(int(w) for w in weights)
+    row = _table(weights, int(n))[n]
+    return row[min(int(budget), len(row) - 1)]
 
 
 def _check(weights: tuple[int, ...], group: int, budget: int) -> None:
@@ -223,11 +230,10 @@ def rank(a: np.ndarray, weights: tuple[int, ...], group: int, budget: int) -> np
     for g, n_groups in _runs(a.size, group):
         seq = a[start : start + g * n_groups].reshape(n_groups, g)
         start += g * n_groups
-        table = _table(weights, g, budget)
         used = np.zeros(n_groups, np.int64)
         r = np.zeros(n_groups, np.uint64)
         for b in range(g):
-            row = np.array(table[g - 1 - b], np.uint64)
+            row = _row(weights, g, g - 1 - b, budget)
             for j, w in enumerate(weights):
                 left = budget - used - w
                 add = (seq[:, b] > j) & (left >= 0)
@@ -255,16 +261,16 @@ def unrank(
     for g, n_groups in _runs(n_blocks, group):
         r = ranks[pos : pos + n_groups].copy()
         pos += n_groups
-        table = _table(weights, g, budget)
-        if np.any(r >= np.uint64(table[g][budget])):
+        total = count(weights, g, budget)
+        if np.any(r >= np.uint64(total)):
             raise ValueError(
-                f"corrupt codes: a group rank is not below {table[g][budget]}, the number of "
-                "allowed index sequences"
+                f"corrupt codes: a group rank is not below {total}, the number of allowed index "
+                "sequences"
             )
         used = np.zeros(n_groups, np.int64)
         seq = np.empty((n_groups, g), np.int64)
         for b in range(g):
-            row = np.array(table[g - 1 - b], np.uint64)
+            row = _row(weights, g, g - 1 - b, budget)
             done = np.zeros(n_groups, bool)
             for j, w in enumerate(weights):
                 left = budget - used - w

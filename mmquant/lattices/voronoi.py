@@ -108,6 +108,7 @@ __all__ = [
     "optimal_design",
     "fit_design",
     "voronoi_encode_blocks",
+    "voronoi_encode_grouped",
     "voronoi_decode_blocks",
     "digit_bits",
     "pack_base_q",
@@ -276,6 +277,42 @@ def voronoi_encode_blocks(
     est = betas[chosen][:, None] * (best_y + uu)
     digits = _digits(lat, best_y, qs[chosen][:, None].astype(np.float64)).astype(np.int64)
     return VoronoiBlocks(digits, chosen, est, over)
+
+
+def voronoi_encode_grouped(
+    z: np.ndarray,
+    lat: Lattice | str,
+    q: int,
+    betas: np.ndarray,
+    u: np.ndarray | None,
+    weights: tuple[int, ...],
+    group: int,
+    budget: int,
+    search: bool = True,
+    backend: str = "auto",
+) -> VoronoiBlocks:
+    """Encode (N, 8) blocks choosing the scales of every ``group`` blocks jointly.
+
+    Every block is coded at every scale (as :func:`voronoi_encode_blocks` with one β), then
+    :func:`mmquant.lattices.grouping.choose` picks, per group, the scale sequence of least total
+    squared error whose total weight is within ``budget``.
+    """
+    lat = lattice(lat) if isinstance(lat, str) else lat
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    betas = np.asarray(betas, dtype=np.float64)
+    per = [
+        voronoi_encode_blocks(z, lat, q, betas[j : j + 1], u, backend=backend, search=search)
+        for j in range(betas.size)
+    ]
+    err = np.stack([_sq8(z - r.estimate) for r in per], axis=1)
+    a = grouping.choose(err, weights, group, budget, backend=backend)
+    rows = np.arange(z.shape[0])
+    return VoronoiBlocks(
+        np.stack([r.digits for r in per])[a, rows],
+        a,
+        np.stack([r.estimate for r in per])[a, rows],
+        np.stack([r.overload for r in per])[a, rows],
+    )
 
 
 def voronoi_decode_blocks(
@@ -598,9 +635,12 @@ def fit_design(
     (:mod:`mmquant.lattices.grouping`). From the least-error optimum, the optimiser alternates
     (i) the weights (every non-decreasing tuple with w₁ = 0 and entries ≤ 4) and the budget
     W (from 0.7 to 1.05 times the mean group weight of the unconstrained choices) that minimise
-    ``D·4^R`` for the current scales, and (ii) coordinate descent of the scales (±8 grid steps,
+    ``D·4^R`` for the current scales (searched on a quarter of the sample; the best three
+    weight tuples then on all of it, budgets within ±2), once also for all the scales moved
+    together by up to ±8 grid steps (larger scales trade against a smaller budget), and (ii) coordinate descent of the scales (±8 grid steps,
     kept in increasing order) for those weights, until neither changes (three rounds at most).
-    On N(0, 1) at q = 14, k = 4, G = 32 it picks w = (0, 1, 2, 4), W = 34.
+    On N(0, 1) at q = 14, k = 4, G = 32 it picks w = (0, 1, 1, 2), W = 17: 4.009 bits per entry
+    and 0.16 dB closer to D(R) than the same code with 2 bits per block for the scale index.
 
     Parameters
     ----------
@@ -733,26 +773,56 @@ def _fit_grouping(
     k = len(sel)
     nb = errs[sel[0][0]].shape[1]
 
-    def merit(sel: list[tuple[int, int]], w: tuple[int, ...], budget: int) -> float:
-        e = np.stack([errs[v][g] for v, g in sel], axis=1)
-        bits = grouping.group_bits(w, group, budget, nb)
-        return grouping.least_error(e, w, group, budget) / nb * 4.0 ** (bits / (8 * nb))
+    def merit(sel: list[tuple[int, int]], w: tuple[int, ...], budget: int, m: int = nb) -> float:
+        e = np.stack([errs[v][g][:m] for v, g in sel], axis=1)
+        bits = grouping.group_bits(w, group, budget, m)
+        return grouping.least_error(e, w, group, budget) / m * 4.0 ** (bits / (8 * m))
 
-    def weights_and_budget(sel: list[tuple[int, int]]) -> tuple[float, tuple[int, ...], int]:
-        free = np.argmin(np.stack([errs[v][g] for v, g in sel]), axis=0)  # unconstrained
-        best: tuple[float, tuple[int, ...], int] = (np.inf, (), 0)
-        for w in _weight_candidates(k):
+    sub = min(nb, max(group, nb // 4 // group * group))  # a quarter of the sample
+
+    def scan(
+        sel: list[tuple[int, int]], candidates: list[tuple[int, ...]]
+    ) -> list[tuple[float, tuple[int, ...], int]]:
+        """Best budget of every weight tuple on the sub-sample, best first."""
+        free = np.argmin(np.stack([errs[v][g][:sub] for v, g in sel]), axis=0)  # unconstrained
+        found = []
+        for w in candidates:
             mean = group * float(np.mean(np.asarray(w)[free]))
             top = min(group * max(w) - 1, math.ceil(1.05 * mean))
+            best_w: tuple[float, int] = (np.inf, 0)
             for budget in range(int(0.7 * mean), top + 1):
                 if grouping.count(w, group, budget) >= grouping.MAX_COUNT:
                     break
-                m = merit(sel, w, budget)
-                if m < best[0] - 1e-15:
-                    best = (m, w, budget)
+                best_w = min(best_w, (merit(sel, w, budget, sub), budget))
+            if best_w[0] < np.inf:
+                found.append((best_w[0], w, best_w[1]))
+        return sorted(found)
+
+    def refine(
+        sel: list[tuple[int, int]], found: list[tuple[float, tuple[int, ...], int]]
+    ) -> tuple[float, tuple[int, ...], int]:
+        """The best of ``found`` on the whole sample, budgets within ±2."""
+        best: tuple[float, tuple[int, ...], int] = (np.inf, (), 0)
+        for _, w, b0 in found:
+            for budget in range(max(0, b0 - 2), min(group * max(w) - 1, b0 + 2) + 1):
+                if grouping.count(w, group, budget) < grouping.MAX_COUNT:
+                    m = merit(sel, w, budget)
+                    if m < best[0] - 1e-15:
+                        best = (m, w, budget)
         return best
 
-    best, w, budget = weights_and_budget(sel)
+    found = scan(sel, _weight_candidates(k))
+    best, w, budget = refine(sel, found[:3])
+    # (i') all scales moved together: the budget trades against the scales along a valley
+    top3 = [t[1] for t in found[:3]]
+    base = list(sel)
+    for shift in range(-8, 9):
+        trial = [(v, g + shift) for v, g in base]
+        if shift == 0 or not all(0 <= g < GRID_SIZE for _, g in trial):
+            continue
+        m, w2, b2 = refine(trial, scan(trial, top3)[:1])
+        if m < best - 1e-15:
+            best, sel, w, budget = m, trial, w2, b2
     for _ in range(3):
         before = (list(sel), w, budget)
         for i in range(k):  # coordinate descent of the scales, kept in increasing order
@@ -766,7 +836,7 @@ def _fit_grouping(
                 m = merit(trial, w, budget)
                 if m < best - 1e-15:
                     best, sel = m, trial
-        best, w, budget = weights_and_budget(sel)
+        best, w, budget = refine(sel, scan(sel, _weight_candidates(k))[:3])
         if (sel, w, budget) == before:
             break
     return sel, w, budget
@@ -1057,7 +1127,17 @@ class _VoronoiQuantizer(Quantizer):
         if self.group > 1:
             side["weights"] = np.asarray(design.weights, np.uint8)
             side["budget"] = np.array([design.budget], np.uint16)
-            res = self._encode_grouped(z, lat, betas, u, design)
+            res = voronoi_encode_grouped(
+                z,
+                lat,
+                int(self.q),
+                betas,
+                u,
+                design.weights,
+                self.group,
+                design.budget,
+                self.search,
+            )
         else:
             res = voronoi_encode_blocks(z, lat, qs, betas, u, self.rule, search=self.search)
         den = float(np.sum(res.estimate * res.estimate))
@@ -1094,24 +1174,6 @@ class _VoronoiQuantizer(Quantizer):
             spec=self.spec,
             seed=self.seed,
             stats=stats,
-        )
-
-    def _encode_grouped(
-        self, z: np.ndarray, lat: Lattice, betas: np.ndarray, u: np.ndarray | None, design: Design
-    ) -> VoronoiBlocks:
-        """Every block at every scale, then the group's least-error choice within its budget."""
-        per = [
-            voronoi_encode_blocks(z, lat, int(self.q), betas[j : j + 1], u, search=self.search)
-            for j in range(betas.size)
-        ]
-        err = np.stack([_sq8(z - r.estimate) for r in per], axis=1)
-        a = grouping.choose(err, design.weights, self.group, design.budget)
-        rows = np.arange(z.shape[0])
-        return VoronoiBlocks(
-            np.stack([r.digits for r in per])[a, rows],
-            a,
-            np.stack([r.estimate for r in per])[a, rows],
-            np.stack([r.overload for r in per])[a, rows],
         )
 
     def _stored_grouping(self, enc: Encoded) -> tuple[tuple[int, ...], int]:
