@@ -25,6 +25,7 @@ __all__ = [
     "voronoi_decode_kernel",
     "group_minima_kernel",
     "group_choose_kernel",
+    "gather_rows_kernel",
 ]
 
 _LAT_CODE = {"e8": 0, "d4": 1, "zn": 2}
@@ -511,6 +512,7 @@ def _encode_all(
     chosen,
     est,
     over,
+    error,
 ):
     """Per block: every β, its codeword (nearest lattice point, else projection / wrapped point),
     and the selection rule.
@@ -639,6 +641,7 @@ def _encode_all(
                     for i in range(8):
                         ysel[i] = lams[sel, i * _TILE + bb]
                 chosen[b] = sel
+                error[b] = best
                 beta = betas[sel]
                 for i in range(8):
                     est[b, i] = beta * (ysel[i] + ub[i])
@@ -679,6 +682,7 @@ def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
     chosen = np.full(n, -1, np.int64)
     est = np.zeros((n, 8))
     over = np.ones(n, np.bool_)
+    error = np.empty(n)
     _encode_all(
         _LAT_CODE[name],
         z,
@@ -696,8 +700,9 @@ def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
         chosen,
         est,
         over,
+        error,
     )
-    return digits, chosen, est, over
+    return digits, chosen, est, over, error
 
 
 @nb.njit(parallel=True, cache=True)
@@ -818,3 +823,21 @@ def group_choose_kernel(err, weights, group, budget):
     out = np.empty(e.shape[0], np.int64)
     _group_choose(e, np.asarray(weights, np.int64), int(budget), int(group), out)
     return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _gather_rows(a, arrs, out):
+    """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays)."""
+    for b in nb.prange(a.shape[0]):
+        src = arrs[a[b]]
+        for i in range(out.shape[1]):
+            out[b, i] = src[b, i]
+
+
+def gather_rows_kernel(a, arrs):
+    """Row ``b`` of ``arrs[a[b]]`` for every b; ``arrs`` are k arrays of one shape and dtype."""
+    first = arrs[0]
+    two = tuple(np.ascontiguousarray(x).reshape(first.shape[0], -1) for x in arrs)
+    out = np.empty_like(two[0])
+    _gather_rows(np.ascontiguousarray(a, dtype=np.int64), two, out)
+    return out.reshape(first.shape)

@@ -151,12 +151,15 @@ class VoronoiBlocks:
     overload : numpy.ndarray
         (N,) bool: at the chosen β the nearest lattice point ``Q_Λ(z/β − u)`` lies outside the
         code (the block was then coded by its wrapped point, or, with the search, by a projection).
+    error : numpy.ndarray
+        (N,) float64 squared error ``‖z − ẑ‖²`` of every block (summed left to right).
     """
 
     digits: np.ndarray
     beta_index: np.ndarray
     estimate: np.ndarray
     overload: np.ndarray
+    error: np.ndarray
 
 
 def _reduce(lat: Lattice, digits: np.ndarray, q: int) -> np.ndarray:
@@ -276,7 +279,7 @@ def voronoi_encode_blocks(
         over[take] = ov[take]
     est = betas[chosen][:, None] * (best_y + uu)
     digits = _digits(lat, best_y, qs[chosen][:, None].astype(np.float64)).astype(np.int64)
-    return VoronoiBlocks(digits, chosen, est, over)
+    return VoronoiBlocks(digits, chosen, est, over, best_err)
 
 
 def voronoi_encode_grouped(
@@ -304,14 +307,20 @@ def voronoi_encode_grouped(
         voronoi_encode_blocks(z, lat, q, betas[j : j + 1], u, backend=backend, search=search)
         for j in range(betas.size)
     ]
-    err = np.stack([_sq8(z - r.estimate) for r in per], axis=1)
-    a = grouping.choose(err, weights, group, budget, backend=backend)
-    rows = np.arange(z.shape[0])
+    a = grouping.choose(np.stack([r.error for r in per], axis=1), weights, group, budget, backend)
+    if use_numba(backend):
+        from mmquant.kernels.lattice import gather_rows_kernel as pick
+    else:
+
+        def pick(a: np.ndarray, arrs: list[np.ndarray]) -> np.ndarray:
+            return np.stack(arrs)[a, np.arange(a.size)]
+
     return VoronoiBlocks(
-        np.stack([r.digits for r in per])[a, rows],
+        pick(a, [r.digits for r in per]),
         a,
-        np.stack([r.estimate for r in per])[a, rows],
-        np.stack([r.overload for r in per])[a, rows],
+        pick(a, [r.estimate for r in per]),
+        pick(a, [r.overload for r in per]),
+        pick(a, [r.error for r in per]),
     )
 
 
@@ -695,7 +704,7 @@ def fit_design(
         ovls[v] = np.empty((GRID_SIZE, nb), bool)
         for g, beta in enumerate(grids[v]):
             r = voronoi_encode_blocks(z, lat, v, np.array([beta]), u, search=search)
-            errs[v][g] = _sq8(z - r.estimate)
+            errs[v][g] = r.error
             ovls[v][g] = r.overload
 
     def factor(sel: list[tuple[int, int]]) -> float:  # 4^R of the union code, 1 if q is fixed

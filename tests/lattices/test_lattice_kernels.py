@@ -5,7 +5,12 @@ import pytest
 
 import mmquant as mq
 from mmquant.lattices.closest import closest_dn, closest_e8, lattice
-from mmquant.lattices.voronoi import dither, voronoi_decode_blocks, voronoi_encode_blocks
+from mmquant.lattices.voronoi import (
+    dither,
+    voronoi_decode_blocks,
+    voronoi_encode_blocks,
+    voronoi_encode_grouped,
+)
 
 pytest.importorskip("numba")
 from hypothesis import given, settings
@@ -110,10 +115,11 @@ def test_voronoi_bit_exact(name, rule, dithered, search, q):
     a = voronoi_encode_blocks(z, lat, q, betas, u, rule, backend="numpy", search=search)
     b = voronoi_encode_blocks(z, lat, q, betas, u, rule, backend="numba", search=search)
     for x, y in zip(
-        (a.digits, a.beta_index, a.estimate, a.overload),
-        (b.digits, b.beta_index, b.estimate, b.overload),
+        (a.digits, a.beta_index, a.estimate, a.overload, a.error),
+        (b.digits, b.beta_index, b.estimate, b.overload, b.error),
     ):
         np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(a.error, np.sum((z - a.estimate) ** 2, axis=1), rtol=1e-12)
     da = voronoi_decode_blocks(a.digits, a.beta_index, lat, q, betas, u, backend="numpy")
     db = voronoi_decode_blocks(a.digits, a.beta_index, lat, q, betas, u, backend="numba")
     np.testing.assert_array_equal(da, db)
@@ -130,3 +136,15 @@ def test_quantizer_same_bytes_with_and_without_numba(monkeypatch):
         e2 = q.encode(x)
         np.testing.assert_array_equal(e1.codes, e2.codes)
         np.testing.assert_array_equal(q.decode(e1), q.decode(e2))
+
+
+def test_grouped_encoder_bit_exact():
+    lat = lattice("e8")
+    z = _inputs(2)
+    betas = np.array([0.2, 0.3, 0.45])
+    runs = [
+        voronoi_encode_grouped(z, lat, 9, betas, None, (0, 1, 3), 16, 12, backend=be)
+        for be in ("numpy", "numba")
+    ]
+    for f in ("digits", "beta_index", "estimate", "overload", "error"):
+        np.testing.assert_array_equal(getattr(runs[0], f), getattr(runs[1], f))
