@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "unpack", "packed_nbytes"]
+__all__ = ["pack", "unpack", "packed_nbytes", "pack_wide", "unpack_wide"]
 
 
 def packed_nbytes(n: int, width: int) -> int:
@@ -156,3 +156,44 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
             v = hi >> np.uint64(off - 64)
         out[:, i] = v & m64
     return out.reshape(-1)[:n]
+
+
+def _fields(width: int) -> list[int]:
+    return [16] * (width // 16) + ([width % 16] if width % 16 else [])
+
+
+def pack_wide(values: np.ndarray, width: int) -> np.ndarray:
+    """Pack unsigned integers of up to 64 bits, ``width`` bits each (0 ≤ width ≤ 64).
+
+    The values are cut into fields of 16 bits from the low end (the last one narrower), and each
+    field of all the values is one :func:`pack` stream, the low field first:
+    ``Σ packed_nbytes(n, f)`` bytes in all. Width 0 stores nothing (every value must be 0).
+    """
+    if not 0 <= width <= 64:
+        raise ValueError(f"wide code width must be in [0, 64] bits, got {width!r}")
+    v = np.asarray(values, np.uint64).reshape(-1)
+    out, shift = [], 0
+    for f in _fields(width):
+        out.append(pack((v >> np.uint64(shift)) & np.uint64((1 << f) - 1), f))
+        shift += f
+    return np.concatenate(out) if out else np.zeros(0, np.uint8)
+
+
+def unpack_wide(data: np.ndarray, width: int, n: int) -> tuple[np.ndarray, int]:
+    """Inverse of :func:`pack_wide`: (``n`` uint64 values, bytes consumed).
+
+    Raises ``ValueError`` if ``data`` ends before the ``n`` values.
+    """
+    if not 0 <= width <= 64:
+        raise ValueError(f"wide code width must be in [0, 64] bits, got {width!r}")
+    data = np.asarray(data)
+    v = np.zeros(n, np.uint64)
+    pos = shift = 0
+    for f in _fields(width):
+        nb = packed_nbytes(n, f)
+        if pos + nb > data.size:
+            raise ValueError(f"corrupt codes: the packed data ends after {data.size} bytes")
+        v |= unpack(data[pos : pos + nb], f, n).astype(np.uint64) << np.uint64(shift)
+        pos += nb
+        shift += f
+    return v, pos

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmquant.packing import pack, packed_nbytes, unpack
+from mmquant.packing import pack, pack_wide, packed_nbytes, unpack, unpack_wide
 
 
 @settings(max_examples=200, deadline=None)
@@ -44,3 +44,23 @@ def test_errors():
         pack(np.array([1.0]), 4)
     with pytest.raises(ValueError, match="too short"):
         unpack(np.zeros(3, np.uint8), 4, 8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(0, 64), n=st.integers(0, 40), seed=st.integers(0, 1000))
+def test_wide_round_trip(width, n, seed):
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    v = v >> np.uint64(64 - width) if width else np.zeros(n, np.uint64)
+    data = pack_wide(v, width)
+    assert data.size == sum(packed_nbytes(n, f) for f in [16] * (width // 16) + [width % 16] if f)
+    back, used = unpack_wide(np.concatenate([data, np.full(3, 255, np.uint8)]), width, n)
+    np.testing.assert_array_equal(back, v)
+    assert used == data.size
+
+
+def test_wide_errors():
+    with pytest.raises(ValueError, match="64"):
+        pack_wide(np.zeros(3, np.uint64), 65)
+    with pytest.raises(ValueError, match="ends after"):
+        unpack_wide(pack_wide(np.ones(9, np.uint64), 20)[:-1], 20, 9)

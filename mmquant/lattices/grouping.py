@@ -30,9 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from mmquant.kernels import use_numba
-from mmquant.packing import pack as pack_bits
-from mmquant.packing import packed_nbytes
-from mmquant.packing import unpack as unpack_bits
+from mmquant.packing import pack_wide, unpack_wide
 
 __all__ = [
     "MAX_COUNT",
@@ -294,20 +292,14 @@ def pack(
 ) -> np.ndarray:
     """Group ranks of ``n_blocks`` blocks as bytes: ``⌈log2 |A(g, W)|⌉`` bits each.
 
-    Each run of equal-length groups is stored as ≤ 16-bit fields (:func:`mmquant.packing.pack`).
+    The full groups' ranks, then the shorter last group's (:func:`mmquant.packing.pack_wide`).
     """
     weights = tuple(int(w) for w in weights)
     ranks = np.asarray(ranks, np.uint64)
-    out = []
-    pos = 0
+    out, pos = [], 0
     for g, n_groups in _runs(n_blocks, group):
-        v = ranks[pos : pos + n_groups]
+        out.append(pack_wide(ranks[pos : pos + n_groups], _bits(weights, g, budget)))
         pos += n_groups
-        shift, bits = 0, _bits(weights, g, budget)
-        while shift < bits:
-            f = min(16, bits - shift)
-            out.append(pack_bits((v >> np.uint64(shift)) & np.uint64((1 << f) - 1), f))
-            shift += f
     return np.concatenate(out) if out else np.zeros(0, np.uint8)
 
 
@@ -316,20 +308,9 @@ def unpack(
 ) -> tuple[np.ndarray, int]:
     """Inverse of :func:`pack`: (the uint64 ranks, bytes consumed)."""
     weights = tuple(int(w) for w in weights)
-    out = []
-    pos = 0
+    out, pos = [], 0
     for g, n_groups in _runs(n_blocks, group):
-        v = np.zeros(n_groups, np.uint64)
-        shift, bits = 0, _bits(weights, g, budget)
-        while shift < bits:
-            f = min(16, bits - shift)
-            nb = packed_nbytes(n_groups, f)
-            if pos + nb > data.size:
-                raise ValueError(f"corrupt codes: the packed data ends after {data.size} bytes")
-            v |= unpack_bits(data[pos : pos + nb], f, n_groups).astype(np.uint64) << np.uint64(
-                shift
-            )
-            pos += nb
-            shift += f
+        v, used = unpack_wide(data[pos:], _bits(weights, g, budget), n_groups)
         out.append(v)
+        pos += used
     return (np.concatenate(out) if out else np.zeros(0, np.uint64)), pos

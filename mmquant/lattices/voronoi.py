@@ -95,7 +95,7 @@ from mmquant.kernels import use_numba
 from mmquant.lattices import grouping
 from mmquant.lattices.closest import Lattice, lattice, max_relevant
 from mmquant.lattices.closest import sq8 as _sq8
-from mmquant.packing import pack, packed_nbytes, unpack
+from mmquant.packing import pack, pack_wide, packed_nbytes, unpack, unpack_wide
 from mmquant.rotations import rotation
 from mmquant.validation import check_choice, check_float, check_int
 
@@ -379,33 +379,6 @@ def _pack_params(q: int) -> tuple[int, int, int, int]:
     return (a, m, *_word_params(m))
 
 
-def _fields(w: int) -> list[int]:
-    return [16] * (w // 16) + ([w % 16] if w % 16 else [])
-
-
-def _pack_raw(v: np.ndarray, bits: int) -> list[np.ndarray]:
-    """The low ``bits`` bits of every uint64 in v, as ≤ 16-bit fields (:func:`pack`)."""
-    out, shift = [], 0
-    for f in _fields(bits):
-        out.append(pack((v >> np.uint64(shift)) & np.uint64((1 << f) - 1), f))
-        shift += f
-    return out
-
-
-def _unpack_raw(data: np.ndarray, pos: int, n: int, bits: int) -> tuple[np.ndarray, int]:
-    """Inverse of :func:`_pack_raw` from byte ``pos``: (n uint64 values, new position)."""
-    v = np.zeros(n, np.uint64)
-    shift = 0
-    for f in _fields(bits):
-        nb = packed_nbytes(n, f)
-        if pos + nb > data.size:
-            raise ValueError(f"corrupt codes: the packed data ends after {data.size} bytes")
-        v |= unpack(data[pos : pos + nb], f, n).astype(np.uint64) << np.uint64(shift)
-        pos += nb
-        shift += f
-    return v, pos
-
-
 def _pack_words(h: np.ndarray, m: int, j: int, w: int) -> list[np.ndarray]:
     """Base-m symbols h (uint64 < m) in words of j by Horner's rule, w bits each."""
     n_words = -(-h.size // j)
@@ -416,7 +389,7 @@ def _pack_words(h: np.ndarray, m: int, j: int, w: int) -> list[np.ndarray]:
     mm = np.uint64(m)
     for i in range(j - 1, -1, -1):  # exact: val < m^J ≤ 2^64
         val = val * mm + p[:, i]
-    return _pack_raw(val, w)
+    return [pack_wide(val, w)]
 
 
 def _unpack_words(
@@ -424,7 +397,8 @@ def _unpack_words(
 ) -> tuple[np.ndarray, int]:
     """Inverse of :func:`_pack_words`: (n uint64 base-m symbols, new position)."""
     n_words = -(-n // j)
-    val, pos = _unpack_raw(data, pos, n_words, w)
+    val, used = unpack_wide(data[pos:], w, n_words)
+    pos += used
     h = np.empty((n_words, j), np.uint64)
     mm = np.uint64(m)
     for i in range(j):
@@ -534,7 +508,7 @@ def pack_union(digits: np.ndarray, beta_index: np.ndarray, qs: np.ndarray) -> np
         s = s * qb + d[:, t]
     s = s + _union_offsets(qs)[bi]
     low, h, j, w = _union_params(size)
-    out = _pack_raw(s, low)
+    out = [pack_wide(s, low)]
     if h > 1:
         out += _pack_words(s >> np.uint64(low), h, j, w)
     return np.concatenate(out) if out else np.zeros(0, np.uint8)
@@ -550,7 +524,7 @@ def unpack_union(
     qs = np.asarray(qs, np.int64)
     size = union_size(qs)
     low, h, j, w = _union_params(size)
-    s, pos = _unpack_raw(data, 0, n_blocks, low)
+    s, pos = unpack_wide(data, low, n_blocks)
     if h > 1:
         hi, pos = _unpack_words(data, pos, n_blocks, h, j, w)
         s |= hi << np.uint64(low)
