@@ -116,7 +116,7 @@ def choose(
     """
     weights = tuple(int(w) for w in weights)
     _check(weights, group, budget)
-    err = np.asarray(err, dtype=np.float64)
+    err = _errors(err, weights)
     n, k = err.shape
     if use_numba(backend):
         from mmquant.kernels.lattice import group_choose_kernel
@@ -129,6 +129,16 @@ def choose(
         out[start : start + g * n_groups] = _choose_run(e, weights, budget).reshape(-1)
         start += g * n_groups
     return out
+
+
+def _errors(err: np.ndarray, weights: tuple[int, ...]) -> np.ndarray:
+    err = np.asarray(err, dtype=np.float64)
+    if err.ndim != 2 or err.shape[1] != len(weights):
+        raise ValueError(
+            f"errors must have shape (blocks, {len(weights)}) for {len(weights)} weights, "
+            f"got {err.shape}"
+        )
+    return err
 
 
 def _runs(n: int, group: int) -> list[tuple[int, int]]:
@@ -193,7 +203,8 @@ def least_error(
     the per-group minima are the same floats, summed here in the same order).
     """
     weights = tuple(int(w) for w in weights)
-    err = np.asarray(err, dtype=np.float64)
+    _check(weights, group, budget)
+    err = _errors(err, weights)
     n, k = err.shape
     if use_numba(backend):
         from mmquant.kernels.lattice import group_minima_kernel

@@ -83,6 +83,8 @@ def test_bad_input_is_refused():
         gr.choose(np.zeros((64, 4)), w, 64, 200)
     with pytest.raises(ValueError, match="admits no"):
         gr.choose(np.zeros((3, 2)), (1, 2), 3, 0)
+    with pytest.raises(ValueError, match="shape"):
+        gr.choose(np.zeros((8, 3)), w, 4, 5)
     with pytest.raises(ValueError, match="budget"):
         gr.rank(np.array([3, 3, 3]), w, 3, 5)
     with pytest.raises(ValueError, match="corrupt codes"):
