@@ -8,7 +8,9 @@ The E8 closest point is branch-free (selects, unsigned indices) and runs on tile
 transposed to structure-of-arrays scratch, so that LLVM vectorises it across blocks. The Voronoi
 encoder works the same way in two phases per tile: the nearest lattice point, its error and its
 largest relevant inner product for every β (vectorised), then per block the membership test, the
-projection search and the selection rule, with bounds that skip what cannot be chosen.
+projection search and the selection rule, with bounds that skip what cannot be chosen. For the
+scale indices coded in groups (:mod:`mmquant.lattices.grouping`): the budget-constrained dynamic
+programme (its forward pass alone, and the choice), one group per iteration, and a row gather.
 """
 
 from __future__ import annotations
