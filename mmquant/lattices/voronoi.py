@@ -623,7 +623,8 @@ def fit_design(
     together by up to ±8 grid steps (larger scales trade against a smaller budget), and (ii) coordinate descent of the scales (±8 grid steps,
     kept in increasing order) for those weights, until neither changes (three rounds at most).
     On N(0, 1) at q = 14, k = 4, G = 32 it picks w = (0, 1, 1, 2), W = 17: 4.009 bits per entry
-    and 0.16 dB closer to D(R) than the same code with 2 bits per block for the scale index.
+    and 0.16 dB closer to D(R) than the block-by-block code with its own optimal scales (1.68
+    against 1.84 dB on fresh N(0, 1) blocks).
 
     Parameters
     ----------
