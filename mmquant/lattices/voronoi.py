@@ -620,8 +620,9 @@ def fit_design(
     W (from 0.7 to 1.05 times the mean group weight of the unconstrained choices) that minimise
     ``D·4^R`` for the current scales (searched on a quarter of the sample; the best three
     weight tuples then on all of it, budgets within ±2), once also for all the scales moved
-    together by up to ±8 grid steps (larger scales trade against a smaller budget), and (ii) coordinate descent of the scales (±8 grid steps,
-    kept in increasing order) for those weights, until neither changes (three rounds at most).
+    together by up to ±8 grid steps (larger scales trade against a smaller budget), and
+    (ii) coordinate descent of the scales (±8 grid steps, kept in increasing order) for those
+    weights, until neither changes (three rounds at most).
     On N(0, 1) at q = 14, k = 4, G = 32 it picks w = (0, 1, 1, 2), W = 17: 4.009 bits per entry
     and 0.16 dB closer to D(R) than the block-by-block code with its own optimal scales (1.68
     against 1.84 dB on fresh N(0, 1) blocks).
