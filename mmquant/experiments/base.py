@@ -16,13 +16,14 @@ __all__ = [
     "experiment",
     "experiments",
     "run_experiment",
+    "write_json",
 ]
 
 #: Modules whose import registers experiments.
 EXPERIMENT_MODULES: list[str] = [
     "mmquant.experiments.scalar",
     "mmquant.experiments.weight_only",
-    "mmquant.experiments.lattice",
+    "mmquant.experiments.scalar_qk",
 ]
 
 _EXPERIMENTS: dict[str, tuple[Callable[..., ExperimentResult], str]] = {}
@@ -68,7 +69,16 @@ class ExperimentResult:
 
     def write_json(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path``."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+        write_json(path, self.to_json())
+
+
+def write_json(path: str | Path, record: Any) -> None:
+    """Write a result record as indented JSON (the one writer of the CLI and the experiments).
+
+    NumPy scalars and arrays become numbers and lists, tuples become lists, and non-finite floats
+    become the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (strict JSON has no such numbers).
+    """
+    Path(path).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -104,12 +114,8 @@ def experiment(
 
 def experiments() -> dict[str, str]:
     """Name → one-line description of every registered experiment."""
-    for mod in EXPERIMENT_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    for mod in EXPERIMENT_MODULES:  # a missing module is a packaging error: let it raise
+        importlib.import_module(mod)
     return {k: v[1] for k, v in sorted(_EXPERIMENTS.items())}
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from mmquant.core import Quantizer, get, registry
 from mmquant.data import MatrixPair
+from mmquant.experiments.plots import plot_gamma
 from mmquant.metrics import gap_bits, gap_db, product_error_from
-from mmquant.theory.matmul_rd import gamma
 
 __all__ = ["CompareRow", "compare", "default_quantizers", "plot_compare"]
 
@@ -137,31 +137,6 @@ def compare(
 
 def plot_compare(rows: Sequence[CompareRow], path: str | Path, title: str = "") -> None:
     """Product error against measured rate for every row, with the Γ(R) curve, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     rmax = max([r.bits_per_entry for r in rows] + [4.0]) + 0.5
-    grid = np.linspace(0.0, rmax, 400)
-    ax.semilogy(grid, gamma(grid), "k-", lw=2, label="Γ(R) (Gaussian limit)")
-    families = sorted({r.family for r in rows})
-    markers = "os^vD<>pPX*hH8d"
-    for i, fam in enumerate(families):
-        pts = [r for r in rows if r.family == fam]
-        ax.semilogy(
-            [r.bits_per_entry for r in pts],
-            [r.error for r in pts],
-            markers[i % len(markers)],
-            ls="none",
-            label=fam,
-        )
-    ax.set_xlabel("measured rate R (bits/entry)")
-    ax.set_ylabel("normalised product error  ‖AᵀB − ÂᵀB̂‖²·n / (‖A‖²‖B‖²)")
-    ax.set_title(title or "Product error vs rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    points = [r.to_json() for r in rows]
+    plot_gamma(path, points, rmax=rmax, title=title or "Product error vs rate", bounds=False)

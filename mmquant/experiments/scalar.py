@@ -20,6 +20,7 @@ import numpy as np
 
 from mmquant.core import Encoded, get
 from mmquant.experiments.base import ExperimentResult, experiment
+from mmquant.experiments.plots import figure
 from mmquant.formats.compander import DataCompander
 from mmquant.theory import scalar as sc
 
@@ -198,24 +199,16 @@ def scalar_density(
     }
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for rho in rhos:
-            lam = curves[f"{rho:.4f}"]
-            (line,) = ax.plot(u, lam, label=f"ρ = {rho:.3g}")
-            pk = np.array(sc.density_peaks(rho))
-            ax.plot(pk, sc.gaussian_pair_density(pk, rho), "o", color=line.get_color())
-        ax.set_xlabel("u (units of σ)")
-        ax.set_ylabel("λ*(u)")
-        ax.set_title("Product-optimal point density; dots: modes (two above |ρ| = 1/√3)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with figure(path, figsize=(7, 4.5), dpi=120) as (_fig, ax):
+            for rho in rhos:
+                lam = curves[f"{rho:.4f}"]
+                (line,) = ax.plot(u, lam, label=f"ρ = {rho:.3g}")
+                pk = np.array(sc.density_peaks(rho))
+                ax.plot(pk, sc.gaussian_pair_density(pk, rho), "o", color=line.get_color())
+            ax.set_xlabel("u (units of σ)")
+            ax.set_ylabel("λ*(u)")
+            ax.set_title("Product-optimal point density; dots: modes (two above |ρ| = 1/√3)")
+            ax.legend(fontsize=8)
 
     return ExperimentResult(
         "scalar-density",
@@ -328,33 +321,28 @@ def scalar_matmul(
     }
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         nr = len(rhos)
         ncol = min(4, nr)
         nrow = -(-nr // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), squeeze=False)
-        for ax, rho in zip(axes.ravel(), rhos):
-            for label in labels_seen:
-                rs = [r for r in records if r["rho"] == rho and r["method"] == label]
-                ax.semilogy(
-                    [r["bits"] for r in rs], [r["rel_error"] for r in rs], "o-", label=label
-                )
-                if label == "lambda*":
-                    ax.semilogy([r["bits"] for r in rs], [r["pred_hires"] for r in rs], "k--", lw=1)
-            ax.set_title(f"ρ = {rho}")
-            ax.set_xlabel("bits per entry (codes)")
-            ax.set_ylabel("‖AB − ÂB̂‖/‖AB‖")
-        for ax in axes.ravel()[nr:]:
-            ax.axis("off")
-        axes[0, 0].legend(fontsize=7)
-        fig.suptitle("scalar quantizers for AB with correlated pairs (dashed: λ* high-res)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        size = (4 * ncol, 3.2 * nrow)
+        with figure(path, nrow, ncol, figsize=size, squeeze=False, dpi=110) as (fig, axes):
+            for ax, rho in zip(axes.ravel(), rhos):
+                for label in labels_seen:
+                    rs = [r for r in records if r["rho"] == rho and r["method"] == label]
+                    ax.semilogy(
+                        [r["bits"] for r in rs], [r["rel_error"] for r in rs], "o-", label=label
+                    )
+                    if label == "lambda*":
+                        ax.semilogy(
+                            [r["bits"] for r in rs], [r["pred_hires"] for r in rs], "k--", lw=1
+                        )
+                ax.set_title(f"ρ = {rho}")
+                ax.set_xlabel("bits per entry (codes)")
+                ax.set_ylabel("‖AB − ÂB̂‖/‖AB‖")
+            for ax in axes.ravel()[nr:]:
+                ax.axis("off")
+            axes[0, 0].legend(fontsize=7)
+            fig.suptitle("scalar quantizers for AB with correlated pairs (dashed: λ* high-res)")
 
     return ExperimentResult(
         "scalar-matmul",
@@ -461,25 +449,20 @@ def least_squares(
     }
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(rhos), figsize=(4 * len(rhos), 3.4), squeeze=False)
-        for ax, rho in zip(axes[0], rhos):
-            for label in labels_seen:
-                rs = [r for r in records if r["rho"] == rho and r["method"] == label]
-                ax.semilogy(
-                    [r["bits"] for r in rs], [r["x_rel_error"] for r in rs], "o-", label=label
-                )
-            ax.set_title(f"ρ = {rho}")
-            ax.set_xlabel("bits per entry (codes)")
-            ax.set_ylabel("‖x̂ − x_ls‖/‖x_ls‖")
-        axes[0, 0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, 1, len(rhos), figsize=(4 * len(rhos), 3.4), squeeze=False, dpi=110) as (
+            _fig,
+            axes,
+        ):
+            for ax, rho in zip(axes[0], rhos):
+                for label in labels_seen:
+                    rs = [r for r in records if r["rho"] == rho and r["method"] == label]
+                    ax.semilogy(
+                        [r["bits"] for r in rs], [r["x_rel_error"] for r in rs], "o-", label=label
+                    )
+                ax.set_title(f"ρ = {rho}")
+                ax.set_xlabel("bits per entry (codes)")
+                ax.set_ylabel("‖x̂ − x_ls‖/‖x_ls‖")
+            axes[0, 0].legend(fontsize=7)
 
     return ExperimentResult(
         "least-squares",
@@ -490,6 +473,3 @@ def least_squares(
         details,
         plot,
     )
-
-
-from mmquant.experiments import scalar_qk as _scalar_qk  # noqa: E402,F401  (registers qk-activations)

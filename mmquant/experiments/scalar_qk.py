@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mmquant.experiments.base import ExperimentResult, experiment
+from mmquant.experiments.plots import figure
 from mmquant.formats.compander import DataCompander
 
 __all__ = ["qk_activations", "attention_errors"]
@@ -185,29 +186,21 @@ def qk_activations(
     }
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
-        x = np.arange(len(per_head))
-        for ax, key in zip(axes, ("mse", "kl")):
-            ref = np.array([r[key]["data-product"] for r in per_head])
-            for label in labels[1:]:
-                ax.semilogy(x, [r[key][label] for r in per_head] / ref, ".", label=label)
-            ax.axhline(1.0, color="k", lw=0.8)
-            ax.set_ylabel(f"{key} / {key}(data-product)")
-        axes[1].set_xlabel(f"head (layer·{n_heads} + head)")
-        axes[0].legend(fontsize=7, ncol=3)
-        axes[0].set_title(
-            f"MiniLM Q/K, {bits} bits: above 1 = the product-optimal compander wins\n"
-            f"(vs the best baseline at ≤ its rate: MSE {win_mse:.0%}, KL {win_kl:.0%} of heads)",
-            fontsize=10,
-        )
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, 2, 1, figsize=(10, 6.5), sharex=True, dpi=110) as (_fig, axes):
+            x = np.arange(len(per_head))
+            for ax, key in zip(axes, ("mse", "kl")):
+                ref = np.array([r[key]["data-product"] for r in per_head])
+                for label in labels[1:]:
+                    ax.semilogy(x, [r[key][label] for r in per_head] / ref, ".", label=label)
+                ax.axhline(1.0, color="k", lw=0.8)
+                ax.set_ylabel(f"{key} / {key}(data-product)")
+            axes[1].set_xlabel(f"head (layer·{n_heads} + head)")
+            axes[0].legend(fontsize=7, ncol=3)
+            axes[0].set_title(
+                f"MiniLM Q/K, {bits} bits: above 1 = the product-optimal compander wins\n"
+                f"(vs the best baseline at ≤ its rate: MSE {win_mse:.0%}, KL {win_kl:.0%} of heads)",
+                fontsize=10,
+            )
 
     return ExperimentResult(
         "qk-activations",

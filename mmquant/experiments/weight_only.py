@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmquant.experiments.base import ExperimentResult, experiment
+from mmquant.experiments.plots import figure
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.validation import check_float, check_int
 from mmquant.weightonly import METHODS, quantize_layer
@@ -211,35 +212,29 @@ def weight_only(
     rows.append(["cosine", "", *[results[m].cosine_mean for m in methods]])
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        x = np.arange(len(first.layers))
-        for m in methods:
-            ax.plot(
-                x,
-                [lr.gap_bits for lr in results[m].layers],
-                "o-",
-                ms=3,
-                label=(f"{m} (cos {results[m].cosine_mean:.4f})"),
+        with figure(path, figsize=(10, 4.5), dpi=120) as (_fig, ax):
+            x = np.arange(len(first.layers))
+            for m in methods:
+                ax.plot(
+                    x,
+                    [lr.gap_bits for lr in results[m].layers],
+                    "o-",
+                    ms=3,
+                    label=(f"{m} (cos {results[m].cosine_mean:.4f})"),
+                )
+            ax.axhline(
+                0.5 * np.log2(2 * np.pi * np.e / 12),
+                color="gray",
+                ls="--",
+                lw=1,
+                label="½log2(2πe/12) = 0.254",
             )
-        ax.axhline(
-            0.5 * np.log2(2 * np.pi * np.e / 12),
-            color="gray",
-            ls="--",
-            lw=1,
-            label="½log2(2πe/12) = 0.254",
-        )
-        ax.set_xticks(x, [_short(lr.layer) for lr in first.layers], rotation=90, fontsize=6)
-        ax.set_ylabel("gap to waterfilling limit (bits/weight)")
-        ax.set_title(f"MiniLM weight-only at {rate:g} bits/weight (measured, side info included)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+            ax.set_xticks(x, [_short(lr.layer) for lr in first.layers], rotation=90, fontsize=6)
+            ax.set_ylabel("gap to waterfilling limit (bits/weight)")
+            ax.set_title(
+                f"MiniLM weight-only at {rate:g} bits/weight (measured, side info included)"
+            )
+            ax.legend(fontsize=8)
 
     return ExperimentResult(
         name="weight-only",
@@ -308,24 +303,16 @@ def weight_only_gaussian(
     columns = ["R", *[f"{k} {c}" for k in runs for c in ("bits", "gap")], "gptq−watersic"]
 
     def plot(path: str | Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for k, v in curves.items():
-            ax.plot(rates, v, "o-", label=k)
-        ecsq = 0.5 * np.log2(2 * np.pi * np.e / 12)
-        ax.axhline(ecsq, color="gray", ls="--", lw=1, label="½log2(2πe/12)")
-        ax.axhline(ecsq + predicted, color="gray", ls=":", lw=1, label="+ ½log2(AM/GM d_j)")
-        ax.set_xlabel("target rate (bits/weight)")
-        ax.set_ylabel("gap to waterfilling (bits/weight)")
-        ax.set_title(f"iid Gaussian W {a}x{n}, Σ_X over four decades")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with figure(path, figsize=(6, 4), dpi=120) as (_fig, ax):
+            for k, v in curves.items():
+                ax.plot(rates, v, "o-", label=k)
+            ecsq = 0.5 * np.log2(2 * np.pi * np.e / 12)
+            ax.axhline(ecsq, color="gray", ls="--", lw=1, label="½log2(2πe/12)")
+            ax.axhline(ecsq + predicted, color="gray", ls=":", lw=1, label="+ ½log2(AM/GM d_j)")
+            ax.set_xlabel("target rate (bits/weight)")
+            ax.set_ylabel("gap to waterfilling (bits/weight)")
+            ax.set_title(f"iid Gaussian W {a}x{n}, Σ_X over four decades")
+            ax.legend(fontsize=8)
 
     return ExperimentResult(
         name="weight-only-gaussian",
