@@ -25,7 +25,8 @@ def weights_cmd(
     json_path: Path = typer.Option(None, "--json", help="Write the per-layer results here."),
 ) -> None:
     """Quantize every linear layer with its calibration Σ_X; gap to the waterfilling limit."""
-    from mmquant.experiments.weight_only import _short, quantize_minilm
+    from mmquant.experiments.weight_only import quantize_minilm
+    from mmquant.models.files import short_layer_name
     from mmquant.validation import check_choice
     from mmquant.weightonly import METHODS
 
@@ -59,7 +60,7 @@ def weights_cmd(
         t.add_column(c, justify="right")
     for lr in res.layers:
         t.add_row(
-            _short(lr.layer),
+            short_layer_name(lr.layer),
             f"{lr.rows}x{lr.cols}",
             f"{lr.bits_per_weight:.4f}",
             f"{lr.side_bits_per_weight:.4f}",

@@ -20,6 +20,7 @@ import numpy as np
 
 from mmquant.experiments.base import ExperimentResult, experiment
 from mmquant.experiments.plots import figure
+from mmquant.models.files import short_layer_name
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.validation import check_float, check_int
 from mmquant.weightonly import METHODS, quantize_layer
@@ -70,16 +71,6 @@ class MinilmWeights:
             "cosine_min": self.cosine_min,
             "layers": [asdict(r) for r in self.layers],
         }
-
-
-def _short(name: str) -> str:
-    return (
-        name.replace("encoder.layer.", "L")
-        .replace(".attention.self.", ".")
-        .replace(".attention.output.dense", ".attn_out")
-        .replace(".intermediate.dense", ".ffn_in")
-        .replace(".output.dense", ".ffn_out")
-    )
 
 
 def quantize_minilm(
@@ -196,7 +187,7 @@ def weight_only(
     for i, lr in enumerate(first.layers):
         rows.append(
             [
-                _short(lr.layer),
+                short_layer_name(lr.layer),
                 f"{lr.rows}x{lr.cols}",
                 *[results[m].layers[i].gap_bits for m in methods],
             ]
@@ -229,7 +220,9 @@ def weight_only(
                 lw=1,
                 label="½log2(2πe/12) = 0.254",
             )
-            ax.set_xticks(x, [_short(lr.layer) for lr in first.layers], rotation=90, fontsize=6)
+            ax.set_xticks(
+                x, [short_layer_name(lr.layer) for lr in first.layers], rotation=90, fontsize=6
+            )
             ax.set_ylabel("gap to waterfilling limit (bits/weight)")
             ax.set_title(
                 f"MiniLM weight-only at {rate:g} bits/weight (measured, side info included)"

@@ -32,6 +32,7 @@ import numpy as np
 
 from mmquant.data import MatrixPair, data_source
 from mmquant.models.capture import calibration_capture
+from mmquant.models.files import short_layer_name
 from mmquant.models.minilm import MiniLM
 from mmquant.validation import check_int
 
@@ -96,23 +97,6 @@ def qk_pairs(
     return out
 
 
-_SHORT = {
-    "attention.self.query": "query",
-    "attention.self.key": "key",
-    "attention.self.value": "value",
-    "attention.output.dense": "attn_out",
-    "intermediate.dense": "ffn_in",
-    "output.dense": "ffn_out",
-}
-
-
-def _short_label(name: str) -> str:
-    """``"encoder.layer.3.intermediate.dense"`` → ``"L3.ffn_in"``."""
-    rest = name.removeprefix("encoder.layer.")
-    layer, _, kind = rest.partition(".")
-    return f"L{layer}.{_SHORT.get(kind, kind)}"
-
-
 def weight_pairs(
     n_sentences: int = 64,
     *,
@@ -150,10 +134,10 @@ def weight_pairs(
         prefix = name.rpartition(".")[0]
         trio = [f"{prefix}.{n}" for n in ("query", "key", "value")]
         if fuse_qkv and prefix.endswith("attention.self") and all(t in names for t in trio):
-            groups.append((_short_label(prefix + ".query").replace(".query", ".qkv"), trio))
+            groups.append((short_layer_name(prefix + ".query").replace(".query", ".qkv"), trio))
             done.update(trio)
         else:
-            groups.append((_short_label(name), [name]))
+            groups.append((short_layer_name(name), [name]))
             done.add(name)
     rng = np.random.default_rng(seed)
     out = []

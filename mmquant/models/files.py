@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "short_layer_name",
     "MODEL_PACKAGE",
     "INSTALL_MODEL",
     "INSTALL_EXTRAS",
@@ -143,3 +144,20 @@ def load_weights(path: str, dtype: str) -> Mapping[str, np.ndarray]:
         a.flags.writeable = False
         out[k] = a
     return out
+
+
+_SHORT = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attn_out",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+}
+
+
+def short_layer_name(name: str) -> str:
+    """``"encoder.layer.3.intermediate.dense"`` → ``"L3.ffn_in"``."""
+    rest = name.removeprefix("encoder.layer.")
+    layer, _, kind = rest.partition(".")
+    return f"L{layer}.{_SHORT.get(kind, kind)}"
