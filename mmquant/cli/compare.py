@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmquant.cli import app, make_console
-from mmquant.cli.checks import check_output_file
+from mmquant.cli.checks import check_output_file, text
 from mmquant.data import load_data
 from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
 
@@ -110,7 +110,7 @@ def compare_cmd(
             "results": [r.to_json() for r in rows],
         }
         json_path.write_text(json.dumps(record, indent=2))
-        console.print(f"wrote {json_path}")
+        console.print(text(f"wrote {json_path}"))
     if plot is not None:
         plot_compare(rows, plot, title=f"{data}: product error vs rate")
-        console.print(f"wrote {plot}")
+        console.print(text(f"wrote {plot}"))

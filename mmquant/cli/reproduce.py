@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mmquant.cli import app, make_console
-from mmquant.cli.checks import plain
+from mmquant.cli.checks import plain, text
 from mmquant.experiments.base import ExperimentResult, experiments, run_experiment
 
 __all__ = ["reproduce_cmd", "result_table"]
@@ -55,7 +55,7 @@ def reproduce_cmd(
         res = run_experiment(name)
     console.print(result_table(res))
     res.write_json(out / f"{name}.json")
-    console.print(f"wrote {out / f'{name}.json'}")
+    console.print(text(f"wrote {out / f'{name}.json'}"))
     if res.plot is not None:
         res.plot(out / f"{name}.png")
-        console.print(f"wrote {out / f'{name}.png'}")
+        console.print(text(f"wrote {out / f'{name}.png'}"))

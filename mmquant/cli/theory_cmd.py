@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from mmquant.cli import app, make_console
-from mmquant.cli.checks import check_input_file, check_output_file, plain
+from mmquant.cli.checks import check_input_file, check_output_file, plain, text
 from mmquant.theory.matmul_rd import GAMMA_R_STAR, R_STAR, gamma, shannon_distortion
 
 __all__ = ["gamma_cmd", "plot_gamma", "read_points"]
@@ -121,21 +121,20 @@ def gamma_cmd(
         check_input_file(points_json, "--points")
     if plot is not None:
         check_output_file(plot, "--plot", (".png",), inputs=[points_json])
+    rate_list = parse_rates(rates) or []
+    points = None if points_json is None else read_points(points_json)
     console = make_console()
 
     t = Table(title=f"Γ(R); R* = {R_STAR:.7f}, Γ(R*) = {GAMMA_R_STAR:.7f}")
     for c in ("R (bits/entry)", "Γ(R)", "Γ(R) dB", "2^{−2R}"):
         t.add_column(c, justify="right")
-    for r in parse_rates(rates) or []:
+    for r in rate_list:
         g = float(gamma(r))
         t.add_row(f"{r:g}", f"{g:.7g}", f"{10 * np.log10(g):.3f}", f"{2.0 ** (-2 * r):.7g}")
     console.print(t)
     if plot is None:
         return
-    points = None
-    if points_json is not None:
-        points = read_points(points_json)
-    elif measure:
+    if points is None and measure:
         from mmquant.data import gaussian_pair
         from mmquant.experiments.compare import compare, default_quantizers
 
@@ -144,4 +143,4 @@ def gamma_cmd(
             points = [row.to_json() for row in compare([pair], default_quantizers())]
     rmax = max([8.0] + [p["bits_per_entry"] + 0.5 for p in points or []])
     plot_gamma(plot, points, rmax=rmax)
-    console.print(f"wrote {plot}")
+    console.print(text(f"wrote {plot}"))

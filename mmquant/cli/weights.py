@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmquant.cli import app
-from mmquant.cli.checks import check_output_file
+from mmquant.cli.checks import check_output_file, text
 
 __all__ = ["weights_cmd"]
 
@@ -80,4 +80,4 @@ def weights_cmd(
     )
     if json_path is not None:
         Path(json_path).write_text(json.dumps(res.to_json(), indent=2))
-        console.print(f"wrote {json_path}")
+        console.print(text(f"wrote {json_path}"))
