@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmquant.cli import app, make_console
+from mmquant.cli.checks import check_output_file, text
 from mmquant.data import load_data
 from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
 
@@ -59,13 +61,17 @@ def compare_cmd(
         None, help="Comma-separated target rates in bits/entry (default: each family's defaults)."
     ),
     seed: int = typer.Option(
-        0, help="Seed of the data (and of the quantizers' shared randomness)."
+        0, min=0, help="Seed of the data (and of the quantizers' shared randomness)."
     ),
     only: str = typer.Option(None, help="Comma-separated family names to run (default: all)."),
     json_path: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     plot: Path = typer.Option(None, help="Write a PNG of product error vs rate with Γ(R)."),
 ) -> None:
     """Run every registered quantizer on the same matrices and rank them by gap to Γ(R)."""
+    if json_path is not None:
+        check_output_file(json_path, "--json", (".json",))
+    if plot is not None:
+        check_output_file(plot, "--plot", (".png",))
     console = make_console()
     rate_list = parse_rates(rates)
     pairs = load_data(data, seed=seed)
@@ -82,6 +88,7 @@ def compare_cmd(
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=True,
+        disable=not sys.stderr.isatty(),
     ) as prog:
         task = prog.add_task("quantizing", total=len(qs))
         rows = compare(
@@ -103,7 +110,7 @@ def compare_cmd(
             "results": [r.to_json() for r in rows],
         }
         json_path.write_text(json.dumps(record, indent=2))
-        console.print(f"wrote {json_path}")
+        console.print(text(f"wrote {json_path}"))
     if plot is not None:
         plot_compare(rows, plot, title=f"{data}: product error vs rate")
-        console.print(f"wrote {plot}")
+        console.print(text(f"wrote {plot}"))

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from mmquant.cli import app, make_console
+from mmquant.cli.checks import plain, text
 from mmquant.experiments.base import ExperimentResult, experiments, run_experiment
 
 __all__ = ["reproduce_cmd", "result_table"]
@@ -45,12 +46,16 @@ def reproduce_cmd(
             t.add_row(k, v)
         console.print(t)
         return
+    if name not in names:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(names) or '(none)'}")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {plain(out)!r} is a file, expected a folder")
     out.mkdir(parents=True, exist_ok=True)
     with console.status(f"running {name} ..."):
         res = run_experiment(name)
     console.print(result_table(res))
     res.write_json(out / f"{name}.json")
-    console.print(f"wrote {out / f'{name}.json'}")
+    console.print(text(f"wrote {out / f'{name}.json'}"))
     if res.plot is not None:
         res.plot(out / f"{name}.png")
-        console.print(f"wrote {out / f'{name}.png'}")
+        console.print(text(f"wrote {out / f'{name}.png'}"))

@@ -9,19 +9,30 @@ chunking: per-tensor scales would change); the progress bar advances per array.
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
+import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmquant.cli import app
+from mmquant.cli.checks import check_input_file, check_output_file, plain, text
 from mmquant.io import DEFAULT_NAME, read_info
 
-__all__ = ["dequantize_cmd", "inspect_cmd", "quantize_cmd", "read_arrays"]
+__all__ = ["dequantize_cmd", "inspect_cmd", "quantize_cmd", "read_arrays", "write_arrays"]
+
+INPUT_SUFFIXES = (".npy", ".npz", ".safetensors")
+MMQ_SUFFIXES = (".mmq",)
+ARRAY_SUFFIXES = (".npy", ".npz")
 
 # safetensors dtype tag -> numpy dtype (BF16 and F8 through ml_dtypes)
 _ST_DTYPES = {
@@ -44,59 +55,105 @@ _ST_DTYPES = {
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read every tensor of a safetensors file with numpy (BF16/F8 via ml_dtypes)."""
+    """Read every tensor of a safetensors file with numpy (BF16/F8 via ml_dtypes).
+
+    The header is checked before any tensor is sliced: every entry must name a known dtype, a
+    shape of non-negative integers and ``data_offsets`` inside the data section whose length is
+    the shape's byte size.
+    """
     import ml_dtypes
 
     data = path.read_bytes()
     try:
+        if len(data) < 8:
+            raise ValueError(f"only {len(data)} bytes")
         (n,) = struct.unpack("<Q", data[:8])
+        if n > len(data) - 8:
+            raise ValueError(f"header length {n} exceeds the file size {len(data)}")
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     header.pop("__metadata__", None)
     out: dict[str, np.ndarray] = {}
     base = 8 + n
+    size = len(data) - base
     for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: header entry of tensor {name!r} is not a JSON object")
         tag = entry.get("dtype")
-        if tag not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {tag}")
+        if not isinstance(tag, str) or tag not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {tag!r}")
         dname = _ST_DTYPES[tag]
         dtype = (
             np.dtype(getattr(ml_dtypes, dname)) if hasattr(ml_dtypes, dname) else np.dtype(dname)
         )
-        start, end = entry["data_offsets"]
-        buf = data[base + start : base + end]
-        shape = tuple(entry["shape"])
-        if len(buf) != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"{path}: tensor {name!r} is truncated")
-        out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (
+            isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+        ):
+            raise ValueError(
+                f"{path}: tensor {name!r} needs a shape of non-negative integers and two integer "
+                f"data_offsets, got shape={shape!r}, data_offsets={offsets!r}"
+            )
+        start, end = offsets
+        if not 0 <= start <= end <= size:
+            raise ValueError(
+                f"{path}: tensor {name!r} has data_offsets [{start}, {end}] outside the "
+                f"{size} bytes of data"
+            )
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise ValueError(
+                f"{path}: tensor {name!r} of shape {tuple(shape)} and dtype {tag} needs "
+                f"{math.prod(shape) * dtype.itemsize} bytes, its data_offsets give {end - start}"
+            )
+        out[name] = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=base + start)
+        out[name] = out[name].reshape(shape)
     return out
 
 
 def read_arrays(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npy`` / ``.npz`` / ``.safetensors`` file, by name (``--key`` selects)."""
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+    """Arrays of an ``.npy`` / ``.npz`` / ``.safetensors`` file, by name (``--key`` selects).
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        ``path`` is missing or a folder.
+    ValueError
+        Unsupported suffix, unknown ``keys``, no arrays, or a file that numpy / the safetensors
+        reader cannot read (truncated, damaged, pickled objects).
+    """
+    check_input_file(path, "input", INPUT_SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if keys:
-            raise ValueError("--key applies to .npz and .safetensors inputs, not .npy")
-        return {DEFAULT_NAME: np.load(path, allow_pickle=False)}
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    elif suffix == ".safetensors":
-        arrays = _read_safetensors(path)
-    else:
-        raise ValueError(f"unsupported input {path.name!r}: expected .npy, .npz or .safetensors")
+    if suffix == ".npy" and keys:
+        raise ValueError("--key applies to .npz and .safetensors inputs, not .npy")
+    try:
+        if suffix == ".npy":
+            return {DEFAULT_NAME: np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z.files)
+                wanted = [k for k in keys if k in names] if keys else names
+                arrays = {k: z[k] for k in wanted}
+        else:
+            arrays = _read_safetensors(path)
+            names = list(arrays)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        msg = str(exc)
+        raise ValueError(
+            msg if msg.startswith(str(path)) else f"{path}: not a readable {suffix} file ({msg})"
+        ) from None
     if keys:
-        missing = [k for k in keys if k not in arrays]
+        missing = [k for k in keys if k not in names]
         if missing:
             raise ValueError(
                 f"{path}: no array named {', '.join(map(repr, missing))}; "
-                f"available: {', '.join(arrays)}"
+                f"available: {', '.join(map(repr, names))}"
             )
         arrays = {k: arrays[k] for k in keys}
     if not arrays:
@@ -105,6 +162,7 @@ def read_arrays(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarr
 
 
 def _progress(console: Console) -> Progress:
+    """A transient progress bar, shown only on a terminal (nothing at all in pipes and logs)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -112,13 +170,52 @@ def _progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write one array as ``.npy`` or several as ``.npz``, atomically (temporary file + rename).
+
+    The ``.npz`` is written member by member (``NAME.npy``, uncompressed, as :func:`numpy.savez`
+    does) so that every name is kept, including those :func:`numpy.savez` would take as its own
+    keyword arguments (``file``, ``allow_pickle``).
+    """
+    suffix = path.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise ValueError(f"output {plain(path)!r} must end in .npy or .npz")
+    if suffix == ".npy" and len(arrays) != 1:
+        raise ValueError(f"a .npy file holds one array, got {len(arrays)}")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if suffix == ".npy":
+                np.lib.format.write_array(fh, next(iter(arrays.values())), allow_pickle=False)
+            else:
+                with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for name, arr in arrays.items():
+                        with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                            np.lib.format.write_array(member, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_storable(name: str) -> None:
+    """Refuse, before any work, an array name that :func:`mmquant.save` would refuse."""
+    if not name or "/" in name or name != name.strip():
+        raise ValueError(
+            f"array name {name!r} cannot be stored in an .mmq file (empty, contains '/' or "
+            "starts or ends with white space)"
+        )
 
 
 @app.command("quantize")
 def quantize_cmd(
     src: Path = typer.Argument(..., help="Input .npy, .npz or .safetensors file."),
-    dst: Path = typer.Argument(..., help="Output .mmq file."),
+    dst: Path = typer.Argument(..., help="Output .mmq file (never one of the inputs)."),
     spec: str = typer.Option(..., "--spec", help='Quantizer spec, e.g. "int:bits=4,group=32".'),
     key: list[str] = typer.Option(
         None, "--key", help="Array(s) to quantize from an .npz/.safetensors input (repeatable)."
@@ -128,25 +225,26 @@ def quantize_cmd(
     import mmquant
     from mmquant.metrics import sqnr_db
 
+    check_input_file(src, "input", INPUT_SUFFIXES)
+    check_output_file(dst, "output", MMQ_SUFFIXES, inputs=[src])
     q = mmquant.get(spec)
     arrays = read_arrays(src, key or None)
     for name in arrays:
-        if "/" in name or not name.strip():
-            raise ValueError(f"array name {name!r} cannot be stored (empty or contains '/')")
+        _check_storable(name)
     console = Console()
     encoded = {}
-    table = Table(title=f"{src.name} → {dst.name} ({q.spec})")
+    table = Table(title=text(f"{src.name} → {dst.name} ({q.spec})"))
     for col in ("name", "shape", "bits/entry", "SQNR dB"):
         table.add_column(col, justify="left" if col == "name" else "right")
     with _progress(Console(stderr=True)) as progress:
         task = progress.add_task("quantizing", total=len(arrays))
         for name, arr in arrays.items():
-            progress.update(task, description=f"quantizing {name}")
+            progress.update(task, description=escape(f"quantizing {plain(name)}"))
             enc = q.encode(arr)
             encoded[name] = enc
             ref = np.asarray(arr, dtype=np.float64)
             table.add_row(
-                name,
+                text(name),
                 "×".join(map(str, enc.shape)),
                 f"{enc.bits_per_entry:.4f}",
                 f"{sqnr_db(ref, q.decode(enc)):.2f}",
@@ -154,7 +252,7 @@ def quantize_cmd(
             progress.advance(task)
     size = mmquant.save(dst, encoded)
     console.print(table)
-    console.print(f"wrote {dst} ({size} bytes)")
+    console.print(text(f"wrote {dst} ({size} bytes)"))
 
 
 @app.command("dequantize")
@@ -166,33 +264,32 @@ def dequantize_cmd(
     """Decode the matrices of the .mmq file SRC and write them to DST (.npy or .npz)."""
     import mmquant
 
+    check_input_file(src, "input")
+    check_output_file(dst, "output", ARRAY_SUFFIXES, inputs=[src])
     info = read_info(src)
-    names = [name] if name else list(info.matrices)
-    if name and name not in info.matrices:
-        raise ValueError(f"{src} has no matrix {name!r}; it holds {', '.join(info.matrices)}")
-    suffix = dst.suffix.lower()
-    if suffix == ".npy" and len(names) != 1:
+    names = [name] if name is not None else list(info.matrices)
+    if name is not None and name not in info.matrices:
         raise ValueError(
-            f"{src} holds {len(names)} matrices ({', '.join(names)}): write a .npz or pass --name"
+            f"{src} has no matrix {name!r}; it holds {', '.join(map(repr, info.matrices))}"
         )
-    if suffix not in (".npy", ".npz"):
-        raise ValueError(f"unsupported output {dst.name!r}: expected .npy or .npz")
+    if dst.suffix.lower() == ".npy" and len(names) != 1:
+        raise ValueError(
+            f"{src} holds {len(names)} matrices ({', '.join(map(repr, names))}): "
+            "write a .npz or pass --name"
+        )
     out = {}
     with _progress(Console(stderr=True)) as progress:
         task = progress.add_task("decoding", total=len(names))
         records = mmquant.load(src, names=names, verify=False)
         for n, enc in records.items():
-            progress.update(task, description=f"decoding {n}")
+            progress.update(task, description=escape(f"decoding {plain(n)}"))
             arr = mmquant.get(enc.spec).decode(enc)
             if arr.shape != enc.shape or not np.isfinite(arr).all():
                 raise mmquant.FormatError(f"{src}: matrix {n!r} does not decode consistently")
             out[n] = arr
             progress.advance(task)
-    if suffix == ".npy":
-        np.save(dst, out[names[0]])
-    else:
-        np.savez(dst, **out)
-    Console().print(f"wrote {dst} ({', '.join(names)})")
+    write_arrays(dst, out)
+    Console().print(text(f"wrote {dst} ({', '.join(names)})"))
 
 
 @app.command("inspect")
@@ -203,9 +300,14 @@ def inspect_cmd(
         False, "--verify", help="Also read every array (CRC32 checks) and decode each matrix."
     ),
 ) -> None:
-    """Show what an .mmq file holds (checks the header; --verify checks the data too)."""
+    """Show what an .mmq file holds (checks the header; --verify checks the data too).
+
+    Names, specs and versions come from the file: they are printed as plain text, with control
+    characters escaped (``--json`` escapes them as JSON does).
+    """
     import mmquant
 
+    check_input_file(path, "input")
     info = read_info(path)
     if verify:
         mmquant.load(path, verify=True)  # raises FormatError naming the problem
@@ -232,20 +334,22 @@ def inspect_cmd(
         return
     console = Console(width=max(120, Console().width))
     console.print(
-        f"{path.name}: mmq format v{info.format_version}, written by mmquant "
-        f"{info.library_version}; {info.file_bytes} bytes ({info.header_bytes} header)"
-        + ("; data verified (CRC32 + decode)" if verify else "")
+        text(
+            f"{path.name}: mmq format v{info.format_version}, written by mmquant "
+            f"{info.library_version}; {info.file_bytes} bytes ({info.header_bytes} header)"
+            + ("; data verified (CRC32 + decode)" if verify else "")
+        )
     )
     table = Table()
     for col in ("name", "spec", "shape", "bits/entry", "bytes", "seed"):
         table.add_column(col, justify="left" if col in ("name", "spec") else "right")
     for n, m in info.matrices.items():
         table.add_row(
-            n,
-            m.spec,
+            text(n),
+            text(m.spec),
             "×".join(map(str, m.shape)),
             f"{m.bits_per_entry:.4f}",
             str(m.nbytes),
-            "-" if m.seed is None else str(m.seed),
+            text("-" if m.seed is None else m.seed),
         )
     console.print(table)

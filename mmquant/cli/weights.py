@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmquant.cli import app
+from mmquant.cli.checks import check_output_file, text
 
 __all__ = ["weights_cmd"]
 
@@ -32,6 +33,8 @@ def weights_cmd(
 
     check_choice(model, "model", ("minilm",))
     check_choice(method, "method", METHODS)
+    if json_path is not None:
+        check_output_file(json_path, "--json", (".json",))
     console = Console()
     with console.status("loading the model and calibrating ...") as status:
 
@@ -78,4 +81,4 @@ def weights_cmd(
     )
     if json_path is not None:
         Path(json_path).write_text(json.dumps(res.to_json(), indent=2))
-        console.print(f"wrote {json_path}")
+        console.print(text(f"wrote {json_path}"))

@@ -15,13 +15,17 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from mmquant.kernels import numba_cache
+
 __all__ = ["encode_rows_fast", "decode_rows_fast", "pack_fast"]
 
 #: Up to this many thresholds (32 levels) a linear count beats the table search.
 _LINEAR_MAX = 31
 
+_CACHE = numba_cache()  # False in a read-only install without a writable cache folder
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+
+@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
 def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
     rows, n = x.shape
     nb = lo.size
@@ -45,7 +49,7 @@ def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
             out[base + j] = idx
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
 def _encode_linear(x, inv, t, out):  # pragma: no cover - compiled
     # few thresholds: count t_k <= u with one vectorisable pass over the row per threshold
     rows, n = x.shape
@@ -63,7 +67,7 @@ def _encode_linear(x, inv, t, out):  # pragma: no cover - compiled
         out[i * n : (i + 1) * n] = c
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
 def _decode(codes, scales, points, out):  # pragma: no cover - compiled
     rows, n = out.shape
     for i in numba.prange(rows):
@@ -130,7 +134,7 @@ def decode_rows_fast(
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _pack(codes, width, out):  # pragma: no cover - compiled
     groups = out.size // width
     n = codes.size

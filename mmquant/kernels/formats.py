@@ -16,13 +16,16 @@ on random data, ties and edge cases):
 
 Groups: ``x`` is ``(rows, n)`` and group ``k`` of a row covers columns ``[k·g, (k+1)·g)`` (the last
 one may be shorter). Importing this module compiles nothing; the first call compiles (cached on
-disk). Raises ImportError without numba: callers fall back to numpy.
+disk when a cache folder is writable: :func:`mmquant.kernels.numba_cache`). Raises ImportError
+without numba: callers fall back to numpy.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from mmquant.kernels import numba_cache
 
 __all__ = [
     "block_absmax",
@@ -36,7 +39,7 @@ __all__ = [
     "unpack",
 ]
 
-_opts = {"parallel": True, "cache": True, "fastmath": False, "nogil": True}
+_opts = {"parallel": True, "cache": numba_cache(), "fastmath": False, "nogil": True}
 
 
 @numba.njit(**_opts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from mmquant.kernels import numba_cache
 from mmquant.lattices.closest import lattice
 from mmquant.lattices.voronoi import PROJECT_MARGINS, PROJECT_STEPS
 
@@ -33,9 +34,10 @@ __all__ = [
 _LAT_CODE = {"e8": 0, "d4": 1, "zn": 2}
 _CHUNK = 1024
 _TILE = 64  # blocks per structure-of-arrays tile in the E8 closest-point kernel
+_CACHE = numba_cache()  # False in a read-only install without a writable cache folder
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _dn(x, out, off, d):
     """Closest point of D_d to x[off:off+d] into out[off:off+d] (same tie rule as numpy)."""
     s = 0
@@ -57,20 +59,20 @@ def _dn(x, out, off, d):
             out[k] -= 1.0
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _psum8(v0, v1, v2, v3, v4, v5, v6, v7):
     """Sum of 8 values in numpy's pairwise order (``np.sum`` over a length-8 axis)."""
     return ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _odd(s):
     """``s % 2 != 0`` for an integer-valued float sum s, as numpy has it (True for ±inf, NaN)."""
     h = 0.5 * s
     return h - np.floor(h) != 0.0
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _coset_coords(xi, i, k0, s0, k1, s1):
     """Coordinate i of both E8 coset candidates, ⌊x+½⌋ and ⌊x⌋+½, with their parity fixes
     (coordinate k moved by s); recomputed rather than stored, which keeps the tile loop in
@@ -82,7 +84,7 @@ def _coset_coords(xi, i, k0, s0, k1, s1):
     return a, b
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _e8_at(x, xo, xs, out, oo, os):
     """Closest E8 point of x[xo + i·xs] (i < 8) into out[oo + i·os], branch-free.
 
@@ -172,14 +174,14 @@ def _e8_at(x, xo, xs, out, oo, os):
         out[oo + np.uint64(i) * os] = b if take1 else a
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _e8(x, out, t0):
     """Closest E8 point of one 8-block x into out (t0: unused scratch, kept for the callers)."""
     one = np.uint64(1)
     _e8_at(x, np.uint64(0), one, out, np.uint64(0), one)
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _closest(code, x, out, t0, t1):
     """Closest lattice point of one 8-block x into out; t0, t1 are length-8 scratch arrays."""
     if code == 0:
@@ -192,7 +194,7 @@ def _closest(code, x, out, t0, t1):
             out[i] = np.floor(x[i] + 0.5)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=_CACHE)
 def _e8_rows(x, out, lo, hi, xs, os):
     """Closest E8 points of the blocks lo..hi-1 of x into out (xs, os: scratch of 8·_TILE).
 
@@ -212,7 +214,7 @@ def _e8_rows(x, out, lo, hi, xs, os):
                 out[t + j, i] = os[i * _TILE + j]
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _closest_all(code, x, out):
     n = x.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
@@ -237,7 +239,7 @@ def closest_kernel(x: np.ndarray, name: str = "e8") -> np.ndarray:
     return out
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _vecmat(x, m, out):
     """out = x·m for an 8-vector and an 8×8 matrix (sums in index order)."""
     for j in range(8):
@@ -247,7 +249,7 @@ def _vecmat(x, m, out):
         out[j] = s
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
     """y = c·G − q·Q(c·G/q) for one block of digits c (float)."""
     if code == 0:  # E8 generator: rows 2e0, e_i − e_{i−1} (i = 1..6), ½·1 (exact arithmetic)
@@ -266,7 +268,7 @@ def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
         y[j] = lam2[j] - q * y[j]
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _max_relevant(code, p, v):
     """max_v ⟨p, v⟩ over the Voronoi-relevant vectors; v receives the maximiser (see numpy ref)."""
     for i in range(8):
@@ -346,7 +348,7 @@ def _max_relevant(code, p, v):
     return s1
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _sq_err(z, beta, y, u):
     """Σ (z_i − β(y_i + u_i))², left to right."""
     w = z[0] - beta * (y[0] + u[0])
@@ -357,7 +359,7 @@ def _sq_err(z, beta, y, u):
     return err
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _relevant_max_exact(code, x, xo, xs):
     """max_v ⟨λ, v⟩ for a lattice point λ = x[xo + i·xs], branch-free.
 
@@ -397,7 +399,7 @@ def _relevant_max_exact(code, x, xo, xs):
     return max(m1 + m2, s2)
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
     """λ (a lattice point) is a codeword: the test of :func:`_membership`, without filling y."""
     s = _relevant_max_exact(code, lam, np.uint64(0), np.uint64(1))
@@ -413,7 +415,7 @@ def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
     return True
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _search(code, zb, ub, t, s0, v0, beta, qf, bound, vn2, margins, steps, g, ginv, s8, yb):
     """Best in-code projection of t (or the origin) into yb; returns its error.
 
@@ -454,7 +456,7 @@ def _search(code, zb, ub, t, s0, v0, beta, qf, bound, vn2, margins, steps, g, gi
 _PRUNE = 1.0 + 1e-9
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, blk, out8, t0, t1):
     """Phase one of the encoder on blocks lo..lo+m−1, structure of arrays (vectorised for E8).
 
@@ -496,7 +498,7 @@ def _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, blk, out8
             sj[bb] = _relevant_max_exact(code, lj, bb, tile)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _encode_all(
     code,
     z,
@@ -652,7 +654,7 @@ def _encode_all(
                     digits[b, i] = np.int64(c[i])
 
 
-@nb.njit(inline="always", cache=True)
+@nb.njit(inline="always", cache=_CACHE)
 def _digits(code, lam, ginv, qf, c):
     """c = λ·G⁻¹ mod q (exact: small integers and halves, so any summation order agrees).
 
@@ -707,7 +709,7 @@ def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
     return digits, chosen, est, over, error
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _decode_all(code, digits, bi, qs, betas, u, g, out):
     n = digits.shape[0]
     nchunk = (n + _CHUNK - 1) // _CHUNK
@@ -745,7 +747,7 @@ def voronoi_decode_kernel(digits, beta_index, name, qs, betas, u):
     return out
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _group_minima(e, weights, budget, group, out):
     """Per group of ``group`` consecutive blocks: the least total error within the budget.
 
@@ -784,7 +786,7 @@ def group_minima_kernel(err, weights, group, budget):
     return out
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _group_choose(e, weights, budget, group, out):
     """:func:`mmquant.lattices.grouping.choose` per group: forward pass keeping the choices,
     then the walk back from the least total (the smallest total weight on ties)."""
@@ -827,7 +829,7 @@ def group_choose_kernel(err, weights, group, budget):
     return out
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=_CACHE)
 def _gather_rows(a, arrs, out):
     """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays)."""
     for b in nb.prange(a.shape[0]):
