@@ -18,7 +18,14 @@ from pathlib import Path
 
 from rich.text import Text
 
-__all__ = ["check_input_file", "check_output_file", "plain", "same_file", "text"]
+__all__ = [
+    "check_input_file",
+    "check_output_file",
+    "parse_rates",
+    "plain",
+    "same_file",
+    "text",
+]
 
 
 def _escape(ch: str) -> str:
@@ -131,3 +138,19 @@ def check_output_file(
                 "choose another output name"
             )
     return path
+
+
+def parse_rates(text: str | None) -> list[float] | None:
+    """Parse ``"2,3,4"`` into ``[2.0, 3.0, 4.0]`` (``None`` or empty: the families' defaults)."""
+    if text is None or not text.strip():
+        return None
+    out = []
+    for item in text.split(","):
+        try:
+            r = float(item)
+        except ValueError:
+            raise ValueError(f"--rates must be comma-separated numbers, got {item!r}") from None
+        if not 0 < r <= 16:
+            raise ValueError(f"rates must be in (0, 16] bits/entry, got {r}")
+        out.append(r)
+    return out

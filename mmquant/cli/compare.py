@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,27 +11,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmquant.cli import app, make_console
-from mmquant.cli.checks import check_output_file, text
+from mmquant.cli.checks import check_output_file, parse_rates, text
 from mmquant.data import load_data
+from mmquant.experiments.base import write_json
 from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
 
-__all__ = ["compare_cmd", "parse_rates", "rows_table"]
-
-
-def parse_rates(text: str | None) -> list[float] | None:
-    """Parse ``"2,3,4"`` into ``[2.0, 3.0, 4.0]`` (``None`` or empty: the families' defaults)."""
-    if text is None or not text.strip():
-        return None
-    out = []
-    for item in text.split(","):
-        try:
-            r = float(item)
-        except ValueError:
-            raise ValueError(f"--rates must be comma-separated numbers, got {item!r}") from None
-        if not 0 < r <= 16:
-            raise ValueError(f"rates must be in (0, 16] bits/entry, got {r}")
-        out.append(r)
-    return out
+__all__ = ["compare_cmd", "rows_table"]
 
 
 def rows_table(rows: list[CompareRow], title: str) -> Table:
@@ -109,7 +93,7 @@ def compare_cmd(
             "pairs": len(pairs),
             "results": [r.to_json() for r in rows],
         }
-        json_path.write_text(json.dumps(record, indent=2))
+        write_json(json_path, record)
         console.print(text(f"wrote {json_path}"))
     if plot is not None:
         plot_compare(rows, plot, title=f"{data}: product error vs rate")

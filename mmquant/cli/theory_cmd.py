@@ -10,10 +10,11 @@ import typer
 from rich.table import Table
 
 from mmquant.cli import app, make_console
-from mmquant.cli.checks import check_input_file, check_output_file, plain, text
-from mmquant.theory.matmul_rd import GAMMA_R_STAR, R_STAR, gamma, shannon_distortion
+from mmquant.cli.checks import check_input_file, check_output_file, parse_rates, plain, text
+from mmquant.experiments.plots import plot_gamma
+from mmquant.theory.matmul_rd import GAMMA_R_STAR, R_STAR, gamma
 
-__all__ = ["gamma_cmd", "plot_gamma", "read_points"]
+__all__ = ["gamma_cmd", "read_points"]
 
 theory_app = typer.Typer(
     help="Information-theoretic limits (tables and figures).", no_args_is_help=True
@@ -21,59 +22,8 @@ theory_app = typer.Typer(
 app.add_typer(theory_app, name="theory")
 
 
-def plot_gamma(path: str | Path, points: list[dict] | None = None, rmax: float = 8.0) -> None:
-    """Draw Γ(R), its time-sharing segment and D(R) = 2^{−2R}, with measured points if given.
-
-    Parameters
-    ----------
-    path : str or Path
-        PNG to write.
-    points : list of dict, optional
-        Rows with ``family``, ``bits_per_entry`` and ``error`` (as in ``mmquant compare --json``).
-    rmax : float
-        Largest rate on the axis, bits per entry.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = np.linspace(0, rmax, 800)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.semilogy(r, gamma(r), "k-", lw=2, label="Γ(R): matmul rate–distortion (iid Gaussian)")
-    hi = np.linspace(0.05, R_STAR, 100)
-    ax.semilogy(
-        hi, 2 * 2.0 ** (-2 * hi) - 2.0 ** (-4 * hi), "k:", lw=1, label="2·2^{−2R} − 2^{−4R}"
-    )
-    ax.semilogy(r, shannon_distortion(r), "--", color="gray", label="D(R) = 2^{−2R} (one matrix)")
-    ax.axvline(R_STAR, color="tab:red", lw=0.8, ls="--")
-    ax.annotate(
-        f"R* = {R_STAR:.4f}", (R_STAR, GAMMA_R_STAR), textcoords="offset points", xytext=(8, 8)
-    )
-    if points:
-        fams = sorted({p["family"] for p in points})
-        markers = "os^vD<>pPX*hH8d"
-        for i, f in enumerate(fams):
-            pts = [p for p in points if p["family"] == f]
-            ax.semilogy(
-                [p["bits_per_entry"] for p in pts],
-                [p["error"] for p in pts],
-                markers[i % len(markers)],
-                ls="none",
-                label=f,
-            )
-    ax.set_xlim(0, rmax)
-    ax.set_xlabel("rate R (bits/entry)")
-    ax.set_ylabel("normalised product error")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def read_points(path: Path) -> list[dict]:
-    """The ``results`` of a ``mmquant compare --json`` file, checked for :func:`plot_gamma`.
+    """The ``results`` of a ``mmquant compare --json`` file, checked for :func:`mmquant.experiments.plots.plot_gamma`.
 
     Raises
     ------
@@ -115,7 +65,6 @@ def gamma_cmd(
     ),
 ) -> None:
     """Tabulate (and plot) Γ(R), the Gaussian matrix-multiplication rate–distortion function."""
-    from mmquant.cli.compare import parse_rates
 
     if points_json is not None:
         check_input_file(points_json, "--points")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from mmquant.cli import app
 from mmquant.cli.checks import check_output_file, text
+from mmquant.experiments.base import write_json
 
 __all__ = ["weights_cmd"]
 
@@ -80,5 +80,5 @@ def weights_cmd(
         f"({eval_sentences} held-out sentences)"
     )
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(res.to_json(), indent=2))
+        write_json(json_path, res.to_json())
         console.print(text(f"wrote {json_path}"))

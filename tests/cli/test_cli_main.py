@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mmquant.cli import main
-from mmquant.cli.compare import parse_rates
+from mmquant.cli.checks import parse_rates
 
 
 def test_theory_gamma_table_and_plot(tmp_path, capsys):
