@@ -3,7 +3,9 @@
 Every family here works the same way along the last axis:
 
 1. each row is normalised by its RMS ``σ_r = √(mean_l x_rl²)``, stored as one float16 per row (side
-   information, counted in the rate; set ``scale_dtype=float32`` for data beyond the float16 range),
+   information, counted in the rate; set ``scale_dtype=float32`` for data beyond the float16 range,
+   or for rows whose RMS is too small for float16 -- below ~3.8e-6 they are refused when the
+   rounded σ would spoil them, see :mod:`mmquant.formats.limits`),
 2. each normalised entry ``u = x/σ_r`` (float32) is mapped to the index of its cell among ``K = 2^bits``
    cells ``[t_{i−1}, t_i)`` (``np.searchsorted(thresholds, u, 'right')``), packed at ``bits`` bits,
 3. decode: ``x̂ = σ_r·c_code``.
@@ -39,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from mmquant.core import Encoded, Quantizer, register
+from mmquant.formats.limits import check_row_precision
 from mmquant.packing import pack, unpack
 from mmquant.theory.scalar import (
     ScalarCodebook,
@@ -79,7 +82,8 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     The sum of squares is accumulated in float32 for float32 input (float64 otherwise, or on
     overflow); the kernels share this function, so both paths store the same scales.
 
-    A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0).
+    A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0); the
+    encoders then refuse rows whose stored scale is too imprecise (:mod:`mmquant.formats.limits`).
 
     Raises
     ------
@@ -87,6 +91,11 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
         If an RMS exceeds the float16 range (use ``scale_dtype="float32"``), or, for float32,
         ``float32_max/1024`` (the normalised values must be finite in float32).
     """
+    return _store_scales(_row_rms(x2), scale_dtype)
+
+
+def _row_rms(x2: np.ndarray) -> np.ndarray:
+    """Exact (float64) row RMS, the sum of squares accumulated as :func:`row_scales` documents."""
     xa = np.asarray(x2)
     if xa.dtype != np.float32:
         xa = xa.astype(np.float64)
@@ -95,7 +104,10 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     if not np.all(np.isfinite(ss)):  # float32 overflow: redo in float64
         x64 = xa.astype(np.float64)
         ss = np.einsum("ij,ij->i", x64, x64)
-    rms = np.sqrt(ss.astype(np.float64) / xa.shape[1])
+    return np.sqrt(ss.astype(np.float64) / xa.shape[1])
+
+
+def _store_scales(rms: np.ndarray, scale_dtype: str) -> np.ndarray:
     if scale_dtype == "float16":
         if rms.size and float(rms.max()) > _F16_MAX:
             raise ValueError(
@@ -108,6 +120,32 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     if rms.size and float(rms.max()) > _F32_MAX / 1024:
         raise ValueError(f"a row RMS of {float(rms.max()):.3g} is too large for float32 codes")
     return rms.astype(np.float32)
+
+
+def _check_scales(
+    x2: np.ndarray, scales: np.ndarray, rms: np.ndarray, cb: ScalarCodebook, spec: str, dt: str
+) -> None:
+    """Refuse rows whose stored RMS is too small to be precise (see :mod:`~mmquant.formats.limits`).
+
+    A compander maps ``x/σ`` to a codebook designed for unit variance, so a wrong stored ``σ`` (a
+    float16 subnormal, or ``2^−24`` for a smaller RMS) decodes far from the input.
+    """
+    thr = cb.thresholds.astype(np.float32)
+    pts = cb.points.astype(np.float32)
+
+    def rebuild(xr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        u = xr / np.where(s > 0, s, 1.0)[:, None]
+        return pts[np.searchsorted(thr, u, "right")].astype(np.float64) * s[:, None]
+
+    check_row_precision(
+        x2,
+        [scales],
+        [rms],
+        rebuild,
+        what=spec,
+        scale_dtype=dt,
+        hint="use scale_dtype=float32" if dt == "float16" else "rescale the data",
+    )
 
 
 def encode_rows(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -134,7 +172,9 @@ def _encode_with(
 ) -> Encoded:
     n = x.shape[-1]
     x2 = x.reshape(-1, n)
-    scales = row_scales(x2, scale_dtype)
+    rms = _row_rms(x2)
+    scales = _store_scales(rms, scale_dtype)
+    _check_scales(x2, scales, rms, cb, spec, scale_dtype)
     thr = cb.thresholds.astype(np.float32)
     try:  # optional fast path, bit-exact with encode_rows and pack (tests check it)
         from mmquant.kernels.compander import encode_rows_fast, pack_fast
