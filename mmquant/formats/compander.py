@@ -71,6 +71,7 @@ __all__ = [
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 _F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+_SS_LOW = 2.0**-100  # a sum of squares below this may have lost digits to underflow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +81,8 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     """Per-row RMS ``√(mean x²)`` rounded to ``scale_dtype`` (the stored side information).
 
     The sum of squares is accumulated in float32 for float32 input (float64 otherwise, or on
-    overflow); the kernels share this function, so both paths store the same scales.
+    overflow; rows of tiny values, whose squares underflow, are computed scaled by their max);
+    the kernels share this function, so both paths store the same scales.
 
     A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0); the
     encoders then refuse rows whose stored scale is too imprecise (:mod:`mmquant.formats.limits`).
@@ -95,7 +97,12 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
 
 
 def _row_rms(x2: np.ndarray) -> np.ndarray:
-    """Exact (float64) row RMS, the sum of squares accumulated as :func:`row_scales` documents."""
+    """Row RMS (float64), the sum of squares accumulated as :func:`row_scales` documents.
+
+    Rows whose sum of squares underflows (below 2^-100: tiny or subnormal rows, whose squares
+    vanish in float32 and, below 1e-154, in float64) are recomputed as ``m·√(mean (x/m)²)`` with
+    ``m`` the row's max: such a row no longer gets σ = 0 (and decodes to zeros).
+    """
     xa = np.asarray(x2)
     if xa.dtype != np.float32:
         xa = xa.astype(np.float64)
@@ -104,7 +111,14 @@ def _row_rms(x2: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(ss)):  # float32 overflow: redo in float64
         x64 = xa.astype(np.float64)
         ss = np.einsum("ij,ij->i", x64, x64)
-    return np.sqrt(ss.astype(np.float64) / xa.shape[1])
+    rms = np.sqrt(ss.astype(np.float64) / xa.shape[1])
+    low = ss < _SS_LOW  # squares underflowed (to 0 or subnormals): redo scaled by the row's max
+    if low.any():
+        r = np.asarray(xa[low], np.float64)
+        m = np.abs(r).max(axis=1)
+        m1 = np.where(m > 0, m, 1.0)
+        rms[low] = m * np.sqrt(np.mean((r / m1[:, None]) ** 2, axis=1))
+    return rms
 
 
 def _store_scales(rms: np.ndarray, scale_dtype: str) -> np.ndarray:
