@@ -30,7 +30,9 @@ magnitude, the smallest precise scale and the remedy (``scale_dtype=float32``). 
 below the floor are not checked: their stored scales are within ``2^−7`` relative of the exact
 ones. Only rows that hold such scales are reconstructed a second time (numpy, in chunks), so the
 encoding of ordinary data costs one comparison over the scales; accepted inputs encode exactly as
-before (the check never changes codes or scales).
+before (the check never changes codes or scales). Inputs that are checked encode up to ~10× slower
+(2048×2048 float32 at 1e-6: 0.07 → 0.6 s for ``nf4``) with a bounded extra memory (the rows are
+reconstructed 2^18 entries at a time).
 
 The last term is float32's own resolution: data below the float32 normal range (1.2e-38) can only
 come back with the absolute precision of float32 itself (``2^−149`` = 1.4e-45), as a cast to float32
