@@ -43,7 +43,8 @@ class ProductError:
     Attributes
     ----------
     error : float
-        Normalised product error ``‖AᵀB − ÂᵀB̂‖_F² · n / (‖A‖_F² ‖B‖_F²)`` (dimensionless).
+        Normalised product error ``‖AᵀB − ÂᵀB̂‖_F² · n / (‖A‖_F² ‖B‖_F²)`` (dimensionless; 0 for
+        an exact product, ``inf`` if a reconstruction overflows).
     sqnr_db : float
         ``10·log10(‖AᵀB‖_F² / ‖AᵀB − ÂᵀB̂‖_F²)`` in dB.
     rate_a, rate_b : float
@@ -53,9 +54,13 @@ class ProductError:
     gamma : float
         Γ(rate), the Gaussian limit at the mean rate.
     gap_db : float
-        ``10·log10(error / Γ(rate))`` in dB (≥ 0 for iid Gaussian data, up to sampling noise).
+        ``10·log10(error / Γ(rate))`` in dB (≥ 0 for iid Gaussian data, up to sampling noise);
+        ``-inf`` for an exact product, ``inf`` when Γ(rate) underflows (see :func:`gap_db`).
     gap_bits : float
-        ``rate − Γ⁻¹(error)`` in bits per entry.
+        ``rate − Γ⁻¹(error)`` in bits per entry (``-inf`` for an exact product).
+
+    No field is computed by a division that can fail: zero, constant, orthogonal, tiny or huge
+    data give the values above, never ``ZeroDivisionError``.
     spec_a, spec_b : str
         Spec strings of the two quantizers.
     """
@@ -79,13 +84,31 @@ class ProductError:
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio ``10·log10(‖x‖² / ‖x − x̂‖²)`` in dB (inf if exact)."""
     x = np.asarray(reference, np.float64)
-    e = float(np.sum((x - np.asarray(approx, np.float64)) ** 2))
-    s = float(np.sum(x * x))
+    m = _pow2_scale(x)  # (the ratio is scale-invariant: no under/overflow)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (x - np.asarray(approx, np.float64)) / m
+        e = float(np.sum(d * d))
+    s = float(np.sum((x / m) ** 2))
+    if math.isnan(e):
+        e = math.inf
     if e == 0.0:
         return math.inf
-    if s == 0.0:
+    if s == 0.0 or math.isinf(e):
         return -math.inf
     return 10.0 * math.log10(s / e)
+
+
+def _pow2_scale(x: np.ndarray) -> float:
+    """The power of two just above ``max|x|`` (1 for zero or non-finite ``x``).
+
+    Dividing by a power of two is exact (away from the subnormals), so scale-invariant ratios
+    computed on ``x / m`` equal those on ``x`` bit for bit whenever the latter did not under- or
+    overflow.
+    """
+    m = float(np.abs(x).max()) if x.size else 0.0
+    if not 0 < m < math.inf:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(m)[1])
 
 
 def relative_mse(reference: np.ndarray, approx: np.ndarray) -> float:
@@ -98,16 +121,34 @@ def relative_mse(reference: np.ndarray, approx: np.ndarray) -> float:
 
 
 def gap_db(error: float, rate: float) -> float:
-    """Distance of a normalised product error to Γ(rate), in dB."""
+    """Distance of a normalised product error to Γ(rate), in dB.
+
+    ``-inf`` for a zero error; ``+inf`` for an infinite error, or when Γ(rate) underflows to 0
+    (rates above ~537 bits/entry, e.g. a tiny matrix with a large codebook as side information);
+    NaN for a NaN error. Never raises for a finite rate ≥ 0.
+    """
+    if math.isnan(error):
+        return math.nan
     if error <= 0:
         return -math.inf
-    return 10.0 * math.log10(error / float(gamma(rate)))
+    g = float(gamma(rate))
+    if math.isinf(error) or g <= 0:
+        return math.inf
+    return 10.0 * (math.log10(error) - math.log10(g))
 
 
 def gap_bits(error: float, rate: float) -> float:
-    """Extra rate over an optimal Gaussian scheme with the same product error, in bits/entry."""
+    """Extra rate over an optimal Gaussian scheme with the same product error, in bits/entry.
+
+    ``-inf`` for a zero error; ``rate`` for an error ≥ 1 (including ``inf``: rate 0 achieves it);
+    NaN for a NaN error.
+    """
+    if math.isnan(error):
+        return math.nan
     if error <= 0:
         return -math.inf
+    if error >= 1:
+        return float(rate)
     return rate - float(gamma_inverse(error))
 
 
@@ -153,14 +194,45 @@ def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
 def product_error_from(
     a: np.ndarray, b: np.ndarray, a_hat: np.ndarray, b_hat: np.ndarray
 ) -> tuple[float, float]:
-    """Normalised product error and SQNR (dB) of ``Â ᵀB̂`` against ``AᵀB`` (all n×· matrices)."""
+    """Normalised product error and SQNR (dB) of ``Â ᵀB̂`` against ``AᵀB`` (all n×· matrices).
+
+    Both quantities are invariant to scaling ``A, Â`` and ``B, B̂``, so they are computed on the
+    matrices divided by the powers of two just above ``max|A|`` and ``max|B|`` (exact: the same
+    numbers as without scaling on ordinary data): tiny (1e-200) or huge (1e200) data neither
+    underflows to a zero norm nor overflows. A zero product ``AᵀB`` gives an SQNR of ``-inf``
+    (``+inf`` when ``ÂᵀB̂`` is zero as well); an overflowing reconstruction gives ``inf``.
+
+    Raises
+    ------
+    ValueError
+        ``A`` or ``B`` all zeros (the normalised error divides by ``‖A‖_F²‖B‖_F²``), non-finite
+        ``A`` or ``B``, or shapes that do not match.
+    """
     a64 = np.asarray(a, np.float64)
     b64 = np.asarray(b, np.float64)
-    c = a64.T @ b64
-    c_hat = np.asarray(a_hat, np.float64).T @ np.asarray(b_hat, np.float64)
-    err = float(np.sum((c - c_hat) ** 2))
+    ah = np.asarray(a_hat, np.float64)
+    bh = np.asarray(b_hat, np.float64)
+    if a64.ndim != 2 or b64.ndim != 2 or a64.shape[0] != b64.shape[0]:
+        raise ValueError(f"A is {a64.shape} and B is {b64.shape}: need n×a and n×b matrices")
+    if ah.shape != a64.shape or bh.shape != b64.shape:
+        raise ValueError(
+            f"reconstructions {ah.shape}, {bh.shape} differ from A {a64.shape}, B {b64.shape}"
+        )
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        raise ValueError("A and B must be finite")
+    if not (a64.any() and b64.any()):
+        raise ValueError("A and B must not be all zeros (the normalised error is undefined)")
+    ma, mb = _pow2_scale(a64), _pow2_scale(b64)
+    a64, ah, b64, bh = a64 / ma, ah / ma, b64 / mb, bh / mb
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = a64.T @ b64
+        c_hat = ah.T @ bh
+        diff = c - c_hat
+        err = float(np.sum(diff * diff))
+    if math.isnan(err):
+        err = math.inf  # inf − inf in an overflowing reconstruction
     n = a64.shape[0]
-    norm = float(np.sum(a64 * a64)) * float(np.sum(b64 * b64))
+    norm = float(np.sum(a64 * a64)) * float(np.sum(b64 * b64))  # ≥ 1/16: max|entries| ≥ 1/2
     return err * n / norm, sqnr_db(c, c_hat)
 
 

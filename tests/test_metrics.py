@@ -94,3 +94,69 @@ def test_matmul_from_encodings():
 def test_product_error_bad_input(a, b, exc, msg):
     with pytest.raises(exc, match=msg):
         mq.product_error(a, b, "testhalf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Edges: the normalised error is defined (or refused with ValueError), never ZeroDivisionError
+# ---------------------------------------------------------------------------------------------
+def _ab(seed=5):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((64, 4)), rng.standard_normal((64, 3))
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1.0, 1e160, 1e200])
+def test_product_error_is_scale_invariant_at_the_float64_edges(scale):
+    a, b = _ab()
+    ref = product_error_from(a, b, a * 1.01, b)
+    got = product_error_from(a * scale, b * scale, a * scale * 1.01, b * scale)
+    assert got[0] == pytest.approx(ref[0], rel=1e-9)
+    assert got[1] == pytest.approx(ref[1], rel=1e-9)
+
+
+def test_power_of_two_scaling_leaves_ordinary_numbers_unchanged():
+    a, b = _ab(6)
+    ah, bh = a + 0.01, b - 0.02
+    c, ch = a.T @ b, ah.T @ bh
+    err = float(np.sum((c - ch) ** 2)) * 64 / (float(np.sum(a * a)) * float(np.sum(b * b)))
+    assert product_error_from(a, b, ah, bh)[0] == err  # bit for bit (powers of two are exact)
+    assert sqnr_db(c, ch) == 10 * np.log10(float(np.sum(c * c)) / float(np.sum((c - ch) ** 2)))
+
+
+def test_product_error_edge_values():
+    a, b = _ab()
+    with pytest.raises(ValueError, match="all zeros"):
+        product_error_from(np.zeros_like(a), b, np.zeros_like(a), b)
+    with pytest.raises(ValueError, match="all zeros"):
+        mq.product_error(a, np.zeros_like(b), "testhalf")
+    # a zero product AᵀB (orthogonal columns): error defined, SQNR −inf, exact → 0 and +inf
+    ao = np.array([[1.0, 0.0], [0.0, 0.0]])
+    bo = np.array([[0.0, 0.0], [1.0, 0.0]])
+    assert product_error_from(ao, bo, ao, bo) == (0.0, np.inf)
+    err, sq = product_error_from(ao, bo, ao, bo + np.array([[0.5, 0.0], [0.0, 0.0]]))
+    assert err > 0 and sq == -np.inf
+    rep = mq.product_error(ao, bo, "testhalf")
+    assert rep.error == 0.0 and rep.gap_db == -np.inf and rep.gap_bits == -np.inf
+    # constant data
+    rep = mq.product_error(np.ones((16, 2)), np.full((16, 3), 7.0), "testhalf:step=0.3")
+    assert np.isfinite(rep.error) and np.isfinite(rep.gap_db)
+    # an overflowing reconstruction: infinite error, not NaN, not an exception
+    err, sq = product_error_from(a, b, a * 1e300, b * 1e300)
+    assert err == np.inf and sq == -np.inf
+    with pytest.raises(ValueError, match="finite"):
+        product_error_from(a * np.inf, b, a, b)
+    with pytest.raises(ValueError, match="differ"):
+        product_error_from(a, b, a[:, :2], b)
+
+
+def test_gap_helpers_at_the_edges():
+    assert gap_db(0.1, 600.0) == np.inf  # Γ(600) underflows to 0
+    assert gap_db(np.inf, 4.0) == np.inf
+    assert np.isnan(gap_db(np.nan, 4.0)) and np.isnan(gap_bits(np.nan, 4.0))
+    assert gap_bits(np.inf, 4.0) == 4.0 and gap_bits(1.0, 2.5) == 2.5
+    assert gap_db(0.0, 4.0) == -np.inf and gap_bits(0.0, 4.0) == -np.inf
+    assert sqnr_db(np.zeros(3), np.zeros(3)) == np.inf
+    assert sqnr_db(np.zeros(3), np.ones(3)) == -np.inf
+    assert sqnr_db(np.full(3, 1e-300), np.full(3, 2e-300)) == pytest.approx(0.0)
+    # a tiny matrix with a large stored codebook: rate ≈ 8272 bits/entry, Γ(rate) = 0
+    rep = mq.product_error(np.ones((1, 1)), np.ones((1, 1)), "datacompander:bits=8")
+    assert rep.gamma == 0.0 and rep.gap_db == np.inf and np.isfinite(rep.gap_bits)

@@ -28,8 +28,19 @@ Rate: ``4 + 8/16 = 4.5`` bits/entry plus 32 bits for the tensor.
 
 In every format a last block shorter than the block size (row length not divisible by it) is
 padded by repeating the row's last entry for the computation; the padding is not stored.
-Decoding returns float32; MX inputs with ``max|x| ≥ 2^127`` (1.7e38, where a rounded-up element
-could overflow float32) raise ``ValueError``.
+Decoding returns float32. Edges: every float32 input encodes -- for ``max|x| < 2^128`` the shared
+exponent is at most ``127 − emax_elem``, so the largest decoded value ``max_elem·2^E`` stays below
+``2^128`` (e.g. MXFP4: ``6·2^125 = 2.6e38``), and blocks near the float32 maximum saturate like any
+other block; float64 input with ``max|x| ≥ 2^128`` (beyond float32) raises ``ValueError``. At the
+small end the E8M0 scale stops at ``2^−127``: a block with ``max|x| < 2^(emax_elem − 126)``
+(MXFP4: 2.4e-38) is quantized on the element grid times ``2^−127``, i.e. with an absolute error of
+at most half the element's smallest step times ``2^−127`` (MXFP4 ``2^−129`` = 1.5e-39, MXINT8
+``2^−134``), as the specification prescribes. NVFP4 decodes to float32 as well: input beyond the
+float32 range raises ``ValueError``. Its block scales are E4M3 multiples of the tensor scale, with
+absolute precision ``2^−9·s_t`` in the E4M3 subnormals: a block whose ``max|x|`` is below
+``6·2^−6·s_t`` (about 1.4e-4 of the tensor's ``max|x|``, a per-tensor limit like the range of
+``int:group=-1``) gets, on top of the format's relative error, an absolute error of up to
+``6·2^−10·s_t`` (2.2e-6 of the tensor's ``max|x|``), and much smaller blocks decode as zeros.
 
 References
 ----------
@@ -113,10 +124,16 @@ def _amax(blocks: np.ndarray) -> np.ndarray:
 
 
 def _mx_exponents(amax: np.ndarray, el: MXElement) -> np.ndarray:
-    """Shared exponents ``E = clamp(⌊log2 amax⌋ − emax, −127, 127)`` (−127 for all-zero blocks)."""
-    if amax.size and float(amax.max()) >= 2.0**127:  # decoded values must stay finite in float32
+    """Shared exponents ``E = clamp(⌊log2 amax⌋ − emax, −127, 127)`` (−127 for all-zero blocks).
+
+    For ``amax < 2^128`` (every float32), ``E ≤ 127 − emax`` and the largest decoded value
+    ``max_elem · 2^E < 2^(emax+1) · 2^(127−emax) = 2^128`` is finite in float32; larger (float64)
+    input is refused.
+    """
+    if amax.size and float(amax.max()) >= 2.0**128:  # decoded values must stay finite in float32
         raise ValueError(
-            f"MX formats decode to float32: max|x| must be below 2^127 (1.7e38), got {amax.max():.3g}"
+            "MX formats decode to float32: max|x| must be below 2^128 (the float32 range, "
+            f"3.4e38), got {amax.max():.3g}"
         )
     _, e2 = np.frexp(amax)  # amax = f·2^e2, f in [0.5, 1): ⌊log2 amax⌋ = e2 − 1
     expo = np.where(amax > 0, e2 - 1 - el.emax, -E8M0_BIAS)

@@ -3,7 +3,9 @@
 Every family here works the same way along the last axis:
 
 1. each row is normalised by its RMS ``σ_r = √(mean_l x_rl²)``, stored as one float16 per row (side
-   information, counted in the rate; set ``scale_dtype=float32`` for data beyond the float16 range),
+   information, counted in the rate; set ``scale_dtype=float32`` for data beyond the float16 range,
+   or for rows whose RMS is too small for float16 -- below ~3.8e-6 they are refused when the
+   rounded σ would spoil them, see :mod:`mmquant.formats.limits`),
 2. each normalised entry ``u = x/σ_r`` (float32) is mapped to the index of its cell among ``K = 2^bits``
    cells ``[t_{i−1}, t_i)`` (``np.searchsorted(thresholds, u, 'right')``), packed at ``bits`` bits,
 3. decode: ``x̂ = σ_r·c_code``.
@@ -39,6 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from mmquant.core import Encoded, Quantizer, register
+from mmquant.formats.limits import check_row_precision
 from mmquant.packing import pack, unpack
 from mmquant.theory.scalar import (
     ScalarCodebook,
@@ -68,6 +71,7 @@ __all__ = [
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 _F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+_SS_LOW = 2.0**-100  # a sum of squares below this may have lost digits to underflow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,15 +81,27 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     """Per-row RMS ``√(mean x²)`` rounded to ``scale_dtype`` (the stored side information).
 
     The sum of squares is accumulated in float32 for float32 input (float64 otherwise, or on
-    overflow); the kernels share this function, so both paths store the same scales.
+    overflow; rows of tiny values, whose squares underflow, are computed scaled by their max);
+    the kernels share this function, so both paths store the same scales.
 
-    A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0).
+    A nonzero RMS below the smallest float16 subnormal is stored as that subnormal (never 0); the
+    encoders then refuse rows whose stored scale is too imprecise (:mod:`mmquant.formats.limits`).
 
     Raises
     ------
     ValueError
         If an RMS exceeds the float16 range (use ``scale_dtype="float32"``), or, for float32,
         ``float32_max/1024`` (the normalised values must be finite in float32).
+    """
+    return _store_scales(_row_rms(x2), scale_dtype)
+
+
+def _row_rms(x2: np.ndarray) -> np.ndarray:
+    """Row RMS (float64), the sum of squares accumulated as :func:`row_scales` documents.
+
+    Rows whose sum of squares underflows (below 2^-100: tiny or subnormal rows, whose squares
+    vanish in float32 and, below 1e-154, in float64) are recomputed as ``m·√(mean (x/m)²)`` with
+    ``m`` the row's max: such a row no longer gets σ = 0 (and decodes to zeros).
     """
     xa = np.asarray(x2)
     if xa.dtype != np.float32:
@@ -96,6 +112,16 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
         x64 = xa.astype(np.float64)
         ss = np.einsum("ij,ij->i", x64, x64)
     rms = np.sqrt(ss.astype(np.float64) / xa.shape[1])
+    low = ss < _SS_LOW  # squares underflowed (to 0 or subnormals): redo scaled by the row's max
+    if low.any():
+        r = np.asarray(xa[low], np.float64)
+        m = np.abs(r).max(axis=1)
+        m1 = np.where(m > 0, m, 1.0)
+        rms[low] = m * np.sqrt(np.mean((r / m1[:, None]) ** 2, axis=1))
+    return rms
+
+
+def _store_scales(rms: np.ndarray, scale_dtype: str) -> np.ndarray:
     if scale_dtype == "float16":
         if rms.size and float(rms.max()) > _F16_MAX:
             raise ValueError(
@@ -108,6 +134,32 @@ def row_scales(x2: np.ndarray, scale_dtype: str = "float16") -> np.ndarray:
     if rms.size and float(rms.max()) > _F32_MAX / 1024:
         raise ValueError(f"a row RMS of {float(rms.max()):.3g} is too large for float32 codes")
     return rms.astype(np.float32)
+
+
+def _check_scales(
+    x2: np.ndarray, scales: np.ndarray, rms: np.ndarray, cb: ScalarCodebook, spec: str, dt: str
+) -> None:
+    """Refuse rows whose stored RMS is too small to be precise (see :mod:`~mmquant.formats.limits`).
+
+    A compander maps ``x/σ`` to a codebook designed for unit variance, so a wrong stored ``σ`` (a
+    float16 subnormal, or ``2^−24`` for a smaller RMS) decodes far from the input.
+    """
+    thr = cb.thresholds.astype(np.float32)
+    pts = cb.points.astype(np.float32)
+
+    def rebuild(xr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        u = xr / np.where(s > 0, s, 1.0)[:, None]
+        return pts[np.searchsorted(thr, u, "right")].astype(np.float64) * s[:, None]
+
+    check_row_precision(
+        x2,
+        [scales],
+        [rms],
+        rebuild,
+        what=spec,
+        scale_dtype=dt,
+        hint="use scale_dtype=float32" if dt == "float16" else "rescale the data",
+    )
 
 
 def encode_rows(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -134,7 +186,9 @@ def _encode_with(
 ) -> Encoded:
     n = x.shape[-1]
     x2 = x.reshape(-1, n)
-    scales = row_scales(x2, scale_dtype)
+    rms = _row_rms(x2)
+    scales = _store_scales(rms, scale_dtype)
+    _check_scales(x2, scales, rms, cb, spec, scale_dtype)
     thr = cb.thresholds.astype(np.float32)
     try:  # optional fast path, bit-exact with encode_rows and pack (tests check it)
         from mmquant.kernels.compander import encode_rows_fast, pack_fast

@@ -29,10 +29,15 @@ too (so the rate is ``b + 2·16/g`` bits per entry with float16).
 Measured rate (bits per entry) for ``n`` divisible by ``g``: ``b + 16/g`` (float16 scales), e.g.
 INT4 g=32: 4.5 bits/entry.
 
-Edge cases: an all-zero group stores ``s = 0`` and decodes to zeros. A nonzero scale below the
-smallest float16 subnormal (5.96e-8) is stored as that subnormal (codes still fit, resolution is
-coarser); a scale above the float16 maximum (65504) raises ``ValueError`` (use
-``scale_dtype=float32``).
+Edge cases (the rules of :mod:`mmquant.formats.limits`): an all-zero group stores ``s = 0`` and
+decodes to zeros. A nonzero scale below the smallest float16 subnormal (5.96e-8) is stored as that
+subnormal; a row whose float16 scales are too small to be precise (below 3.8e-6) is accepted only if
+its error stays within twice that of exact scales (plus ``2^−7`` of its norm), otherwise
+``ValueError`` (use ``scale_dtype=float32``). A scale above the float16 maximum (65504) raises
+``ValueError`` (use ``scale_dtype=float32``). Input beyond the float32 range (float64 only) raises
+``ValueError``; a float32 scale whose decoded peak ``qmax·s`` would round to ``inf`` is lowered by an
+ulp (the largest entry saturates by a few float32 ulps); affine groups whose range ``max − min``
+exceeds float32 raise ``ValueError``.
 
 References
 ----------
@@ -51,6 +56,11 @@ from typing import Any
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
+from mmquant.formats.limits import (
+    check_float32_range,
+    check_row_precision,
+    fit_float32_peak,
+)
 from mmquant.packing import pack, unpack
 from mmquant.validation import check_choice, check_int
 
@@ -116,17 +126,20 @@ def ungroup(blocks: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
     return flat.reshape(shape)
 
 
-def round_scale(s: np.ndarray, scale_dtype: str) -> np.ndarray:
+def round_scale(s: np.ndarray, scale_dtype: str, peak: float = 1.0) -> np.ndarray:
     """Round nonnegative scales to their stored dtype, with the documented guards.
 
     A nonzero scale that would underflow to 0 is stored as the smallest positive subnormal of the
-    dtype; a scale beyond the dtype's range raises ``ValueError``.
+    dtype; a scale beyond the dtype's range raises ``ValueError``; a float32 scale whose decoded
+    peak ``fl32(s·peak)`` would overflow is lowered to the largest float32 that keeps it finite.
 
     Parameters
     ----------
     s : numpy.ndarray
         Nonnegative float scales.
     scale_dtype : {"float16", "float32"}
+    peak : float
+        Largest magnitude of the element values the scale multiplies (``qmax`` for INT).
 
     Returns
     -------
@@ -142,6 +155,8 @@ def round_scale(s: np.ndarray, scale_dtype: str) -> np.ndarray:
     under = (st == 0) & (s > 0)
     if under.any():
         st[under] = tiny
+    if scale_dtype == "float32" and smax * peak > _F32_MAX / 2:  # (cheap test first)
+        st = fit_float32_peak(st, peak)
     return st
 
 
@@ -246,16 +261,28 @@ class AbsmaxInt(Quantizer):
         if self.affine:
             top = 2**self.bits - 1
             lo, hi = k.block_minmax(x2, g) if k else _block_minmax(x2, g)
+            check_float32_range(max(-float(lo.min()), float(hi.max())), "int")
+            if float((hi - lo).max()) > _F32_MAX:
+                raise ValueError(
+                    f"int:affine=true: a group's range max − min = {float((hi - lo).max()):.4g} "
+                    f"exceeds the float32 range ({_F32_MAX:.4g}) of the decoded s·code; use "
+                    "affine=false"
+                )
             scale = round_scale((hi - lo) / top, self.scale_dtype)
             offset = _round_offset(lo, self.scale_dtype)
+            if self.scale_dtype == "float32":  # offset + s·top must stay finite in float32
+                scale = fit_float32_peak(scale, top, offset)
             side = {"scale": scale, "offset": offset}
             off, clip_lo, clip_hi, add = offset.astype(work), 0, top, 0
+            self._check_precision(x2, g, [scale, offset], [(hi - lo) / top, lo])
         else:
             qmax = self.qmax
             amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
-            scale = round_scale(amax / qmax, self.scale_dtype)
+            check_float32_range(float(amax.max()), "int")
+            scale = round_scale(amax / qmax, self.scale_dtype, qmax)
             side = {"scale": scale}
             off, clip_lo, clip_hi, add = None, -qmax, qmax, qmax
+            self._check_precision(x2, g, [scale], [amax / qmax])
         s = scale.astype(work)
         d = np.where(s > 0, s, work(1))  # x/s is a true (correctly rounded) division
         if k:
@@ -269,6 +296,31 @@ class AbsmaxInt(Quantizer):
             t += add
             codes = pack(ungroup(t.astype(np.uint8), n, x2.shape), self.bits)
         return Encoded(codes=codes, side=side, shape=x.shape, spec=self.spec)
+
+    def _check_precision(
+        self, x2: np.ndarray, g: int, stored: list[np.ndarray], exact: list[np.ndarray]
+    ) -> None:
+        """Refuse rows whose stored scales are too small to be precise (see ``limits``)."""
+        qmax, top, affine = self.qmax, 2**self.bits - 1, self.affine
+
+        def rebuild(xr: np.ndarray, s: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
+            blocks, n = group_view(xr, g)
+            d = np.where(s > 0, s, 1.0)[..., None]
+            if affine:
+                t = np.clip(np.rint((blocks - m[..., None]) / d), 0, top)
+                return ungroup(m[..., None] + t * s[..., None], n, xr.shape)
+            t = np.clip(np.rint(blocks / d), -qmax, qmax)
+            return ungroup(t * s[..., None], n, xr.shape)
+
+        check_row_precision(
+            x2,
+            stored,
+            exact,
+            rebuild,
+            what=f"{self.spec}",
+            scale_dtype=self.scale_dtype,
+            hint="use scale_dtype=float32" if self.scale_dtype == "float16" else "rescale the data",
+        )
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         k = kernels()

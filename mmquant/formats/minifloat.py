@@ -32,7 +32,9 @@ e5m2    5   2   15  57344.0    2^-14      float8_e5m2
 The scaled quantizer ``fp:fmt=e4m3,group=32,scale_dtype=float16`` stores, per group of ``g``
 entries along the last axis (``group=0`` per row, ``-1`` per tensor, as in ``int``), the scale
 ``s = fl(amax / max)`` and the elements ``encode(x / s)``; decode is ``s · value(code)``.
-Rate: ``1 + e + m`` bits per entry plus ``16/g`` (float16) or ``32/g`` (float32).
+Rate: ``1 + e + m`` bits per entry plus ``16/g`` (float16) or ``32/g`` (float32). Scales at the
+edges of their dtype follow :mod:`mmquant.formats.limits` (rows too small for float16 scales and
+input beyond float32 raise ``ValueError``; float32 scales keep ``s·max`` finite).
 
 References
 ----------
@@ -60,6 +62,7 @@ from mmquant.formats.integer import (
     row_shape,
     ungroup,
 )
+from mmquant.formats.limits import check_float32_range, check_row_precision
 from mmquant.packing import pack, unpack
 from mmquant.validation import check_choice, check_int
 
@@ -271,7 +274,9 @@ class ScaledFloat(Quantizer):
         k = kernels() if x.dtype == np.float32 else None  # the FP kernel is float32 only
         x2, g = as_rows(x, self.group)
         amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
-        scale = round_scale(amax / f.max_normal, self.scale_dtype)
+        check_float32_range(float(amax.max()), "fp")
+        scale = round_scale(amax / f.max_normal, self.scale_dtype, f.max_normal)
+        self._check_precision(x2, g, scale, amax / f.max_normal)
         s = scale.astype(x2.dtype)
         d = np.where(s > 0, s, 1)
         if k:
@@ -282,6 +287,28 @@ class ScaledFloat(Quantizer):
             blocks, n = group_view(x2, g)
             codes = pack(ungroup(encode_elements(blocks / d[..., None], f), n, x2.shape), f.bits)
         return Encoded(codes=codes, side={"scale": scale}, shape=x.shape, spec=self.spec)
+
+    def _check_precision(
+        self, x2: np.ndarray, g: int, scale: np.ndarray, exact: np.ndarray
+    ) -> None:
+        """Refuse rows whose stored scales are too small to be precise (see ``limits``)."""
+        f = self.format
+
+        def rebuild(xr: np.ndarray, s: np.ndarray) -> np.ndarray:
+            blocks, n = group_view(xr, g)
+            u = blocks / np.where(s > 0, s, 1.0)[..., None]
+            vals = decode_elements(encode_elements(u, f), f).astype(np.float64)
+            return ungroup(vals * s[..., None], n, xr.shape)
+
+        check_row_precision(
+            x2,
+            [scale],
+            [exact],
+            rebuild,
+            what=self.spec,
+            scale_dtype=self.scale_dtype,
+            hint="use scale_dtype=float32" if self.scale_dtype == "float16" else "rescale the data",
+        )
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         return decode_grouped(enc, self.format, self.group, enc.side["scale"])

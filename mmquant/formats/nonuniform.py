@@ -17,6 +17,8 @@ We store the 16 published float32 values (:data:`NF4_LEVELS`, as in bitsandbytes
 :func:`nf4_levels_from_definition` recomputes them (tests: equal within 1e-6). Each block of ``g = 64``
 entries along the last axis stores its absmax ``s`` (float16 or float32, rounded; the codes are
 computed with the stored ``s``), and ``x̂ = s · NF4[code]``: 4 + 16/64 = 4.25 bits/entry with float16.
+Scales at the edges of their dtype follow :mod:`mmquant.formats.limits` (rows too small for float16
+scales and input beyond float32 raise ``ValueError``).
 Per-row (``group=0``) and per-tensor (``group=-1``) scales and padding of a short last block work as
 in :mod:`mmquant.formats.integer`.
 
@@ -46,6 +48,7 @@ from mmquant.formats.integer import (
     row_shape,
     ungroup,
 )
+from mmquant.formats.limits import check_float32_range, check_row_precision
 from mmquant.packing import pack, unpack
 from mmquant.validation import check_choice, check_int
 
@@ -128,7 +131,11 @@ def codebook_decode(codes: ArrayLike, points: ArrayLike) -> np.ndarray:
 
 
 def absmax_codebook_encode(
-    x: np.ndarray, points: ArrayLike, group: int, scale_dtype: str = "float16"
+    x: np.ndarray,
+    points: ArrayLike,
+    group: int,
+    scale_dtype: str = "float16",
+    what: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Absmax-scaled codebook encoding along the last axis.
 
@@ -141,6 +148,8 @@ def absmax_codebook_encode(
     group : int
         Block size ``g ≥ 1``, ``0`` per row, ``−1`` per tensor.
     scale_dtype : {"float16", "float32"}
+    what : str, optional
+        Name of the quantizer in error messages.
 
     Returns
     -------
@@ -148,12 +157,36 @@ def absmax_codebook_encode(
         uint8 indices, flattened in C order (``x.size`` of them).
     scale : numpy.ndarray
         Stored absmax per block, shape ``(rows, blocks)``, in ``scale_dtype``.
+
+    Raises
+    ------
+    ValueError
+        Input beyond the float32 range, a float16 scale beyond 65504, or rows too small for their
+        scale dtype (see :mod:`mmquant.formats.limits`).
     """
     thr = codebook_thresholds(points)
     k = kernels()
     x2, g = as_rows(x, group)
     amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
-    scale = round_scale(amax, scale_dtype)
+    check_float32_range(float(amax.max()), "absmax codebook")
+    pts = _check_points(points)
+    scale = round_scale(amax, scale_dtype, float(np.abs(pts).max()))
+
+    def rebuild(xr: np.ndarray, s: np.ndarray) -> np.ndarray:
+        blocks, n = group_view(xr, g)
+        u = blocks / np.where(s > 0, s, 1.0)[..., None]
+        vals = pts[np.searchsorted(thr, u, side="right")].astype(np.float64)
+        return ungroup(vals * s[..., None], n, xr.shape)
+
+    check_row_precision(
+        x2,
+        [scale],
+        [amax],
+        rebuild,
+        what="absmax codebook" if what is None else what,
+        scale_dtype=scale_dtype,
+        hint="use scale_dtype=float32" if scale_dtype == "float16" else "rescale the data",
+    )
     s = scale.astype(x2.dtype)
     d = np.where(s > 0, s, 1)
     if k:
@@ -209,7 +242,9 @@ class NF4(Quantizer):
         return [cls()] if rate is None or abs(rate - 4.25) <= 0.5 else []
 
     def _encode(self, x: np.ndarray) -> Encoded:
-        codes, scale = absmax_codebook_encode(x, NF4_LEVELS, self.group, self.scale_dtype)
+        codes, scale = absmax_codebook_encode(
+            x, NF4_LEVELS, self.group, self.scale_dtype, self.spec
+        )
         k: Any = kernels()
         packed = k.pack(codes, 4) if k else pack(codes, 4)
         return Encoded(codes=packed, side={"scale": scale}, shape=x.shape, spec=self.spec)

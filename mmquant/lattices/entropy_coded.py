@@ -18,6 +18,15 @@ The step β is set for a target rate: start from the high-rate formula
 ``R ≈ h(N(0,1)) − log2 β = ½·log2(2πe) − log2 β`` (cell volume β^8), then secant steps on log2 β
 until the empirical entropy of the symbols is within 0.001 bit of the target (β stored as float32).
 
+**When the target cannot be met** the encoder still returns a valid record (its measured rate is
+always reported truthfully), but says so: if the plug-in entropy of the codes differs from ``rate``
+by more than :data:`RATE_TOLERANCE` (0.05 bit/entry), it emits a :class:`RateNotMetWarning` naming
+the achieved entropy and the reason, and the record's ``stats`` carry ``target_rate``,
+``rate_met`` (1.0 or 0.0) and ``entropy_bits_per_entry``. The usual reasons: too few blocks (the
+empirical entropy of ``N`` blocks is at most ``9·log2(N)/8`` bits/entry: one 8-entry row has 0),
+all-zero or constant rows, or a step β pinned at the ±4-octave limit of the search. To make it an
+error: ``warnings.simplefilter("error", RateNotMetWarning)``.
+
 At high rate the loss against the Shannon bound is the granular loss of E8,
 ``½·log2(2πe·G(E8)) = 0.146 bit`` (0.879 dB), plus the (small) cost of the model tables.
 
@@ -32,6 +41,7 @@ References
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import ClassVar
@@ -44,7 +54,20 @@ from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
 from mmquant.validation import check_float, check_int
 
-__all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
+__all__ = [
+    "E8EntropyCoded",
+    "RATE_TOLERANCE",
+    "RateNotMetWarning",
+    "e8_to_symbols",
+    "symbols_to_e8",
+]
+
+#: Largest |entropy − rate| (bits/entry) accepted silently by ``e8ec``.
+RATE_TOLERANCE = 0.05
+
+
+class RateNotMetWarning(UserWarning):
+    """``e8ec`` could not bring the entropy of its codes to the requested rate."""
 
 
 def e8_to_symbols(lam: np.ndarray) -> np.ndarray:
@@ -149,12 +172,44 @@ class E8EntropyCoded(Quantizer):
         coded = encode_integers(sym, group_axis=1)
         for k, v in coded.side.items():
             side[f"model_{k}"] = v
+        entropy = _entropy_bits(sym) / 8.0
+        met = abs(entropy - self.rate) <= RATE_TOLERANCE
         stats = {
-            "entropy_bits_per_entry": _entropy_bits(sym) / 8.0,
+            "entropy_bits_per_entry": entropy,
+            "target_rate": float(self.rate),
+            "rate_met": 1.0 if met else 0.0,
             "mse_normalised": float(np.mean((z - alpha * est) ** 2)),
         }
+        if not met:
+            self._warn_rate(entropy, z, float(beta32))
         return Encoded(
             codes=coded.stream, side=side, shape=shape, spec=self.spec, seed=self.seed, stats=stats
+        )
+
+    def _warn_rate(self, entropy: float, z: np.ndarray, beta: float) -> None:
+        """Emit :class:`RateNotMetWarning` with the most likely reason."""
+        nb = z.shape[0]
+        cap = 9 * math.log2(nb) / 8 if nb > 1 else 0.0
+        start = 0.5 * math.log2(2 * math.pi * math.e) - self.rate
+        if not np.any(z):
+            why = "the rows are all zeros"
+        elif cap < self.rate + RATE_TOLERANCE and entropy < self.rate:
+            why = (
+                f"only {nb} block(s) of 8: their empirical entropy cannot exceed "
+                f"9·log2({nb})/8 = {cap:.3g} bits/entry"
+            )
+        elif abs(math.log2(beta) - start) >= 4.0 - 1e-6:
+            why = (
+                f"the step β = {beta:.3g} reached the ±4-octave limit of the search around "
+                f"{2.0**start:.3g} (constant, sparse or very heavy-tailed rows)"
+            )
+        else:
+            why = "the entropy search did not converge on this data"
+        warnings.warn(
+            f"{self.spec}: the codes' entropy is {entropy:.3f} bits/entry, not the requested "
+            f"{self.rate:g} ({why}); stats['rate_met'] = 0",
+            RateNotMetWarning,
+            stacklevel=4,
         )
 
     def _decode(self, enc: Encoded) -> np.ndarray:

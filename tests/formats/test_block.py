@@ -112,9 +112,22 @@ def test_zero_and_tiny_inputs():
     assert mq.get("mxfp4").encode(np.zeros((1, 32))).side["scale"][0, 0] == 0
 
 
-def test_mx_huge_values_are_a_clear_error():
-    with pytest.raises(ValueError, match="2\\^127"):
-        mq.get("mxfp4").encode(np.full((1, 32), 3e38, np.float32))
+@pytest.mark.parametrize("spec", MX_SPECS)
+def test_mx_values_near_the_float32_maximum(spec):
+    """Every float32 encodes: E ≤ 127 − emax keeps the decoded values finite (scale-invariant)."""
+    q = mq.get(spec)
+    x = np.random.default_rng(5).standard_normal((4, 64)).astype(np.float32)
+    x[:, 0] = np.float32(np.finfo(np.float32).max) * np.sign(x[:, 0])
+    x[:, 1:] *= np.float32(2.0**125)
+    xh = q.quantize(x)
+    assert np.isfinite(xh).all()
+    # the same codes as for the data scaled down by 2^100 (E8M0 scales are exact powers of two)
+    small = q.quantize((x.astype(np.float64) * 2.0**-100).astype(np.float32))
+    assert np.array_equal(xh.astype(np.float64) * 2.0**-100, small.astype(np.float64))
+    # float64 beyond the float32 range cannot be decoded: a clear error
+    with pytest.raises(ValueError, match="2\\^128"):
+        q.encode(np.full((1, 32), 1e39))
+    assert np.isfinite(q.quantize(np.full((1, 32), 3.4e38))).all()  # float64 just below 2^128
 
 
 def test_bad_parameters():

@@ -87,7 +87,15 @@ def test_equal_to_threshold_goes_up_and_zero_rows():
 def test_tiny_and_huge_rows():
     q = mq.get("lloydmax:bits=3")
     x = np.full((1, 8), 1e-9)
-    assert q.encode(x).side["scale"][0] > 0
+    # float16 would store σ = 2^-24 (60 × the RMS): the row would decode far from the input
+    with pytest.raises(ValueError, match=r"row 0 .*too small for float16.*scale_dtype=float32"):
+        q.encode(x)
+    xh = mq.get("lloydmax:bits=3,scale_dtype=float32").quantize(x)
+    assert np.abs(xh - x).max() <= 0.3 * 1e-9
+    mixed = np.full((2, 8), 1e-9)
+    mixed[0] *= 1e3  # 1e-6: still held by a float16 subnormal σ to the codebook's error
+    with pytest.raises(ValueError, match="row 1 "):
+        q.encode(mixed)
     with pytest.raises(ValueError, match="float16"):
         q.encode(np.full((1, 8), 1e6))
     q32 = mq.get("lloydmax:bits=3,scale_dtype=float32")

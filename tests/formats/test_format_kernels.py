@@ -65,7 +65,16 @@ def _both(q, x, monkeypatch):
 def test_kernels_bit_exact(spec, monkeypatch):
     q = mq.get(spec)
     for name, x in _data().items():
-        enc_k, dec_k, enc_n, dec_n, dec_cross = _both(q, x, monkeypatch)
+        try:
+            enc_k, dec_k, enc_n, dec_n, dec_cross = _both(q, x, monkeypatch)
+        except ValueError as exc:  # refused (rows too small for float16 scales): on both paths
+            assert "float16" in str(exc) and name == "tiny_f32", (name, exc)
+            with monkeypatch.context() as m:
+                m.setenv("MMQUANT_KERNELS", "numpy")
+                with pytest.raises(ValueError) as again:
+                    q.encode(x)
+            assert str(again.value) == str(exc)
+            continue
         assert enc_k.codes.tobytes() == enc_n.codes.tobytes(), name
         assert enc_k.side.keys() == enc_n.side.keys()
         for key in enc_k.side:

@@ -102,7 +102,14 @@ def test_variants():
 )
 def test_properties(x, group):
     q = NF4(group=group)
-    enc = q.encode(x)
+    try:
+        enc = q.encode(x)
+    except ValueError as exc:  # a row whose float16 absmax would be imprecise (below 3.8e-6)
+        assert "too small for float16 scales" in str(exc)
+        rows = np.abs(x).reshape(1, -1) if group == -1 else np.abs(x)
+        assert rows.max(axis=1).min() < 2.0**-18
+        assert np.isfinite(NF4(group=group, scale_dtype="float32").quantize(x)).all()
+        return
     assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["scale"].nbytes) / x.size
     xh = q.decode(enc)
     assert np.array_equal(q.quantize(xh), xh)  # idempotent (float16 absmax, levels ±1 exact)
