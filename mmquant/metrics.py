@@ -28,6 +28,7 @@ __all__ = [
     "ProductError",
     "product_error",
     "product_error_from",
+    "product_error_of",
     "matmul",
     "sqnr_db",
     "relative_mse",
@@ -272,11 +273,36 @@ def product_error(
     a, b = _check_pair(a, b)
     qa = get(qa)
     qb = qa if qb is None else get(qb)
-    enc_a = qa.encode(a.T)
-    enc_b = qb.encode(b.T)
-    a_hat = qa.decode(enc_a).T
-    b_hat = qb.decode(enc_b).T
-    err, sq = product_error_from(a, b, a_hat, b_hat)
+    return product_error_of(a, b, qa.encode(a.T), qb.encode(b.T))
+
+
+def product_error_of(a: Any, b: Any, enc_a: Encoded, enc_b: Encoded) -> ProductError:
+    """Error of ``AᵀB`` from records of ``Aᵀ`` and ``Bᵀ`` that are already encoded.
+
+    The one place where a product error is measured: :func:`product_error` encodes and calls it,
+    ``mmquant compare`` times its encodes and calls it.
+
+    Parameters
+    ----------
+    a, b : array_like, shapes (n, a) and (n, b)
+        The original matrices.
+    enc_a, enc_b : Encoded
+        Records of ``Aᵀ`` and ``Bᵀ`` (quantized along ``n``); each is decoded with the quantizer
+        its spec names, and its measured rate (bits per entry) is the stored bytes'.
+
+    Returns
+    -------
+    ProductError
+        As :func:`product_error`.
+    """
+    a, b = _check_pair(a, b)
+    for nm, e, m in (("enc_a", enc_a, a), ("enc_b", enc_b, b)):
+        if not isinstance(e, Encoded):
+            raise TypeError(f"{nm} must be an Encoded record, got {type(e).__name__}")
+        if e.shape != m.T.shape:
+            raise ValueError(f"{nm} encodes shape {e.shape}, expected {m.T.shape} (the transpose)")
+    qa, qb = get(enc_a.spec), get(enc_b.spec)
+    err, sq = product_error_from(a, b, qa.decode(enc_a).T, qb.decode(enc_b).T)
     rate = 0.5 * (enc_a.bits_per_entry + enc_b.bits_per_entry)
     return ProductError(
         error=err,

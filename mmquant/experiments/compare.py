@@ -13,7 +13,7 @@ import numpy as np
 from mmquant.core import Quantizer, get, registry
 from mmquant.data import MatrixPair
 from mmquant.experiments.plots import plot_gamma
-from mmquant.metrics import gap_bits, gap_db, product_error_from
+from mmquant.metrics import gap_bits, gap_db, product_error_of
 
 __all__ = ["CompareRow", "compare", "default_quantizers", "plot_compare"]
 
@@ -110,10 +110,10 @@ def compare(
             eb = q.encode(bt)
             t_enc += time.perf_counter() - t0
             n_entries += at.size + bt.size
-            err, sq = product_error_from(p.a, p.b, q.decode(ea).T, q.decode(eb).T)
-            errs.append(err)
-            sqnrs.append(sq)
-            rates.append(0.5 * (ea.bits_per_entry + eb.bits_per_entry))
+            rep = product_error_of(p.a, p.b, ea, eb)
+            errs.append(rep.error)
+            sqnrs.append(rep.sqnr_db)
+            rates.append(rep.rate)
         err = float(np.mean(errs))
         rate = float(np.mean(rates))
         rows.append(
