@@ -184,6 +184,18 @@ def encode_integers(
     return CodedStream(stream=words.view(np.uint8).copy(), side=side, shape=tuple(s.shape))
 
 
+def _check_histograms(offsets: np.ndarray, ranges: np.ndarray, freq: np.ndarray) -> None:
+    """Stored histogram models: symbol ranges within ±2^30, counts that define a distribution."""
+    if np.any(ranges < 1) or np.any(offsets < -(2**30)) or np.any(offsets + ranges - 1 > 2**30):
+        raise ValueError("histogram symbol ranges must be non-empty and lie within ±2^30")
+    if freq.dtype.kind not in "iu" or (freq.size and int(freq.min()) < 0):
+        raise ValueError("histogram counts must be non-negative integers")
+    ends = np.cumsum(ranges)
+    sums = np.add.reduceat(freq.astype(np.int64), ends - ranges) if freq.size else ranges * 0
+    if np.any((ranges > 1) & (sums <= 0)):
+        raise ValueError("a histogram with several symbols has no non-zero count")
+
+
 def decode_integers(
     stream: np.ndarray,
     side: dict[str, np.ndarray],
@@ -218,11 +230,12 @@ def decode_integers(
     decoder = c.stream.stack.AnsCoder(words)
     try:
         if "freq" in side:
-            offsets = np.asarray(side["offset"], np.int64)
-            ranges = np.asarray(side["range"], np.int64)
-            freq = np.asarray(side["freq"])
+            offsets = np.asarray(side["offset"], np.int64).reshape(-1)
+            ranges = np.asarray(side["range"], np.int64).reshape(-1)
+            freq = np.asarray(side["freq"]).reshape(-1)
             if offsets.size != n_groups or ranges.size != n_groups or freq.size != ranges.sum():
                 raise ValueError("histogram side information does not match the shape")
+            _check_histograms(offsets, ranges, freq)
             out2 = np.empty((per_group, n_groups), np.int64)
             start = 0
             for j in range(n_groups):
@@ -241,10 +254,16 @@ def decode_integers(
             std = np.asarray(side["std"], np.float64)
             if mean.size != n_groups or std.size != n_groups:
                 raise ValueError("gaussian side information does not match the shape")
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+                raise ValueError("gaussian side information holds a non-finite mean or std")
+            if not -(2**30) <= int(lo[0]) <= int(lo[1]) <= 2**30:
+                raise ValueError(f"gaussian bounds {lo.tolist()} are not an interval within ±2^30")
             fam = c.stream.model.QuantizedGaussian(int(lo[0]), int(lo[1]))
             flat = decoder.decode(fam, np.repeat(mean, per_group), np.repeat(std, per_group))
             out2 = flat.astype(np.int64).reshape(n_groups, per_group).T
-    except (KeyError, RuntimeError, AssertionError) as exc:
+        if not decoder.is_empty():  # a stream is read exactly to its end
+            raise ValueError("the bitstream does not end after the last symbol")
+    except (KeyError, RuntimeError, AssertionError, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt entropy-coded stream or side information: {exc}") from None
     if group_axis is None:
         return out2.reshape(shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "unpack", "packed_nbytes", "pack_wide", "unpack_wide"]
+__all__ = ["pack", "unpack", "packed_nbytes", "pack_wide", "unpack_wide", "packed_wide_nbytes"]
 
 
 def packed_nbytes(n: int, width: int) -> int:
@@ -160,6 +160,13 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
 
 def _fields(width: int) -> list[int]:
     return [16] * (width // 16) + ([width % 16] if width % 16 else [])
+
+
+def packed_wide_nbytes(n: int, width: int) -> int:
+    """Number of bytes :func:`pack_wide` uses for ``n`` values of ``width`` bits (0..64)."""
+    if not 0 <= width <= 64:
+        raise ValueError(f"wide code width must be in [0, 64] bits, got {width!r}")
+    return sum(packed_nbytes(n, f) for f in _fields(width))
 
 
 def pack_wide(values: np.ndarray, width: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from mmquant.core import Encoded, Quantizer, register
 from mmquant.entropy import decode_integers, empirical_entropy, encode_integers
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
+from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.validation import check_float, check_int
 
 __all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
@@ -153,14 +154,48 @@ class E8EntropyCoded(Quantizer):
             "entropy_bits_per_entry": _entropy_bits(sym) / 8.0,
             "mse_normalised": float(np.mean((z - alpha * est) ** 2)),
         }
-        return Encoded(
+        enc = Encoded(
             codes=coded.stream, side=side, shape=shape, spec=self.spec, seed=self.seed, stats=stats
         )
+        if enc.entries > MAX_ENTRIES_PER_BYTE * enc.nbytes:
+            raise ValueError(
+                f"e8ec codes this input in {enc.nbytes} bytes for {enc.entries} entries, fewer "
+                f"than one byte per {MAX_ENTRIES_PER_BYTE} entries (a constant or almost "
+                "constant matrix); decoders refuse such records, so that a small file cannot "
+                "claim a huge matrix: use a fixed-rate quantizer for it"
+            )
+        return enc
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """A bitstream of 32-bit words, any length (the decoder checks it ends exactly after the
+        last symbol); side: ``norm`` (and ``mean`` with ``center``) float16 or float32 per row,
+        ``beta`` and ``alpha`` one float32 each, ``dither_seed`` one uint32 (with ``dither``),
+        and the histogram models of the 9 symbol streams (:func:`mmquant.entropy.encode_integers`):
+        ``model_offset`` and ``model_range`` 9 int32 each, ``model_freq`` ``Σ range`` uint16
+        (length checked by the decoder). Seed: the spec's ``seed``."""
+        rows = math.prod(shape[:-1])
+        f = ("float16", "float32")
+        side = {
+            "norm": side_array(f, rows),
+            "beta": side_array("float32", 1),
+            "alpha": side_array("float32", 1),
+            "model_offset": side_array("int32", 9),
+            "model_range": side_array("int32", 9),
+            "model_freq": side_array("uint16", None),
+        }
+        if self.center:
+            side["mean"] = side_array(f, rows)
+        if self.dither:
+            side["dither_seed"] = side_array("uint32", 1)
+        return Layout((0, None), side, seed=self.seed, codes_multiple=4)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         shape = enc.shape
         n8 = -(-shape[-1] // 8) * 8
         nb = math.prod(shape[:-1]) * n8 // 8
+        beta = float(enc.side["beta"][0])
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"corrupt side information: 'beta' must be positive, got {beta}")
         model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
         sym = decode_integers(enc.codes, model, (nb, 9), group_axis=1)
         lam = symbols_to_e8(sym)
