@@ -184,6 +184,22 @@ def encode_integers(
     return CodedStream(stream=words.view(np.uint8).copy(), side=side, shape=tuple(s.shape))
 
 
+#: Slack of the check "information of the decoded symbols ≤ stream bits" (relative, absolute):
+#: the rANS state holds up to 64 bits beyond the stream's words, and constriction quantizes the
+#: model probabilities (to 2^-24), which changes a code length by a small relative amount.
+_INFO_SLACK_REL = 1.01
+_INFO_SLACK_BITS = 128.0
+
+
+def _information(sym: np.ndarray, probs: np.ndarray) -> float:
+    """``Σ −log2 p(s)`` over the decoded symbols (ValueError if one has probability 0)."""
+    counts = np.bincount(np.asarray(sym, np.int64), minlength=probs.size)
+    if counts.size > probs.size or np.any(counts[probs <= 0] > 0):
+        raise ValueError("a decoded symbol has probability 0 under its model")
+    used = counts > 0
+    return float(np.sum(counts[used] * -np.log2(probs[used])))
+
+
 def _check_histograms(offsets: np.ndarray, ranges: np.ndarray, freq: np.ndarray) -> None:
     """Stored histogram models: symbol ranges within ±2^30, counts that define a distribution."""
     if np.any(ranges < 1) or np.any(offsets < -(2**30)) or np.any(offsets + ranges - 1 > 2**30):
@@ -227,8 +243,9 @@ def decode_integers(
     else:
         n_groups = shape[group_axis]
     per_group = total // max(n_groups, 1)
-    decoder = c.stream.stack.AnsCoder(words)
     try:
+        decoder = c.stream.stack.AnsCoder(words)
+        info = 0.0  # information content of the decoded symbols under their models, in bits
         if "freq" in side:
             offsets = np.asarray(side["offset"], np.int64).reshape(-1)
             ranges = np.asarray(side["range"], np.int64).reshape(-1)
@@ -244,8 +261,11 @@ def decode_integers(
                 if ranges[j] == 1:
                     out2[:, j] = offsets[j]
                     continue
-                model = c.stream.model.Categorical(_hist_probs(f), perfect=False)
-                out2[:, j] = decoder.decode(model, per_group) + offsets[j]
+                probs = _hist_probs(f)
+                model = c.stream.model.Categorical(probs, perfect=False)
+                sym = decoder.decode(model, per_group)
+                info += _information(sym, probs)
+                out2[:, j] = sym + offsets[j]
         else:
             lo = np.asarray(side["bounds"])
             if lo[0] == lo[1]:
@@ -263,6 +283,13 @@ def decode_integers(
             out2 = flat.astype(np.int64).reshape(n_groups, per_group).T
         if not decoder.is_empty():  # a stream is read exactly to its end
             raise ValueError("the bitstream does not end after the last symbol")
+        if info > _INFO_SLACK_REL * 32 * words.size + _INFO_SLACK_BITS:
+            # an rANS stream is within a few bits of the information it carries: symbols that
+            # carry more were read past its end (a record claiming more symbols than it holds)
+            raise ValueError(
+                f"the decoded symbols carry {info:.0f} bits of information, the stream holds "
+                f"{32 * words.size}: it ends before the last symbol"
+            )
     except (KeyError, RuntimeError, AssertionError, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt entropy-coded stream or side information: {exc}") from None
     if group_axis is None:
