@@ -198,7 +198,9 @@ class Quantizer(abc.ABC):
 
         The record's spec must rebuild this quantizer; its shape must be 1 to 32 positive
         dimensions; it must store at least one byte per 1024 entries; its codes and side arrays
-        must match :meth:`layout` (see :mod:`mmquant.layout`). :meth:`decode` runs this first.
+        must match :meth:`layout` (see :mod:`mmquant.layout`), and stored values that set the
+        code length must be valid and agree with it. :meth:`decode` runs this first;
+        :func:`mmquant.load` runs it on every record it reads.
 
         Raises
         ------
@@ -219,6 +221,17 @@ class Quantizer(abc.ABC):
         lay = self.layout(enc.shape)
         if lay is not None:
             check_layout(enc, lay, self.spec)
+            self._check_stored(enc)
+
+    def _check_stored(self, enc: Encoded) -> None:
+        """Checks of stored values that need no decoding, run by :meth:`check` after the layout.
+
+        For families whose code length depends on stored side values (code sizes of a union
+        code, a group code's weights; an entropy coder's model tables): the values are valid
+        and the codes have exactly the length they imply. Raises ``ValueError``. The default
+        checks nothing (fixed layouts are checked entirely by :meth:`layout`).
+        """
+        return None
 
     def decode(self, enc: Encoded) -> np.ndarray:
         """Reconstruct the array from an :class:`Encoded` record (pure function of ``enc``).

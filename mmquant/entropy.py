@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CodedStream", "decode_integers", "empirical_entropy", "encode_integers"]
+__all__ = [
+    "CodedStream",
+    "check_histograms",
+    "decode_integers",
+    "empirical_entropy",
+    "encode_integers",
+]
 
 _MODELS = ("histogram", "gaussian")
 _FREQ_MAX = 65535
@@ -200,10 +206,23 @@ def _information(sym: np.ndarray, probs: np.ndarray) -> float:
     return float(np.sum(counts[used] * -np.log2(probs[used])))
 
 
-def _check_histograms(offsets: np.ndarray, ranges: np.ndarray, freq: np.ndarray) -> None:
-    """Stored histogram models: symbol ranges within ±2^30, counts that define a distribution."""
+def check_histograms(offsets: np.ndarray, ranges: np.ndarray, freq: np.ndarray) -> None:
+    """Check stored histogram models (``"histogram"`` side information of :func:`encode_integers`).
+
+    Every symbol range is non-empty and within ±2^30, the concatenated counts ``freq`` have
+    ``Σ range`` entries, non-negative, and a range of several symbols has a non-zero count.
+    Raises ``ValueError``.
+    """
+    offsets = np.asarray(offsets).reshape(-1).astype(np.int64)
+    ranges = np.asarray(ranges).reshape(-1).astype(np.int64)
+    freq = np.asarray(freq).reshape(-1)
     if np.any(ranges < 1) or np.any(offsets < -(2**30)) or np.any(offsets + ranges - 1 > 2**30):
         raise ValueError("histogram symbol ranges must be non-empty and lie within ±2^30")
+    if offsets.size != ranges.size or freq.size != int(ranges.sum()):
+        raise ValueError(
+            f"histogram tables do not match: {offsets.size} offsets, {ranges.size} ranges "
+            f"of {int(ranges.sum())} symbols in all, {freq.size} counts"
+        )
     if freq.dtype.kind not in "iu" or (freq.size and int(freq.min()) < 0):
         raise ValueError("histogram counts must be non-negative integers")
     ends = np.cumsum(ranges)
@@ -252,7 +271,7 @@ def decode_integers(
             freq = np.asarray(side["freq"]).reshape(-1)
             if offsets.size != n_groups or ranges.size != n_groups or freq.size != ranges.sum():
                 raise ValueError("histogram side information does not match the shape")
-            _check_histograms(offsets, ranges, freq)
+            check_histograms(offsets, ranges, freq)
             out2 = np.empty((per_group, n_groups), np.int64)
             start = 0
             for j in range(n_groups):

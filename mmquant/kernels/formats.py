@@ -24,6 +24,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from mmquant.packing import check_padding
+
 __all__ = [
     "block_absmax",
     "block_minmax",
@@ -310,7 +312,7 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
     """Same codes as :func:`mmquant.packing.unpack` for widths 1..8.
 
     Raises ``ValueError`` if ``data`` is shorter than ``width·⌈n/8⌉`` bytes (the kernel reads
-    whole groups of 8 codes).
+    whole groups of 8 codes) or the padding after the last code is not zero.
     """
     width, n = int(width), int(n)
     if not 1 <= width <= 8 or n < 0:
@@ -321,6 +323,7 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
         raise ValueError(
             f"packed data too short: {n} codes of {width} bits need {need} bytes, got {data.size}"
         )
+    check_padding(data, width, n)
     out = np.empty(n, np.uint8)
     _unpack(data, width, out)
     return out

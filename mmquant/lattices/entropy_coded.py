@@ -39,7 +39,7 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.entropy import decode_integers, empirical_entropy, encode_integers
+from mmquant.entropy import check_histograms, decode_integers, empirical_entropy, encode_integers
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
 from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
@@ -189,13 +189,22 @@ class E8EntropyCoded(Quantizer):
             side["dither_seed"] = side_array("uint32", 1)
         return Layout((0, None), side, seed=self.seed, codes_multiple=4)
 
+    def _check_stored(self, enc: Encoded) -> None:
+        """The histogram models define 9 distributions whose tables fill ``model_freq``, and
+        ``beta`` is a positive scale (the stream itself is checked while decoding)."""
+        side = enc.side
+        try:
+            check_histograms(side["model_offset"], side["model_range"], side["model_freq"])
+        except ValueError as exc:
+            raise ValueError(f"corrupt entropy-coded stream or side information: {exc}") from None
+        beta = float(side["beta"][0])
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"corrupt side information: 'beta' must be positive, got {beta}")
+
     def _decode(self, enc: Encoded) -> np.ndarray:
         shape = enc.shape
         n8 = -(-shape[-1] // 8) * 8
         nb = math.prod(shape[:-1]) * n8 // 8
-        beta = float(enc.side["beta"][0])
-        if not (np.isfinite(beta) and beta > 0):
-            raise ValueError(f"corrupt side information: 'beta' must be positive, got {beta}")
         model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
         sym = decode_integers(enc.codes, model, (nb, 9), group_axis=1)
         lam = symbols_to_e8(sym)

@@ -423,7 +423,10 @@ def _unpack_words(
         val = val // mm
     if np.any(val):
         raise ValueError(f"corrupt codes: a packed word is not below {m}^{j}")
-    return h.reshape(-1)[:n], pos
+    h = h.reshape(-1)
+    if np.any(h[n:]):  # the packer fills the last word with zero symbols
+        raise ValueError("corrupt codes: the padding of the last packed word is not zero")
+    return h[:n], pos
 
 
 def digit_bits(q: int) -> float:
@@ -1238,6 +1241,27 @@ class _VoronoiQuantizer(Quantizer):
             else:
                 codes = base
         return Layout(codes, side, seed=self.seed)
+
+    def _check_stored(self, enc: Encoded) -> None:
+        """The exact code length of a mixed union code (from the stored ``qs``) or of a group
+        code (from the stored ``weights`` and ``budget``), once those are checked."""
+        if not ((self.union and not isinstance(self.q, tuple)) or self.group > 1):
+            return
+        nb = math.prod(enc.shape[:-1]) * (-(-enc.shape[-1] // 8))
+        if self.union:
+            want = union_nbytes(self._stored_qs(enc), nb)
+            what = "its code sizes 'qs'"
+        else:
+            w, budget = self._stored_grouping(enc)
+            want = base_q_nbytes(int(self.q), nb) + grouping.packed_nbytes(
+                w, self.group, budget, nb
+            )
+            what = "its 'weights' and 'budget'"
+        if enc.codes.size != want:
+            raise ValueError(
+                f"record codes hold {enc.codes.size} bytes; {self.spec!r} with {what} stores "
+                f"exactly {want} bytes for shape {enc.shape}"
+            )
 
     def _stored_grouping(self, enc: Encoded) -> tuple[tuple[int, ...], int]:
         """The group weights and budget, read from the side information and checked."""
