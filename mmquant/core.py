@@ -14,6 +14,11 @@ The rate is *measured*, never typed in::
 
 Spec strings are ``"name"`` or ``"name:key=value,key=value"``; tuple-valued parameters are written
 with ``;`` between items (``"e8:q=14,betas=0.2;0.3;0.4;0.5"``).
+
+Records are treated as hostile: :meth:`Quantizer.decode` first runs :meth:`Quantizer.check`,
+which verifies the record against the layout its family declares (:meth:`Quantizer.layout`:
+exact code length, side arrays with their dtypes and shapes, seed; see :mod:`mmquant.layout`),
+so that no decoder or kernel reads outside a buffer, and refuses non-finite reconstructions.
 """
 
 from __future__ import annotations
