@@ -14,6 +14,11 @@ The rate is *measured*, never typed in::
 
 Spec strings are ``"name"`` or ``"name:key=value,key=value"``; tuple-valued parameters are written
 with ``;`` between items (``"e8:q=14,betas=0.2;0.3;0.4;0.5"``).
+
+Records are treated as hostile: :meth:`Quantizer.decode` first runs :meth:`Quantizer.check`,
+which verifies the record against the layout its family declares (:meth:`Quantizer.layout`:
+exact code length, side arrays with their dtypes and shapes, seed; see :mod:`mmquant.layout`),
+so that no decoder or kernel reads outside a buffer, and refuses non-finite reconstructions.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from mmquant.layout import Layout, check_layout, check_shape, check_size
 from mmquant.validation import as_real_array
 
 __all__ = [
     "Encoded",
+    "Layout",
     "Quantizer",
     "register",
     "get",
@@ -180,15 +187,83 @@ class Quantizer(abc.ABC):
         arr = as_real_array(x, name="x", min_ndim=1)
         return self._encode(arr)
 
-    def decode(self, enc: Encoded) -> np.ndarray:
-        """Reconstruct the array from an :class:`Encoded` record (pure function of ``enc``)."""
+    def layout(self, shape: tuple[int, ...]) -> Layout | None:
+        """What a record of this quantizer holds for an array of ``shape`` (a checked shape).
+
+        Every family of the library declares it (:class:`mmquant.layout.Layout`: the exact code
+        length or its range, the side arrays with their dtypes and shapes, the seed);
+        :meth:`check` verifies records against it before any decoder runs. ``None`` (the
+        default, for families defined outside the library that do not declare one) skips that
+        check; the shape and size checks still apply.
+        """
+        return None
+
+    def check(self, enc: Encoded) -> None:
+        """Check that ``enc`` is a well-formed record of this quantizer, without decoding it.
+
+        The record's spec must rebuild this quantizer; its shape must be 1 to 32 positive
+        dimensions; it must store at least one byte per 1024 entries; its codes and side arrays
+        must match :meth:`layout` (see :mod:`mmquant.layout`), and stored values that set the
+        code length must be valid and agree with it. :meth:`decode` runs this first;
+        :func:`mmquant.load` runs it on every record it reads.
+
+        Raises
+        ------
+        TypeError
+            ``enc`` is not an :class:`Encoded`.
+        ValueError
+            The record does not belong to this quantizer or is malformed (the message names the
+            array, and what was expected against what was found).
+        """
         if not isinstance(enc, Encoded):
             raise TypeError(f"decode expects an Encoded record, got {type(enc).__name__}")
         if get(enc.spec) != self:
             raise ValueError(
                 f"record was produced by {enc.spec!r}, cannot decode it with {self.spec!r}"
             )
-        return self._decode(enc)
+        entries = check_shape(enc.shape)
+        check_size(entries, enc.nbytes)
+        lay = self.layout(enc.shape)
+        if lay is not None:
+            check_layout(enc, lay, self.spec)
+            self._check_stored(enc)
+
+    def _check_stored(self, enc: Encoded) -> None:
+        """Checks of stored values that need no decoding, run by :meth:`check` after the layout.
+
+        For families whose code length depends on stored side values (code sizes of a union
+        code, a group code's weights; an entropy coder's model tables): the values are valid
+        and the codes have exactly the length they imply. Raises ``ValueError``. The default
+        checks nothing (fixed layouts are checked entirely by :meth:`layout`).
+        """
+        return None
+
+    def decode(self, enc: Encoded) -> np.ndarray:
+        """Reconstruct the array from an :class:`Encoded` record (pure function of ``enc``).
+
+        The record is checked first (:meth:`check`), so that no decoder reads a buffer of the
+        wrong size; the reconstruction is checked to be finite, of the record's shape.
+
+        Raises
+        ------
+        TypeError
+            ``enc`` is not an :class:`Encoded`.
+        ValueError
+            The record is malformed or corrupt (wrong sizes, dtypes or seed, stored values out
+            of range, a reconstruction that is not finite).
+        """
+        self.check(enc)
+        out = self._decode(enc)
+        if tuple(np.shape(out)) != enc.shape:
+            raise ValueError(
+                f"record of {self.spec!r} decodes to shape {np.shape(out)}, expected {enc.shape}"
+            )
+        if not _all_finite(out):
+            raise ValueError(
+                f"record of {self.spec!r} decodes to non-finite values: its codes or side "
+                "information are corrupt"
+            )
+        return out
 
     def quantize(self, x: Any) -> np.ndarray:
         """Shorthand for ``decode(encode(x))`` (the reconstruction, same shape as ``x``)."""
@@ -206,6 +281,14 @@ class Quantizer(abc.ABC):
 
     def __str__(self) -> str:
         return self.spec
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every entry is finite (min and max propagate NaN; no temporary array)."""
+    a = np.asarray(a)
+    if a.size == 0 or a.dtype.kind not in "fc":
+        return True
+    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
 def _json_value(v: Any) -> Any:

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CodedStream", "decode_integers", "empirical_entropy", "encode_integers"]
+__all__ = [
+    "CodedStream",
+    "check_histograms",
+    "decode_integers",
+    "empirical_entropy",
+    "encode_integers",
+]
 
 _MODELS = ("histogram", "gaussian")
 _FREQ_MAX = 65535
@@ -184,6 +190,47 @@ def encode_integers(
     return CodedStream(stream=words.view(np.uint8).copy(), side=side, shape=tuple(s.shape))
 
 
+#: Slack of the check "information of the decoded symbols ≤ stream bits" (relative, absolute):
+#: the rANS state holds up to 64 bits beyond the stream's words, and constriction quantizes the
+#: model probabilities (to 2^-24), which changes a code length by a small relative amount.
+_INFO_SLACK_REL = 1.01
+_INFO_SLACK_BITS = 128.0
+
+
+def _information(sym: np.ndarray, probs: np.ndarray) -> float:
+    """``Σ −log2 p(s)`` over the decoded symbols (ValueError if one has probability 0)."""
+    counts = np.bincount(np.asarray(sym, np.int64), minlength=probs.size)
+    if counts.size > probs.size or np.any(counts[probs <= 0] > 0):
+        raise ValueError("a decoded symbol has probability 0 under its model")
+    used = counts > 0
+    return float(np.sum(counts[used] * -np.log2(probs[used])))
+
+
+def check_histograms(offsets: np.ndarray, ranges: np.ndarray, freq: np.ndarray) -> None:
+    """Check stored histogram models (``"histogram"`` side information of :func:`encode_integers`).
+
+    Every symbol range is non-empty and within ±2^30, the concatenated counts ``freq`` have
+    ``Σ range`` entries, non-negative, and a range of several symbols has a non-zero count.
+    Raises ``ValueError``.
+    """
+    offsets = np.asarray(offsets).reshape(-1).astype(np.int64)
+    ranges = np.asarray(ranges).reshape(-1).astype(np.int64)
+    freq = np.asarray(freq).reshape(-1)
+    if np.any(ranges < 1) or np.any(offsets < -(2**30)) or np.any(offsets + ranges - 1 > 2**30):
+        raise ValueError("histogram symbol ranges must be non-empty and lie within ±2^30")
+    if offsets.size != ranges.size or freq.size != int(ranges.sum()):
+        raise ValueError(
+            f"histogram tables do not match: {offsets.size} offsets, {ranges.size} ranges "
+            f"of {int(ranges.sum())} symbols in all, {freq.size} counts"
+        )
+    if freq.dtype.kind not in "iu" or (freq.size and int(freq.min()) < 0):
+        raise ValueError("histogram counts must be non-negative integers")
+    ends = np.cumsum(ranges)
+    sums = np.add.reduceat(freq.astype(np.int64), ends - ranges) if freq.size else ranges * 0
+    if np.any((ranges > 1) & (sums <= 0)):
+        raise ValueError("a histogram with several symbols has no non-zero count")
+
+
 def decode_integers(
     stream: np.ndarray,
     side: dict[str, np.ndarray],
@@ -215,14 +262,16 @@ def decode_integers(
     else:
         n_groups = shape[group_axis]
     per_group = total // max(n_groups, 1)
-    decoder = c.stream.stack.AnsCoder(words)
     try:
+        decoder = c.stream.stack.AnsCoder(words)
+        info = 0.0  # information content of the decoded symbols under their models, in bits
         if "freq" in side:
-            offsets = np.asarray(side["offset"], np.int64)
-            ranges = np.asarray(side["range"], np.int64)
-            freq = np.asarray(side["freq"])
+            offsets = np.asarray(side["offset"], np.int64).reshape(-1)
+            ranges = np.asarray(side["range"], np.int64).reshape(-1)
+            freq = np.asarray(side["freq"]).reshape(-1)
             if offsets.size != n_groups or ranges.size != n_groups or freq.size != ranges.sum():
                 raise ValueError("histogram side information does not match the shape")
+            check_histograms(offsets, ranges, freq)
             out2 = np.empty((per_group, n_groups), np.int64)
             start = 0
             for j in range(n_groups):
@@ -231,8 +280,11 @@ def decode_integers(
                 if ranges[j] == 1:
                     out2[:, j] = offsets[j]
                     continue
-                model = c.stream.model.Categorical(_hist_probs(f), perfect=False)
-                out2[:, j] = decoder.decode(model, per_group) + offsets[j]
+                probs = _hist_probs(f)
+                model = c.stream.model.Categorical(probs, perfect=False)
+                sym = decoder.decode(model, per_group)
+                info += _information(sym, probs)
+                out2[:, j] = sym + offsets[j]
         else:
             lo = np.asarray(side["bounds"])
             if lo[0] == lo[1]:
@@ -241,10 +293,23 @@ def decode_integers(
             std = np.asarray(side["std"], np.float64)
             if mean.size != n_groups or std.size != n_groups:
                 raise ValueError("gaussian side information does not match the shape")
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+                raise ValueError("gaussian side information holds a non-finite mean or std")
+            if not -(2**30) <= int(lo[0]) <= int(lo[1]) <= 2**30:
+                raise ValueError(f"gaussian bounds {lo.tolist()} are not an interval within ±2^30")
             fam = c.stream.model.QuantizedGaussian(int(lo[0]), int(lo[1]))
             flat = decoder.decode(fam, np.repeat(mean, per_group), np.repeat(std, per_group))
             out2 = flat.astype(np.int64).reshape(n_groups, per_group).T
-    except (KeyError, RuntimeError, AssertionError) as exc:
+        if not decoder.is_empty():  # a stream is read exactly to its end
+            raise ValueError("the bitstream does not end after the last symbol")
+        if info > _INFO_SLACK_REL * 32 * words.size + _INFO_SLACK_BITS:
+            # an rANS stream is within a few bits of the information it carries: symbols that
+            # carry more were read past its end (a record claiming more symbols than it holds)
+            raise ValueError(
+                f"the decoded symbols carry {info:.0f} bits of information, the stream holds "
+                f"{32 * words.size}: it ends before the last symbol"
+            )
+    except (KeyError, RuntimeError, AssertionError, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt entropy-coded stream or side information: {exc}") from None
     if group_axis is None:
         return out2.reshape(shape)

@@ -36,11 +36,16 @@ API::
     info = mq.io.read_info("ab.mmq")                   # header only: specs, shapes, bits/entry
     W_hat = mq.get(enc.spec).decode(enc)               # bit-identical to decoding the original
 
-Reading checks everything it can and raises :class:`FormatError` (a ``ValueError``) naming the
-problem -- not a safetensors file or truncated, wrong magic, unknown format version, header JSON
-damaged, a CRC mismatch, a missing or unexpected array, an unknown spec -- and, with
-``verify=True`` (the default), decodes each matrix once to check that the decoder accepts the
-record and returns a finite array of the header's shape. A damaged file never loads silently.
+Reading treats every file as hostile and raises :class:`FormatError` (a ``ValueError``) naming the
+problem -- not a safetensors file or truncated, a header over :data:`HEADER_MAX_BYTES` or nested
+deeper than :data:`JSON_MAX_DEPTH`, wrong magic, unknown format version, header JSON damaged or of
+the wrong structure (every field's type is checked; dtypes are limited to numeric ones), a CRC
+mismatch, a missing or unexpected array, an unknown spec -- and, before any decoder runs, checks
+every record against its quantizer (:meth:`mmquant.core.Quantizer.check`: a valid shape, at least
+one stored byte per 1024 entries, the exact code length, side arrays and seed its spec declares).
+With ``verify=True`` (the default) it also decodes each matrix once to check that the decoder
+accepts the stored values and returns a finite array of the header's shape. A damaged file never
+loads silently, and a crafted one never makes a decoder read outside its buffers.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "DEFAULT_NAME",
+    "HEADER_MAX_BYTES",
+    "JSON_MAX_DEPTH",
     "FormatError",
     "FileInfo",
     "MatrixInfo",
@@ -77,6 +84,10 @@ FORMAT_NAME = "mmquant"  # the "magic" of the JSON header
 FORMAT_VERSION = 2
 DEFAULT_NAME = "x"  # name of the matrix when save() is given a single Encoded
 _META_KEY = "mmquant"
+#: Largest safetensors header read (the limit safetensors itself applies: 100 MB).
+HEADER_MAX_BYTES = 100_000_000
+#: Deepest nesting of lists and objects accepted in a header (a valid one nests 6 deep).
+JSON_MAX_DEPTH = 32
 
 # numpy dtypes that safetensors' numpy API writes natively (safetensors.numpy._TYPES, minus complex)
 _NATIVE = {
@@ -285,6 +296,40 @@ def save(path: str | os.PathLike[str], data: Encoded | Mapping[str, Encoded]) ->
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+def _json_depth_ok(obj: Any) -> bool:
+    """Whether lists/objects nest at most :data:`JSON_MAX_DEPTH` deep (iterative walk)."""
+    stack = [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if d > JSON_MAX_DEPTH:
+            return False
+        stack.extend((c, d + 1) for c in children)
+    return True
+
+
+def _parse_json(text: str | bytes, path: Path, what: str) -> Any:
+    """``json.loads`` that raises FormatError for any bad input (also deep nesting)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise FormatError(
+            f"{path}: {what} is nested too deeply (more than {JSON_MAX_DEPTH} levels)"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, oversized integers
+        raise FormatError(f"{path}: {what} is damaged ({exc})") from None
+    if not _json_depth_ok(obj):
+        raise FormatError(
+            f"{path}: {what} is nested too deeply (more than {JSON_MAX_DEPTH} levels)"
+        )
+    return obj
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     """Parse and check the JSON header; returns (header, header_bytes, file_bytes)."""
     if not path.exists():
@@ -300,18 +345,24 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
                 f"{path}: not an mmquant file or truncated "
                 f"(header length {n} exceeds the file size {size})"
             )
+        if n > HEADER_MAX_BYTES:
+            raise FormatError(
+                f"{path}: header of {n} bytes exceeds the limit of {HEADER_MAX_BYTES} bytes"
+            )
         raw = fh.read(n)
+    not_ours = f"{path}: not an mmquant file (no valid safetensors header with 'mmquant' metadata)"
     try:
-        st_header = json.loads(raw.decode("utf-8"))
+        st_header = _parse_json(raw.decode("utf-8"), path, "safetensors header")
         meta = st_header["__metadata__"][_META_KEY]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise FormatError(
-            f"{path}: not an mmquant file (no valid safetensors header with 'mmquant' metadata)"
-        ) from None
-    try:
-        header = json.loads(meta)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: header JSON is damaged ({exc})") from None
+    except (UnicodeDecodeError, KeyError, TypeError):
+        raise FormatError(not_ours) from None
+    except FormatError as exc:
+        if "nested too deeply" in str(exc):
+            raise
+        raise FormatError(not_ours) from None
+    if not isinstance(meta, str):
+        raise FormatError(not_ours)
+    header = _parse_json(meta, path, "header JSON")
     if not isinstance(header, dict) or header.get("magic") != FORMAT_NAME:
         got = header.get("magic") if isinstance(header, dict) else type(header).__name__
         raise FormatError(f"{path}: wrong magic {got!r}, expected {FORMAT_NAME!r}")
@@ -333,23 +384,84 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     return header, 8 + n, size
 
 
-def _matrix_info(path: Path, name: str, m: Any) -> MatrixInfo:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _stored_dtype(name: Any) -> np.dtype:
+    """The dtype a header names, if it is one this format stores (numeric, canonical name)."""
+    if not isinstance(name, str):
+        raise ValueError(f"dtype must be a string, got {name!r}")
+    import ml_dtypes
+
+    extra = getattr(ml_dtypes, name, None) if not name.startswith("_") else None
     try:
-        shape = tuple(int(s) for s in m["shape"])
-        nbytes = sum(
-            math.prod(e["shape"]) * _resolve_dtype(e["dtype"]).itemsize
-            for e in m["arrays"].values()
-        )
-        return MatrixInfo(
-            name=name,
-            spec=str(m["spec"]),
-            shape=shape,
-            seed=m["seed"],
-            stats=dict(m["stats"]),
-            nbytes=int(nbytes),
-        )
+        dt = np.dtype(extra if isinstance(extra, type) else name)
+    except TypeError:
+        raise ValueError(f"unknown dtype {name!r}") from None
+    numeric = dt.kind in "biuf" or (
+        isinstance(extra, type) and dt.kind == "V" and dt.fields is None and dt.itemsize <= 8
+    )
+    if not numeric or dt.name != name:
+        raise ValueError(f"dtype {name!r} is not a numeric dtype this format stores")
+    return dt
+
+
+def _array_entry(tname: str, e: Any) -> dict[str, Any]:
+    """A header's array entry, checked field by field (ValueError naming the field)."""
+    if not isinstance(e, dict):
+        raise ValueError(f"entry of array {tname!r} is not an object")
+    missing = {"dtype", "shape", "raw", "crc32"} - set(e)
+    if missing:
+        raise ValueError(f"entry of array {tname!r} lacks {', '.join(sorted(missing))}")
+    dtype = _stored_dtype(e["dtype"])
+    shape = e["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 32
+        or not all(_is_int(v) and v >= 0 for v in shape)
+    ):
+        raise ValueError(f"array {tname!r} has an invalid shape {shape!r}")
+    if not isinstance(e["raw"], bool):
+        raise ValueError(f"array {tname!r}: 'raw' must be true or false")
+    if not _is_int(e["crc32"]) or not 0 <= e["crc32"] < 2**32:
+        raise ValueError(f"array {tname!r}: 'crc32' must be a 32-bit unsigned integer")
+    return {"dtype": dtype, "shape": tuple(shape), "raw": e["raw"], "crc32": e["crc32"]}
+
+
+def _matrix_info(path: Path, name: str, m: Any) -> MatrixInfo:
+    from mmquant.layout import check_shape
+
+    try:
+        _check_name(name, "matrix name")
+        if not isinstance(m, dict):
+            raise ValueError("not an object")
+        missing = {"spec", "shape", "seed", "stats", "arrays"} - set(m)
+        if missing:
+            raise ValueError(f"lacks {', '.join(sorted(missing))}")
+        if not isinstance(m["spec"], str):
+            raise ValueError(f"spec must be a string, got {type(m['spec']).__name__}")
+        if not isinstance(m["shape"], list) or not all(_is_int(v) for v in m["shape"]):
+            raise ValueError(f"shape must be a list of integers, got {m['shape']!r}")
+        shape = tuple(m["shape"])
+        check_shape(shape, "matrix")
+        seed = m["seed"]
+        if seed is not None and not (_is_int(seed) and 0 <= seed < 2**64):
+            raise ValueError(f"seed must be null or an unsigned 64-bit integer, got {seed!r}")
+        stats = m["stats"]
+        if not isinstance(stats, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats.values()
+        ):
+            raise ValueError("stats must be an object of numbers")
+        if not isinstance(m["arrays"], dict):
+            raise ValueError("arrays must be an object")
+        entries = {str(t): _array_entry(str(t), e) for t, e in m["arrays"].items()}
+        nbytes = sum(math.prod(e["shape"]) * e["dtype"].itemsize for e in entries.values())
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FormatError(f"{path}: header entry of matrix {name!r} is malformed ({exc})") from None
+    return MatrixInfo(
+        name=name, spec=m["spec"], shape=shape, seed=seed, stats=dict(stats), nbytes=int(nbytes)
+    )
 
 
 def read_info(path: str | os.PathLike[str]) -> FileInfo:
@@ -379,10 +491,14 @@ def read_info(path: str | os.PathLike[str]) -> FileInfo:
 
 
 def _from_stored(path: Path, tname: str, arr: np.ndarray, entry: Mapping[str, Any]) -> np.ndarray:
+    try:
+        entry = _array_entry(tname, entry)
+    except ValueError as exc:
+        raise FormatError(f"{path}: {exc}") from None
     if zlib.crc32(np.ascontiguousarray(arr).tobytes()) != entry["crc32"]:
         raise FormatError(f"{path}: CRC32 mismatch in array {tname!r} (the data is damaged)")
-    dtype = _resolve_dtype(entry["dtype"])
-    shape = tuple(entry["shape"])
+    dtype = entry["dtype"]
+    shape = entry["shape"]
     if entry["raw"]:
         if arr.dtype != np.uint8 or arr.nbytes != math.prod(shape) * dtype.itemsize:
             raise FormatError(f"{path}: array {tname!r} has the wrong size for {dtype}{shape}")
@@ -403,8 +519,18 @@ def _check_spec(path: Path, name: str, spec: str) -> Any:
         raise FormatError(f"{path}: matrix {name!r} has an unknown spec {spec!r} ({exc})") from None
 
 
-def _verify(path: Path, name: str, enc: Encoded) -> None:
+def _check_record(path: Path, name: str, enc: Encoded) -> Any:
+    """The record's quantizer, after :meth:`~mmquant.core.Quantizer.check` (FormatError)."""
     q = _check_spec(path, name, enc.spec)
+    try:
+        q.check(enc)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{path}: matrix {name!r} is malformed: {exc}") from None
+    return q
+
+
+def _verify(path: Path, name: str, enc: Encoded) -> None:
+    q = _check_record(path, name, enc)
     try:
         out = q.decode(enc)
     except Exception as exc:  # any decoder failure means the record is inconsistent
@@ -432,10 +558,12 @@ def load(
     names : list of str, optional
         Read only these matrices (default: all).
     verify : bool
-        Also check each record against its quantizer: the record decodes, and the
-        reconstruction is finite with the header's shape (costs one decode per matrix). CRC32
-        checks of every array and of the header, and the check that every spec names a
-        registered quantizer, are always done.
+        Also decode each record once: the decoder accepts its stored values, and the
+        reconstruction is finite with the header's shape (costs one decode per matrix). Always
+        done: the header's size, nesting and structure, CRC32 checks of every array and of the
+        header, that every spec names a registered quantizer, and that every record fits its
+        quantizer's declared layout (:meth:`mmquant.core.Quantizer.check`: shape, size rule,
+        exact code length, side arrays with their dtypes and shapes, seed).
 
     Returns
     -------
@@ -506,7 +634,7 @@ def load(
         if verify:
             _verify(path, name, enc)
         else:
-            _check_spec(path, name, enc.spec)
+            _check_record(path, name, enc)
     return out
 
 

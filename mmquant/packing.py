@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "unpack", "packed_nbytes", "pack_wide", "unpack_wide"]
+__all__ = [
+    "pack",
+    "unpack",
+    "packed_nbytes",
+    "check_padding",
+    "pack_wide",
+    "unpack_wide",
+    "packed_wide_nbytes",
+]
 
 
 def packed_nbytes(n: int, width: int) -> int:
@@ -113,7 +121,8 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``data`` is shorter than ``packed_nbytes(n, width)`` bytes.
+        If ``data`` is shorter than ``packed_nbytes(n, width)`` bytes, or the padding bits after
+        the last code are not zero (:func:`pack` writes zeros there).
     """
     _check_width(width)
     data = np.asarray(data)
@@ -124,6 +133,7 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
         raise ValueError(
             f"packed data too short: {n} codes of {width} bits need {need} bytes, got {data.size}"
         )
+    check_padding(data, width, n)
     out_dtype = np.uint8 if width <= 8 else np.uint16
     if width == 8:
         return data[:n].copy()
@@ -158,8 +168,31 @@ def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
     return out.reshape(-1)[:n]
 
 
+def check_padding(data: np.ndarray, width: int, n: int) -> None:
+    """ValueError unless the bits after code ``n`` up to ``packed_nbytes(n, width)`` are zero.
+
+    ``data`` is a uint8 array of at least that many bytes. A record whose shape claims fewer
+    codes than were packed usually fails this check.
+    """
+    used = width * int(n)
+    end = packed_nbytes(n, width)
+    first, rem = divmod(used, 8)
+    tail = np.asarray(data[first:end])
+    if tail.size and ((int(tail[0]) >> rem) or (tail.size > 1 and np.any(tail[1:]))):
+        raise ValueError(
+            f"corrupt codes: the padding after the last of {n} codes of {width} bits is not zero"
+        )
+
+
 def _fields(width: int) -> list[int]:
     return [16] * (width // 16) + ([width % 16] if width % 16 else [])
+
+
+def packed_wide_nbytes(n: int, width: int) -> int:
+    """Number of bytes :func:`pack_wide` uses for ``n`` values of ``width`` bits (0..64)."""
+    if not 0 <= width <= 64:
+        raise ValueError(f"wide code width must be in [0, 64] bits, got {width!r}")
+    return sum(packed_nbytes(n, f) for f in _fields(width))
 
 
 def pack_wide(values: np.ndarray, width: int) -> np.ndarray:

@@ -51,15 +51,17 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.formats.integer import as_rows, group_view, kernels, row_shape, ungroup
+from mmquant.formats.integer import as_rows, group_grid, group_view, kernels, row_shape, ungroup
 from mmquant.formats.minifloat import FORMATS, decode_elements, encode_elements, value_table
-from mmquant.packing import pack, unpack
+from mmquant.layout import Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.validation import check_choice
 
 __all__ = [
@@ -275,6 +277,11 @@ class _MXQuantizer(Quantizer):
             return qs
         return [q for q in qs if abs(q.nominal_rate() - rate) <= 0.5]
 
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """``bits_elem`` per entry packed, one uint8 E8M0 ``scale`` per block of 32 of a row."""
+        side = {"scale": side_array("uint8", *group_grid(shape, MX_BLOCK))}
+        return Layout(packed_nbytes(math.prod(shape), self.element.bits), side)
+
     def _encode(self, x: np.ndarray) -> Encoded:
         k = kernels() if x.dtype == np.float32 or self.element.fp is None else None
         if k:
@@ -286,6 +293,8 @@ class _MXQuantizer(Quantizer):
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         el = self.element
+        if enc.side["scale"].size and int(enc.side["scale"].max()) > 2 * E8M0_BIAS:
+            raise ValueError("corrupt side information: an E8M0 'scale' is 255 (NaN)")
         k = kernels()
         if k:
             _, n = row_shape(enc.shape, 0)
@@ -352,6 +361,15 @@ class NVFP4(Quantizer):
         """The one configuration (nominal 4.5 bits/entry)."""
         return [cls()] if rate is None or abs(rate - 4.5) <= 0.5 else []
 
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """4 bits per entry packed, one uint8 E4M3 ``block_scale`` per block of 16 of a row,
+        one float32 ``tensor_scale``."""
+        side = {
+            "block_scale": side_array("uint8", *group_grid(shape, NVFP4_BLOCK)),
+            "tensor_scale": side_array("float32", 1),
+        }
+        return Layout(packed_nbytes(math.prod(shape), 4), side)
+
     def _encode(self, x: np.ndarray) -> Encoded:
         k = kernels() if x.dtype == np.float32 else None  # the FP kernel is float32 only
         if k:
@@ -369,6 +387,12 @@ class NVFP4(Quantizer):
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         b, s_t = enc.side["block_scale"], enc.side["tensor_scale"]
+        # the encoder writes non-negative, non-NaN E4M3 codes (0x00..0x7E) and a finite s_t ≥ 0
+        if (b.size and int(b.max()) >= 0x7F) or not (np.isfinite(s_t[0]) and s_t[0] >= 0):
+            raise ValueError(
+                "corrupt side information: an E4M3 'block_scale' is negative or NaN, or "
+                "'tensor_scale' is negative or not finite"
+            )
         k = kernels()
         if k:
             _, n = row_shape(enc.shape, 0)

@@ -35,6 +35,7 @@ References
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,8 @@ from numpy.typing import ArrayLike
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.formats.limits import check_row_precision
-from mmquant.packing import pack, unpack
+from mmquant.layout import Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.theory.scalar import (
     ScalarCodebook,
     compander_codebook,
@@ -204,8 +206,19 @@ def _encode_with(
     return Encoded(codes=packed, side=side, shape=x.shape, spec=spec)
 
 
+def _row_layout(shape: tuple[int, ...], bits: int, scale_dtype: str, points: bool) -> Layout:
+    """``bits`` per entry packed, one RMS ``scale`` per row (and the float32 ``points``)."""
+    side = {"scale": side_array(scale_dtype, math.prod(shape[:-1]))}
+    if points:
+        side["points"] = side_array("float32", 1 << bits)
+    return Layout(packed_nbytes(math.prod(shape), bits), side)
+
+
 def _decode_with(enc: Encoded, points: np.ndarray, bits: int) -> np.ndarray:
     n = enc.shape[-1]
+    s = enc.side["scale"]
+    if s.size and not (np.all(np.isfinite(s)) and float(np.min(s)) >= 0):
+        raise ValueError("corrupt side information: 'scale' holds a negative or non-finite RMS")
     codes = unpack(enc.codes, bits, enc.entries)
     try:  # optional fast path, bit-exact with decode_rows
         from mmquant.kernels.compander import decode_rows_fast
@@ -239,6 +252,10 @@ class _RowCodebookQuantizer(Quantizer):
 
     def _design(self) -> ScalarCodebook:
         raise NotImplementedError
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """``bits`` per entry packed, one RMS ``scale`` in ``scale_dtype`` per row."""
+        return _row_layout(shape, self.bits, self.scale_dtype, False)
 
     def _encode(self, x: np.ndarray) -> Encoded:
         return _encode_with(x, self.codebook(), self.bits, self.spec, self.scale_dtype, False)
@@ -577,6 +594,10 @@ class DataCompander(Quantizer):
 
     def _encode(self, x: np.ndarray) -> Encoded:
         return self.encode_with(x, self.fit(x))
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """``bits`` per entry packed, one RMS ``scale`` per row, the ``2^bits`` float32 ``points``."""
+        return _row_layout(shape, self.bits, self.scale_dtype, True)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
         return _decode_with(enc, enc.side["points"], self.bits)

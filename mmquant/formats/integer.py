@@ -61,7 +61,8 @@ from mmquant.formats.limits import (
     check_row_precision,
     fit_float32_peak,
 )
-from mmquant.packing import pack, unpack
+from mmquant.layout import Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.validation import check_choice, check_int
 
 __all__ = [
@@ -73,6 +74,8 @@ __all__ = [
     "as_rows",
     "row_shape",
     "group_size",
+    "group_grid",
+    "check_scales",
     "SCALE_DTYPES",
 ]
 
@@ -196,6 +199,12 @@ def group_size(n: int, group: int) -> int:
     return n if group <= 0 else group
 
 
+def group_grid(shape: tuple[int, ...], group: int) -> tuple[int, int]:
+    """``(rows, groups per row)`` of the per-group side arrays for ``shape`` and ``group``."""
+    rows, n = row_shape(shape, group)
+    return rows, -(-n // group_size(n, group))
+
+
 @register("int")
 @dataclass(frozen=True)
 class AbsmaxInt(Quantizer):
@@ -252,6 +261,15 @@ class AbsmaxInt(Quantizer):
             return [cls(bits=4), cls(bits=8)]
         b = math.floor(rate + 1e-9)
         return [cls(bits=b)] if 2 <= b <= 8 else []
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """``bits`` per entry packed (:func:`mmquant.packing.packed_nbytes`), one ``scale`` (and
+        with ``affine`` one ``offset``) in ``scale_dtype`` per group: ``(rows, ceil(n/g))``."""
+        grid = group_grid(shape, self.group)
+        side = {"scale": side_array(self.scale_dtype, *grid)}
+        if self.affine:
+            side["offset"] = side_array(self.scale_dtype, *grid)
+        return Layout(packed_nbytes(math.prod(shape), self.bits), side)
 
     # -- encode / decode (numpy reference; numba kernels when available, bit-exact) ------------
     def _encode(self, x: np.ndarray) -> Encoded:
@@ -329,7 +347,7 @@ class AbsmaxInt(Quantizer):
         table = np.arange(2**self.bits, dtype=np.float32)
         if not self.affine:
             table -= np.float32(self.qmax)
-        s = enc.side["scale"].astype(np.float32)
+        s = check_scales(enc.side["scale"]).astype(np.float32)
         off = enc.side["offset"].astype(np.float32) if self.affine else None
         if k:
             codes = k.unpack(enc.codes, self.bits, enc.entries)
@@ -343,6 +361,13 @@ class AbsmaxInt(Quantizer):
                 vals += off[..., None]
             out = ungroup(vals, n, (rows, n))
         return out.reshape(enc.shape)
+
+
+def check_scales(s: np.ndarray, name: str = "scale") -> np.ndarray:
+    """``s`` if every stored scale is finite and ≥ 0 (what the encoders write), else ValueError."""
+    if s.size and not (np.all(np.isfinite(s)) and float(np.min(s)) >= 0):
+        raise ValueError(f"corrupt side information: {name!r} holds a negative or non-finite scale")
+    return s
 
 
 def _block_absmax(x2: np.ndarray, g: int) -> np.ndarray:

@@ -55,6 +55,8 @@ from mmquant.formats.integer import (
     SCALE_DTYPES,
     _block_absmax,
     as_rows,
+    check_scales,
+    group_grid,
     group_size,
     group_view,
     kernels,
@@ -63,7 +65,8 @@ from mmquant.formats.integer import (
     ungroup,
 )
 from mmquant.formats.limits import check_float32_range, check_row_precision
-from mmquant.packing import pack, unpack
+from mmquant.layout import Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.validation import check_choice, check_int
 
 __all__ = [
@@ -269,6 +272,11 @@ class ScaledFloat(Quantizer):
         qs.insert(2, cls(fmt="e3m2"))  # for a rate: element bits = ⌊rate⌋
         return [q for q in qs if q.format.bits == math.floor(rate + 1e-9)]
 
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """``1 + e + m`` bits per entry packed, one ``scale`` in ``scale_dtype`` per group."""
+        side = {"scale": side_array(self.scale_dtype, *group_grid(shape, self.group))}
+        return Layout(packed_nbytes(math.prod(shape), self.format.bits), side)
+
     def _encode(self, x: np.ndarray) -> Encoded:
         f = self.format
         k = kernels() if x.dtype == np.float32 else None  # the FP kernel is float32 only
@@ -319,7 +327,7 @@ def decode_grouped(enc: Encoded, f: FloatFormat, group: int, scale: np.ndarray) 
     k = kernels()
     rows, n = row_shape(enc.shape, group)
     g = group_size(n, group)
-    s = scale.astype(np.float32)
+    s = check_scales(scale).astype(np.float32)
     if k:
         out = k.decode_table(k.unpack(enc.codes, f.bits, enc.entries), value_table(f), s, g, n)
     else:

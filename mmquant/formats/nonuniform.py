@@ -30,6 +30,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ from mmquant.formats.integer import (
     SCALE_DTYPES,
     _block_absmax,
     as_rows,
+    check_scales,
+    group_grid,
     group_size,
     group_view,
     kernels,
@@ -49,7 +52,8 @@ from mmquant.formats.integer import (
     ungroup,
 )
 from mmquant.formats.limits import check_float32_range, check_row_precision
-from mmquant.packing import pack, unpack
+from mmquant.layout import Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.validation import check_choice, check_int
 
 __all__ = [
@@ -204,7 +208,7 @@ def absmax_codebook_decode(
     p = _check_points(points)
     rows, n = row_shape(shape, group)
     g = group_size(n, group)
-    s = scale.astype(np.float32)
+    s = check_scales(scale).astype(np.float32)
     k = kernels()
     if k:
         return k.decode_table(codes, p, s, g, n).reshape(shape)
@@ -240,6 +244,11 @@ class NF4(Quantizer):
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
         """NF4 with blocks of 64 and float16 scales (4.25 bits/entry)."""
         return [cls()] if rate is None or abs(rate - 4.25) <= 0.5 else []
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """4 bits per entry packed, one absmax ``scale`` in ``scale_dtype`` per group."""
+        side = {"scale": side_array(self.scale_dtype, *group_grid(shape, self.group))}
+        return Layout(packed_nbytes(math.prod(shape), 4), side)
 
     def _encode(self, x: np.ndarray) -> Encoded:
         codes, scale = absmax_codebook_encode(

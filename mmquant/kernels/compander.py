@@ -126,11 +126,20 @@ def encode_rows_fast(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray)
 def decode_rows_fast(
     codes: np.ndarray, scales: np.ndarray, points: np.ndarray, n: int
 ) -> np.ndarray:
-    """Same result as :func:`mmquant.formats.compander.decode_rows` (float32, ``(rows, n)``)."""
-    c = np.ascontiguousarray(codes).reshape(-1)
-    s = scales.astype(np.float32)
+    """Same result as :func:`mmquant.formats.compander.decode_rows` (float32, ``(rows, n)``).
+
+    ``codes`` must hold ``rows·n`` uint8 codes for the ``rows`` scales (checked); the points are
+    extended with NaN to 256 entries, so that no code reads past them.
+    """
+    c = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    s = np.ascontiguousarray(scales, np.float32).reshape(-1)
+    if n < 1 or c.size != s.size * n:
+        raise ValueError(f"decode_rows_fast: {c.size} codes do not fill {s.size} rows of {n}")
+    p = np.full(256, np.nan, np.float32)
+    pts = np.asarray(points, np.float32).reshape(-1)[:256]
+    p[: pts.size] = pts
     out = np.empty((s.size, n), np.float32)
-    _decode(c, s, points.astype(np.float32), out)
+    _decode(c, s, p, out)
     return out
 
 

@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from mmquant.kernels import numba_cache
+from mmquant.packing import check_padding
 
 __all__ = [
     "block_absmax",
@@ -275,11 +276,25 @@ def decode_table(
     n: int,
     off: np.ndarray | None = None,
 ) -> np.ndarray:
-    """float32 ``table[code] · s`` (``+ off``) with ``s``, ``off`` per group, shape ``(rows, n)``."""
+    """float32 ``table[code] · s`` (``+ off``) with ``s``, ``off`` per group, shape ``(rows, n)``.
+
+    The sizes the kernel indexes with are checked here: ``codes`` holds ``rows·n`` uint8 codes,
+    ``s`` (and ``off``) is ``(rows, ⌈n/g⌉)``; the table is extended with NaN to 256 entries so that
+    no code reads past it (a code beyond the format's table decodes to NaN).
+    """
     s = np.ascontiguousarray(s, np.float32)
+    c = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    if s.ndim != 2 or g < 1 or n < 1 or s.shape[1] != _ng(n, g) or c.size != s.shape[0] * n:
+        raise ValueError(
+            f"decode_table: {c.size} codes and scales of shape {s.shape} do not fit rows of "
+            f"{n} entries in groups of {g}"
+        )
+    if off is not None and np.shape(off) != s.shape:
+        raise ValueError(f"decode_table: offsets of shape {np.shape(off)}, scales {s.shape}")
     out = np.empty((s.shape[0], n), np.float32)
-    c = np.ascontiguousarray(codes).reshape(-1)
-    t = np.ascontiguousarray(table, np.float32)
+    t = np.full(256, np.nan, np.float32)
+    tab = np.asarray(table, np.float32).reshape(-1)[:256]
+    t[: tab.size] = tab
     if off is None:
         _dec(c, t, s, g, out)
     else:
@@ -296,7 +311,21 @@ def pack(codes: np.ndarray, width: int) -> np.ndarray:
 
 
 def unpack(data: np.ndarray, width: int, n: int) -> np.ndarray:
-    """Same codes as :func:`mmquant.packing.unpack` for widths 1..8 (``data`` long enough)."""
-    out = np.empty(int(n), np.uint8)
-    _unpack(np.ascontiguousarray(data, np.uint8), int(width), out)
+    """Same codes as :func:`mmquant.packing.unpack` for widths 1..8.
+
+    Raises ``ValueError`` if ``data`` is shorter than ``width·⌈n/8⌉`` bytes (the kernel reads
+    whole groups of 8 codes) or the padding after the last code is not zero.
+    """
+    width, n = int(width), int(n)
+    if not 1 <= width <= 8 or n < 0:
+        raise ValueError(f"unpack: width must be 1..8 and n ≥ 0, got {width} and {n}")
+    data = np.ascontiguousarray(data, np.uint8).reshape(-1)
+    need = width * _ng(n, 8)
+    if data.size < need:
+        raise ValueError(
+            f"packed data too short: {n} codes of {width} bits need {need} bytes, got {data.size}"
+        )
+    check_padding(data, width, n)
+    out = np.empty(n, np.uint8)
+    _unpack(data, width, out)
     return out

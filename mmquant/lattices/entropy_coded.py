@@ -49,9 +49,10 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.entropy import decode_integers, empirical_entropy, encode_integers
+from mmquant.entropy import check_histograms, decode_integers, empirical_entropy, encode_integers
 from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
+from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.validation import check_float, check_int
 
 __all__ = [
@@ -182,9 +183,52 @@ class E8EntropyCoded(Quantizer):
         }
         if not met:
             self._warn_rate(entropy, z, float(beta32))
-        return Encoded(
+        enc = Encoded(
             codes=coded.stream, side=side, shape=shape, spec=self.spec, seed=self.seed, stats=stats
         )
+        if enc.entries > MAX_ENTRIES_PER_BYTE * enc.nbytes:
+            raise ValueError(
+                f"e8ec codes this input in {enc.nbytes} bytes for {enc.entries} entries, fewer "
+                f"than one byte per {MAX_ENTRIES_PER_BYTE} entries (a constant or almost "
+                "constant matrix); decoders refuse such records, so that a small file cannot "
+                "claim a huge matrix: use a fixed-rate quantizer for it"
+            )
+        return enc
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """A bitstream of 32-bit words, any length (the decoder checks it ends exactly after the
+        last symbol); side: ``norm`` (and ``mean`` with ``center``) float16 or float32 per row,
+        ``beta`` and ``alpha`` one float32 each, ``dither_seed`` one uint32 (with ``dither``),
+        and the histogram models of the 9 symbol streams (:func:`mmquant.entropy.encode_integers`):
+        ``model_offset`` and ``model_range`` 9 int32 each, ``model_freq`` ``Σ range`` uint16
+        (length checked by the decoder). Seed: the spec's ``seed``."""
+        rows = math.prod(shape[:-1])
+        f = ("float16", "float32")
+        side = {
+            "norm": side_array(f, rows),
+            "beta": side_array("float32", 1),
+            "alpha": side_array("float32", 1),
+            "model_offset": side_array("int32", 9),
+            "model_range": side_array("int32", 9),
+            "model_freq": side_array("uint16", None),
+        }
+        if self.center:
+            side["mean"] = side_array(f, rows)
+        if self.dither:
+            side["dither_seed"] = side_array("uint32", 1)
+        return Layout((0, None), side, seed=self.seed, codes_multiple=4)
+
+    def _check_stored(self, enc: Encoded) -> None:
+        """The histogram models define 9 distributions whose tables fill ``model_freq``, and
+        ``beta`` is a positive scale (the stream itself is checked while decoding)."""
+        side = enc.side
+        try:
+            check_histograms(side["model_offset"], side["model_range"], side["model_freq"])
+        except ValueError as exc:
+            raise ValueError(f"corrupt entropy-coded stream or side information: {exc}") from None
+        beta = float(side["beta"][0])
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"corrupt side information: 'beta' must be positive, got {beta}")
 
     def _warn_rate(self, entropy: float, z: np.ndarray, beta: float) -> None:
         """Emit :class:`RateNotMetWarning` with the most likely reason."""

@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from mmquant.kernels import use_numba
-from mmquant.packing import pack_wide, unpack_wide
+from mmquant.packing import pack_wide, packed_wide_nbytes, unpack_wide
 
 __all__ = [
     "MAX_COUNT",
@@ -42,6 +42,7 @@ __all__ = [
     "unrank",
     "pack",
     "unpack",
+    "packed_nbytes",
 ]
 
 #: Largest number of allowed sequences per group (ranks are uint64).
@@ -312,6 +313,12 @@ def pack(
         out.append(pack_wide(ranks[pos : pos + n_groups], _bits(weights, g, budget)))
         pos += n_groups
     return np.concatenate(out) if out else np.zeros(0, np.uint8)
+
+
+def packed_nbytes(weights: tuple[int, ...], group: int, budget: int, n_blocks: int) -> int:
+    """Bytes :func:`pack` writes for the group ranks of ``n_blocks`` blocks."""
+    weights = tuple(int(w) for w in weights)
+    return sum(packed_wide_nbytes(m, _bits(weights, g, budget)) for g, m in _runs(n_blocks, group))
 
 
 def unpack(

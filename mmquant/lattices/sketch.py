@@ -29,6 +29,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,12 +37,17 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.lattices.voronoi import store_float
-from mmquant.packing import pack, unpack
+from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
+from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.rotations import rotation
 from mmquant.theory.matmul_rd import R_STAR
 from mmquant.validation import check_float, check_int
 
-__all__ = ["TimeShare"]
+__all__ = ["TimeShare", "MIN_RATE"]
+
+
+#: Smallest rate: one byte per 1024 entries (:data:`mmquant.layout.MAX_ENTRIES_PER_BYTE`).
+MIN_RATE = 8 / MAX_ENTRIES_PER_BYTE
 
 
 @register("timeshare")
@@ -52,8 +58,10 @@ class TimeShare(Quantizer):
     Parameters
     ----------
     rate : float
-        Target rate R in bits per entry, 0 < R ≤ 1 (the fraction of kept coordinates; side
-        information, 16 bits per row, comes on top).
+        Target rate R in bits per entry, :data:`MIN_RATE` ≤ R ≤ 1 (the fraction of kept
+        coordinates; side information, 16 bits per row, comes on top). Below 1/128 a record
+        would store less than one byte per 1024 entries, which decoders refuse
+        (:data:`mmquant.layout.MAX_ENTRIES_PER_BYTE`).
     seed : int
         Seed of the shared rotation.
     """
@@ -66,17 +74,24 @@ class TimeShare(Quantizer):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_float(self.rate, "rate", lo=0.0, hi=1.0, lo_open=True)
+        check_float(self.rate, "rate", lo=MIN_RATE, hi=1.0)
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
         if rate is None:
             return [cls(rate=0.5)]
-        return [cls(rate=float(rate))] if 0 < rate < R_STAR else []
+        return [cls(rate=float(rate))] if MIN_RATE <= rate < R_STAR else []
 
     def _kept(self, n: int) -> int:
         return max(1, min(n, round(self.rate * n)))
+
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """One bit per kept coordinate, ``m = max(1, round(rate·n))`` per row, packed over all
+        rows; one ``alpha`` (float16 or float32) per row. Seed: the spec's ``seed``."""
+        rows = math.prod(shape[:-1])
+        side = {"alpha": side_array(("float16", "float32"), rows)}
+        return Layout(packed_nbytes(rows * self._kept(shape[-1]), 1), side, seed=self.seed)
 
     def _encode(self, x: np.ndarray) -> Encoded:
         n = x.shape[-1]
@@ -103,6 +118,11 @@ class TimeShare(Quantizer):
         n = shape[-1]
         m = self._kept(n)
         n_rows = int(np.prod(shape[:-1], dtype=np.int64))
+        a = enc.side["alpha"]
+        if a.size and not (np.all(np.isfinite(a)) and float(np.min(a)) >= 0):
+            raise ValueError(
+                "corrupt side information: 'alpha' holds a negative or non-finite scale"
+            )
         bits = unpack(enc.codes, 1, n_rows * m).reshape(n_rows, m)
         y = np.zeros((n_rows, n))
         y[:, :m] = np.where(bits == 1, -1.0, 1.0) * enc.side["alpha"].astype(np.float64)[:, None]

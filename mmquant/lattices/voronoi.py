@@ -95,7 +95,15 @@ from mmquant.kernels import use_numba
 from mmquant.lattices import grouping
 from mmquant.lattices.closest import Lattice, lattice, max_relevant
 from mmquant.lattices.closest import sq8 as _sq8
-from mmquant.packing import pack, pack_wide, packed_nbytes, unpack, unpack_wide
+from mmquant.layout import Layout, side_array
+from mmquant.packing import (
+    pack,
+    pack_wide,
+    packed_nbytes,
+    packed_wide_nbytes,
+    unpack,
+    unpack_wide,
+)
 from mmquant.rotations import rotation
 from mmquant.validation import check_choice, check_float, check_int
 
@@ -113,10 +121,12 @@ __all__ = [
     "digit_bits",
     "pack_base_q",
     "unpack_base_q",
+    "base_q_nbytes",
     "union_size",
     "union_bits",
     "pack_union",
     "unpack_union",
+    "union_nbytes",
     "dither",
     "prepare_rows",
     "store_float",
@@ -343,6 +353,13 @@ def voronoi_decode_blocks(
     d = np.ascontiguousarray(digits, dtype=np.int64)
     bi = np.ascontiguousarray(beta_index, dtype=np.int64)
     uu = np.zeros(d.shape) if u is None else np.ascontiguousarray(u, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] != 8 or bi.shape != (d.shape[0],) or uu.shape != d.shape:
+        raise ValueError(
+            f"digits {d.shape}, β indices {bi.shape} and dither {uu.shape} must be (N, 8), "
+            "(N,) and (N, 8)"
+        )
+    if bi.size and (int(bi.min()) < 0 or int(bi.max()) >= betas.size):
+        raise ValueError(f"corrupt codes: a β index is not in [0, {betas.size})")
     if use_numba(backend):
         from mmquant.kernels.lattice import voronoi_decode_kernel
 
@@ -406,7 +423,10 @@ def _unpack_words(
         val = val // mm
     if np.any(val):
         raise ValueError(f"corrupt codes: a packed word is not below {m}^{j}")
-    return h.reshape(-1)[:n], pos
+    h = h.reshape(-1)
+    if np.any(h[n:]):  # the packer fills the last word with zero symbols
+        raise ValueError("corrupt codes: the padding of the last packed word is not zero")
+    return h[:n], pos
 
 
 def digit_bits(q: int) -> float:
@@ -432,6 +452,13 @@ def pack_base_q(digits: np.ndarray, q: int) -> np.ndarray:
     if m > 1:
         out += _pack_words(d >> np.uint64(a), m, j, w)
     return np.concatenate(out) if out else np.zeros(0, np.uint8)
+
+
+def base_q_nbytes(q: int, n_blocks: int) -> int:
+    """Bytes :func:`pack_base_q` writes for the digits of ``n_blocks`` blocks of 8."""
+    a, m, j, w = _pack_params(q)
+    n = 8 * n_blocks
+    return (packed_nbytes(n, a) if a else 0) + (packed_wide_nbytes(-(-n // j), w) if m > 1 else 0)
 
 
 def unpack_base_q(data: np.ndarray, q: int, n_blocks: int) -> tuple[np.ndarray, int]:
@@ -512,6 +539,14 @@ def pack_union(digits: np.ndarray, beta_index: np.ndarray, qs: np.ndarray) -> np
     if h > 1:
         out += _pack_words(s >> np.uint64(low), h, j, w)
     return np.concatenate(out) if out else np.zeros(0, np.uint8)
+
+
+def union_nbytes(qs: tuple[int, ...] | np.ndarray, n_blocks: int) -> int:
+    """Bytes :func:`pack_union` writes for ``n_blocks`` blocks of the union code ``qs``."""
+    low, h, j, w = _union_params(union_size(qs))
+    return packed_wide_nbytes(n_blocks, low) + (
+        packed_wide_nbytes(-(-n_blocks // j), w) if h > 1 else 0
+    )
 
 
 def unpack_union(
@@ -916,7 +951,10 @@ def finish_rows(
     n = shape[-1]
     n_rows = math.prod(shape[:-1])
     n8 = -(-n // 8) * 8
-    rows = zh.reshape(n_rows, n8) * side["norm"].astype(np.float64)[:, None]
+    norm = side["norm"]
+    if norm.size and not (np.all(np.isfinite(norm)) and float(np.min(norm)) >= 0):
+        raise ValueError("corrupt side information: 'norm' holds a negative or non-finite RMS")
+    rows = zh.reshape(n_rows, n8) * norm.astype(np.float64)[:, None]
     rows = rows[:, :n]
     if rotate:
         rows = rotation(n, seed).inverse(rows)
@@ -1161,6 +1199,70 @@ class _VoronoiQuantizer(Quantizer):
             stats=stats,
         )
 
+    def layout(self, shape: tuple[int, ...]) -> Layout:
+        """Codes of ``nb = rows·⌈n/8⌉`` blocks and the side arrays of the module docstring.
+
+        Codes: :func:`base_q_nbytes` plus ``⌈log2 k⌉`` bits per block (``k > 1``), or
+        :func:`union_nbytes` of the given ``q`` list; with ``mixed`` (sizes stored in ``qs``) or
+        ``group > 1`` (ranks sized by the stored ``weights`` and ``budget``) a range, checked
+        exactly by the decoder. Side: ``norm`` (and ``mean`` with ``center``) float16 or float32
+        per row, ``betas`` k float32, ``alpha`` one float32, ``dither_seed`` one uint32 (with
+        ``dither``), ``qs`` k uint16 (union), ``weights`` k uint8 and ``budget`` one uint16
+        (``group > 1``). Seed: the spec's ``seed``.
+        """
+        rows = math.prod(shape[:-1])
+        nb = rows * (-(-shape[-1] // 8))
+        k = self.k
+        f = ("float16", "float32")
+        side = {
+            "norm": side_array(f, rows),
+            "betas": side_array("float32", k),
+            "alpha": side_array("float32", 1),
+        }
+        if self.center:
+            side["mean"] = side_array(f, rows)
+        if self.dither:
+            side["dither_seed"] = side_array("uint32", 1)
+        if self.union:
+            side["qs"] = side_array("uint16", k)
+        if self.group > 1:
+            side["weights"] = side_array("uint8", k)
+            side["budget"] = side_array("uint16", 1)
+        codes: int | tuple[int, int | None]
+        if self.union:
+            codes = union_nbytes(self.q, nb) if isinstance(self.q, tuple) else (0, None)
+        else:
+            base = base_q_nbytes(int(self.q), nb)
+            if self.group > 1:  # at most 63 bits per group rank (counts stay below 2^63)
+                most = sum(packed_wide_nbytes(m, 63) for _, m in grouping._runs(nb, self.group))
+                codes = (base, base + most)
+            elif k > 1:
+                codes = base + packed_nbytes(nb, math.ceil(math.log2(k)))
+            else:
+                codes = base
+        return Layout(codes, side, seed=self.seed)
+
+    def _check_stored(self, enc: Encoded) -> None:
+        """The exact code length of a mixed union code (from the stored ``qs``) or of a group
+        code (from the stored ``weights`` and ``budget``), once those are checked."""
+        if not ((self.union and not isinstance(self.q, tuple)) or self.group > 1):
+            return
+        nb = math.prod(enc.shape[:-1]) * (-(-enc.shape[-1] // 8))
+        if self.union:
+            want = union_nbytes(self._stored_qs(enc), nb)
+            what = "its code sizes 'qs'"
+        else:
+            w, budget = self._stored_grouping(enc)
+            want = base_q_nbytes(int(self.q), nb) + grouping.packed_nbytes(
+                w, self.group, budget, nb
+            )
+            what = "its 'weights' and 'budget'"
+        if enc.codes.size != want:
+            raise ValueError(
+                f"record codes hold {enc.codes.size} bytes; {self.spec!r} with {what} stores "
+                f"exactly {want} bytes for shape {enc.shape}"
+            )
+
     def _stored_grouping(self, enc: Encoded) -> tuple[tuple[int, ...], int]:
         """The group weights and budget, read from the side information and checked."""
         w = np.asarray(enc.side.get("weights", np.zeros(0)), dtype=np.int64)
@@ -1212,13 +1314,15 @@ class _VoronoiQuantizer(Quantizer):
             )
         if self.union:
             qs = self._stored_qs(enc)
-            digits, bi, _ = unpack_union(enc.codes, qs, nb)
+            digits, bi, pos = unpack_union(enc.codes, qs, nb)
+            _check_consumed(pos, enc.codes.size)
         else:
             qs = np.full(k, int(self.q), np.int64)
             digits, pos = unpack_base_q(enc.codes, int(self.q), nb)
             if self.group > 1:
                 w, budget = self._stored_grouping(enc)
-                ranks, _ = grouping.unpack(enc.codes[pos:], w, self.group, budget, nb)
+                ranks, used = grouping.unpack(enc.codes[pos:], w, self.group, budget, nb)
+                _check_consumed(pos + used, enc.codes.size)
                 bi = grouping.unrank(ranks, w, self.group, budget, nb)
             elif k > 1:
                 bi = unpack(enc.codes[pos:], math.ceil(math.log2(k)), nb).astype(np.int64)
@@ -1233,6 +1337,13 @@ class _VoronoiQuantizer(Quantizer):
         zh = zh * float(enc.side["alpha"][0])
         return finish_rows(
             zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
+        )
+
+
+def _check_consumed(used: int, size: int) -> None:
+    if used != size:
+        raise ValueError(
+            f"corrupt codes: {size} bytes stored, the blocks of the record take {used}"
         )
 
 

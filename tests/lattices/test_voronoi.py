@@ -359,7 +359,8 @@ def test_grouped_scale_indices_round_trip_and_side_information():
     xh = q.decode(enc)
     assert mq.metrics.relative_mse(x, xh) < 0.1
     for bad in ({"weights": np.array([0, 1], np.uint8)}, {"budget": np.array([1000], np.uint16)}):
-        with pytest.raises(ValueError, match="corrupt side information"):
+        # a wrong shape is refused by the layout check, a wrong value by the decoder
+        with pytest.raises(ValueError, match=r"corrupt side information|side array 'weights'"):
             q.decode(dataclasses.replace(enc, side={**enc.side, **bad}))
     with pytest.raises(ValueError, match="corrupt codes"):
         q.decode(dataclasses.replace(enc, codes=np.full_like(enc.codes, 255)))
