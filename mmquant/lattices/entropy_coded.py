@@ -41,7 +41,7 @@ import numpy as np
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.entropy import decode_integers, empirical_entropy, encode_integers
 from mmquant.lattices.closest import closest_e8, lattice
-from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
+from mmquant.lattices.voronoi import dither, finish_rows, pairwise_blocks, prepare_rows
 from mmquant.validation import check_float, check_int
 
 __all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
@@ -132,26 +132,45 @@ class E8EntropyCoded(Quantizer):
 
     def _encode(self, x: np.ndarray) -> Encoded:
         shape = x.shape
+        lat = lattice("e8")
+        nb = math.prod(shape[:-1]) * (-(-shape[-1] // 8))
+        u = None
+        if self.dither:  # first: its transient product is not on top of the blocks z
+            ds = zlib.crc32(np.ascontiguousarray(x), self.seed) & 0xFFFFFFFF
+            u = dither(nb, lat, ds)
         z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
-        u = np.zeros_like(z)
         if self.dither:
-            ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
             side["dither_seed"] = np.array([ds], np.uint32)
-            u = dither(z.shape[0], lattice("e8"), ds)
-        beta32 = np.float32(self._calibrate(z, u))
-        lam = closest_e8(z / np.float64(beta32) - u)
-        sym = e8_to_symbols(lam)
-        est = np.float64(beta32) * (lam + u)
-        den = float(np.sum(est * est))
-        alpha = float(np.sum(z * est)) / den if (self.mmse and den > 0) else 1.0
+        sub = min(nb, 32768)  # the blocks _calibrate uses
+        beta32 = np.float32(self._calibrate(z[:sub], np.zeros((sub, 8)) if u is None else u[:sub]))
+        b = np.float64(beta32)
+        # A chunk of blocks at a time (pairwise_blocks: α is computed from the same float sums
+        # as over all blocks at once); the symbols are kept as int32 (the coder's range).
+        sym = np.empty((nb, 9), np.int32)
+
+        def leaf(b0: int, b1: int) -> tuple[float, ...]:
+            zc = z[b0:b1]
+            uc = np.zeros_like(zc) if u is None else u[b0:b1]
+            lam = closest_e8(zc / b - uc)
+            s = e8_to_symbols(lam)
+            if s.size and (int(s.min()) < -(2**30) or int(s.max()) > 2**30):
+                raise ValueError("symbols must lie within ±2^30")
+            sym[b0:b1] = s
+            est = b * (lam + uc)
+            return np.sum(zc * est), np.sum(est * est), np.sum(zc * zc)
+
+        num, den, energy = pairwise_blocks(nb, leaf)
+        alpha = float(num) / float(den) if (self.mmse and den > 0) else 1.0
         side["beta"] = np.array([beta32], np.float32)
         side["alpha"] = np.array([alpha], np.float32)
         coded = encode_integers(sym, group_axis=1)
         for k, v in coded.side.items():
             side[f"model_{k}"] = v
+        # Σ(z − αẑ)² from the three sums (a diagnostic: not stored)
+        sq_err = float(energy) - 2.0 * alpha * float(num) + alpha * alpha * float(den)
         stats = {
             "entropy_bits_per_entry": _entropy_bits(sym) / 8.0,
-            "mse_normalised": float(np.mean((z - alpha * est) ** 2)),
+            "mse_normalised": max(sq_err, 0.0) / z.size,
         }
         return Encoded(
             codes=coded.stream, side=side, shape=shape, spec=self.spec, seed=self.seed, stats=stats
