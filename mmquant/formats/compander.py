@@ -68,6 +68,7 @@ __all__ = [
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 _F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+_CHUNK = 1 << 16  # samples per step of estimate_density's binning
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,32 +367,40 @@ def estimate_density(
     shrink : float
         Pseudo-count κ of the shrinkage of ``m̂`` towards its mean.
     """
-    xs = as_real_array(x, name="x").reshape(-1).astype(np.float64)
+    xs = as_real_array(x, name="x").reshape(-1).astype(np.float64, copy=False)
     nb = check_int(bins, "bins", 16)
     cq = check_float(clip_quantile, "clip_quantile", 0.5, 1.0, lo_open=True)
     ex = check_float(expand, "expand", 1.0)
     sb = check_float(smooth_bins, "smooth_bins", 0.0)
     kappa = check_float(shrink, "shrink", 0.0)
-    if w is None:
-        ws = np.ones_like(xs)
-    else:
-        ws = as_real_array(w, name="w").reshape(-1).astype(np.float64)
+    ws = None  # None: every weight is 1 (the sums below are then exact counts)
+    if w is not None:
+        ws = as_real_array(w, name="w").reshape(-1).astype(np.float64, copy=False)
         if ws.size != xs.size:
             raise ValueError(f"w has {ws.size} entries, x has {xs.size}: they must be paired")
         if np.any(ws < 0):
             raise ValueError("weights w must be ≥ 0 (they estimate E[Y²|X])")
     ax = np.abs(xs)
-    lim = min(float(ax.max()), ex * float(np.quantile(ax, cq)))
+    top = float(ax.max())
+    lim = min(top, ex * float(np.quantile(ax, cq, overwrite_input=True)))  # partitions ax
+    del ax
     if lim <= 0:
         lim = 1.0
     zl = float(np.arcsinh(lim))
     z_edges = np.linspace(-zl, zl, nb + 1)
     edges = np.sinh(z_edges)
     dz = z_edges[1] - z_edges[0]
-    idx = np.clip(((np.arcsinh(xs) + zl) / dz).astype(np.int64), 0, nb - 1)
-    cnt = _smooth(np.bincount(idx, minlength=nb).astype(np.float64), sb)
-    wsum = _smooth(np.bincount(idx, weights=ws, minlength=nb), sb)
-    mbar = float(ws.mean())
+    # bin indices a chunk at a time (the same values as at once; the temporaries stay small)
+    idx = np.empty(xs.size, np.int64)
+    for i in range(0, xs.size, _CHUNK):
+        c = np.arcsinh(xs[i : i + _CHUNK])
+        c += zl
+        c /= dz
+        idx[i : i + _CHUNK] = np.clip(c.astype(np.int64), 0, nb - 1)
+    counts = np.bincount(idx, minlength=nb).astype(np.float64)
+    cnt = _smooth(counts, sb)
+    wsum = _smooth(counts if ws is None else np.bincount(idx, weights=ws, minlength=nb), sb)
+    mbar = 1.0 if ws is None else float(ws.mean())
     width = np.diff(edges)
     p = cnt / (xs.size * width)
     m = (wsum + kappa * mbar) / (cnt + kappa) if kappa > 0 else wsum / np.maximum(cnt, 1e-300)
@@ -423,13 +432,17 @@ def fit_compander(
     cb = compander_codebook(grid, lam, 1 << b)
     if nref:
         xs = np.asarray(x, np.float64).reshape(-1)
-        ws = np.ones_like(xs) if w is None else np.asarray(w, np.float64).reshape(-1)
+        ws = None if w is None else np.asarray(w, np.float64).reshape(-1)
         c = cb.points.copy()
         for _ in range(nref):
             t = 0.5 * (c[1:] + c[:-1])
             cell = np.searchsorted(t, xs, "right")
-            sw = np.bincount(cell, weights=ws, minlength=c.size)
-            swx = np.bincount(cell, weights=ws * xs, minlength=c.size)
+            if ws is None:  # weights 1: exact counts, and 1·x = x
+                sw = np.bincount(cell, minlength=c.size).astype(np.float64)
+                swx = np.bincount(cell, weights=xs, minlength=c.size)
+            else:
+                sw = np.bincount(cell, weights=ws, minlength=c.size)
+                swx = np.bincount(cell, weights=ws * xs, minlength=c.size)
             c = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), c)
             c = np.sort(c)
         cb = ScalarCodebook(0.5 * (c[1:] + c[:-1]), c)
