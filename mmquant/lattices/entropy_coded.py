@@ -46,6 +46,8 @@ from mmquant.validation import check_float, check_int
 
 __all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
 
+_CHUNK = 1 << 13  # blocks per step of symbols_to_e8
+
 
 def e8_to_symbols(lam: np.ndarray) -> np.ndarray:
     """(N, 8) E8 points → (N, 9) int64 symbols ``[s, m_0..m_6, t]`` (see module docstring)."""
@@ -58,11 +60,15 @@ def e8_to_symbols(lam: np.ndarray) -> np.ndarray:
 
 def symbols_to_e8(sym: np.ndarray) -> np.ndarray:
     """Inverse of :func:`e8_to_symbols` (float64 (N, 8) E8 points)."""
-    sym = np.asarray(sym, np.int64)
-    s = sym[:, 0]
-    m7 = 2 * sym[:, 8] + np.sum(sym[:, 1:8], axis=1) % 2
-    m = np.concatenate([sym[:, 1:8], m7[:, None]], axis=1).astype(np.float64)
-    return m + 0.5 * s[:, None]
+    sym = np.asarray(sym)
+    out = np.empty((sym.shape[0], 8))
+    for b0 in range(0, sym.shape[0], _CHUNK):  # per block: a chunk at a time
+        c = sym[b0 : b0 + _CHUNK].astype(np.int64)
+        s = c[:, 0]
+        m7 = 2 * c[:, 8] + np.sum(c[:, 1:8], axis=1) % 2
+        m = np.concatenate([c[:, 1:8], m7[:, None]], axis=1).astype(np.float64)
+        out[b0 : b0 + _CHUNK] = m + 0.5 * s[:, None]
+    return out
 
 
 def _entropy_bits(sym: np.ndarray) -> float:
@@ -183,10 +189,13 @@ class E8EntropyCoded(Quantizer):
         model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
         sym = decode_integers(enc.codes, model, (nb, 9), group_axis=1)
         lam = symbols_to_e8(sym)
-        u = np.zeros_like(lam)
+        del sym
         if self.dither:
-            u = dither(nb, lattice("e8"), int(enc.side["dither_seed"][0]))
-        zh = float(enc.side["alpha"][0]) * np.float64(enc.side["beta"][0]) * (lam + u)
+            lam += dither(nb, lattice("e8"), int(enc.side["dither_seed"][0]))
+        else:
+            lam += 0.0  # as λ + u with u = 0 (−0 → +0)
+        lam *= float(enc.side["alpha"][0]) * np.float64(enc.side["beta"][0])  # (αβ)·(λ + u)
+        zh = lam
         return finish_rows(
             zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
         )

@@ -385,15 +385,24 @@ def voronoi_decode_blocks(
     lat = lattice(lat) if isinstance(lat, str) else lat
     betas = np.asarray(betas, dtype=np.float64)
     qs = _per_scale(q, betas.size)
-    d = np.ascontiguousarray(digits, dtype=np.int64)
-    bi = np.ascontiguousarray(beta_index, dtype=np.int64)
-    uu = np.zeros(d.shape) if u is None else np.ascontiguousarray(u, dtype=np.float64)
-    if use_numba(backend):
-        from mmquant.kernels.lattice import voronoi_decode_kernel
+    n = np.shape(digits)[0]
+    out = np.empty((n, 8))
+    step = CHUNK_ENTRIES // 8
+    for b0 in range(0, n, step):  # every block on its own: a chunk at a time
+        d = np.ascontiguousarray(digits[b0 : b0 + step], dtype=np.int64)
+        bi = np.ascontiguousarray(beta_index[b0 : b0 + step], dtype=np.int64)
+        if u is None:
+            uu = np.zeros(d.shape)
+        else:
+            uu = np.ascontiguousarray(u[b0 : b0 + step], dtype=np.float64)
+        if use_numba(backend):
+            from mmquant.kernels.lattice import voronoi_decode_kernel
 
-        return voronoi_decode_kernel(d, bi, lat.name, qs, betas, uu)
-    y = _reduce(lat, d.astype(np.float64), qs[bi][:, None].astype(np.float64))
-    return betas[bi][:, None] * (y + uu)
+            out[b0 : b0 + step] = voronoi_decode_kernel(d, bi, lat.name, qs, betas, uu)
+        else:
+            y = _reduce(lat, d.astype(np.float64), qs[bi][:, None].astype(np.float64))
+            out[b0 : b0 + step] = betas[bi][:, None] * (y + uu)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1019,17 +1028,28 @@ def finish_rows(
     center: bool,
     seed: int,
 ) -> np.ndarray:
-    """Inverse of :func:`prepare_rows` applied to the reconstructed blocks ``zh``."""
+    """Inverse of :func:`prepare_rows` applied to the reconstructed blocks ``zh``.
+
+    A chunk of rows at a time (every step is per row) into the float64 output: the peak is
+    ``zh`` and the output plus one chunk.
+    """
     n = shape[-1]
     n_rows = math.prod(shape[:-1])
     n8 = -(-n // 8) * 8
-    rows = zh.reshape(n_rows, n8) * side["norm"].astype(np.float64)[:, None]
-    rows = rows[:, :n]
-    if rotate:
-        rows = rotation(n, seed).inverse(rows)
-    if center:  # re-centre the estimate: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
-        rows = rows - rows.mean(axis=1, keepdims=True) + side["mean"].astype(np.float64)[:, None]
-    return rows.reshape(shape)
+    zr = zh.reshape(n_rows, n8)
+    norm = side["norm"].astype(np.float64)
+    mean = side["mean"].astype(np.float64) if center else None
+    rot = rotation(n, seed) if rotate else None
+    out = np.empty((n_rows, n))
+    for r0 in _row_steps(n_rows, n8):
+        r1 = min(n_rows, r0 + max(1, CHUNK_ENTRIES // n8))
+        rows = (zr[r0:r1] * norm[r0:r1, None])[:, :n]
+        if rot is not None:
+            rows = rot.inverse(rows)
+        if mean is not None:  # re-centre: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
+            rows = rows - rows.mean(axis=1, keepdims=True) + mean[r0:r1, None]
+        out[r0:r1] = rows
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True)
