@@ -63,12 +63,19 @@ __all__ = [
     "row_scales",
     "encode_rows",
     "decode_rows",
+    "BINS_MAX",
+    "REFINE_MAX",
 ]
 
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 _F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
 _CHUNK = 1 << 16  # samples per step of estimate_density's binning
+
+#: Most histogram bins of :func:`estimate_density` (its tables and smoothing are O(bins)).
+BINS_MAX = 1 << 16
+#: Most weighted-Lloyd iterations of :func:`fit_compander` (each one a pass over the samples).
+REFINE_MAX = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +364,7 @@ def estimate_density(
     w : array_like, optional
         Non-negative weights, same size as ``x``; ``None`` means ``m ≡ 1``.
     bins : int
-        Number of histogram bins (≥ 16).
+        Number of histogram bins, 16 to :data:`BINS_MAX`.
     clip_quantile : float
         Quantile of ``|x|`` that, times ``expand``, caps the grid half-width; in (0.5, 1].
     expand : float
@@ -368,7 +375,7 @@ def estimate_density(
         Pseudo-count κ of the shrinkage of ``m̂`` towards its mean.
     """
     xs = as_real_array(x, name="x").reshape(-1).astype(np.float64, copy=False)
-    nb = check_int(bins, "bins", 16)
+    nb = check_int(bins, "bins", 16, BINS_MAX)
     cq = check_float(clip_quantile, "clip_quantile", 0.5, 1.0, lo_open=True)
     ex = check_float(expand, "expand", 1.0)
     sb = check_float(smooth_bins, "smooth_bins", 0.0)
@@ -420,12 +427,12 @@ def fit_compander(
 ) -> ScalarCodebook:
     """Compander (``K = 2^bits`` levels) of the estimated ``λ ∝ (p̂·m̂)^{1/3}``, optionally refined.
 
-    ``refine`` weighted-Lloyd iterations on the samples: thresholds at midpoints, points
+    ``refine`` (at most :data:`REFINE_MAX`) weighted-Lloyd iterations on the samples: thresholds at midpoints, points
     ``c_i = Σ_{x_t∈cell} w_t x_t / Σ_{x_t∈cell} w_t`` (empty cells keep their point). Other keyword
     arguments go to :func:`estimate_density`.
     """
     b = check_int(bits, "bits", 1, 8)
-    nref = check_int(refine, "refine", 0)
+    nref = check_int(refine, "refine", 0, REFINE_MAX)
     est = estimate_density(x, w, **estimator)
     grid = np.concatenate([[-est.clip], est.grid, [est.clip]])  # λ is constant on each bin
     lam = np.concatenate([[est.lam[0]], est.lam, [est.lam[-1]]])
@@ -496,6 +503,20 @@ class DataCompander(Quantizer):
     ``encode(x)`` fits ``λ ∝ p̂^{1/3}`` to the standardised entries of ``x`` itself (``m ≡ 1``, the
     only choice without the partner); :meth:`encode_with` applies any codebook, e.g. the
     product-optimal one from :func:`fit_product_compander`. Rate = bits + 16/n + 32·K/entries.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per entry (``K = 2^bits`` levels), 1..8.
+    refine : int
+        Weighted-Lloyd iterations after the compander, 0 to :data:`REFINE_MAX` (each is a pass
+        over the entries).
+    bins : int
+        Histogram bins of the density estimate, 16 to :data:`BINS_MAX`.
+    clip_quantile : float
+        Quantile of ``|x|/σ`` that bounds the estimate's range (see :func:`estimate_density`).
+    scale_dtype : str
+        ``"float16"`` (default) or ``"float32"`` row scales.
     """
 
     bits: int = 4
@@ -508,8 +529,8 @@ class DataCompander(Quantizer):
 
     def __post_init__(self) -> None:
         check_int(self.bits, "bits", 1, 8)
-        check_int(self.refine, "refine", 0, 1000)
-        check_int(self.bins, "bins", 16)
+        check_int(self.refine, "refine", 0, REFINE_MAX)
+        check_int(self.bins, "bins", 16, BINS_MAX)
         check_float(self.clip_quantile, "clip_quantile", 0.5, 1.0, lo_open=True)
         check_choice(self.scale_dtype, "scale_dtype", ("float16", "float32"))
 

@@ -44,7 +44,19 @@ from mmquant.lattices.closest import closest_e8, lattice
 from mmquant.lattices.voronoi import dither, finish_rows, pairwise_blocks, prepare_rows
 from mmquant.validation import check_float, check_int
 
-__all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8"]
+__all__ = ["E8EntropyCoded", "e8_to_symbols", "symbols_to_e8", "RATE_MAX", "TABLE_MIN"]
+
+#: Largest target rate (bits per entry). β is calibrated on the plug-in entropy of at most
+#: 32768 blocks, i.e. at most 15 bits per symbol stream: near 14 bits per entry the estimate
+#: saturates, the secant runs to its lower clamp (4 octaves below the high-rate β) and the
+#: symbols and model tables become huge (measured on 1024×2048 N(0, 1): rate 14 gives 18.2
+#: bits per entry, rate 16 tables of 1.8·10^7 values).
+RATE_MAX = 12.0
+
+#: The model tables (one entry per symbol value of each of the 9 streams) may hold
+#: ``max(TABLE_MIN, entries)`` values in all: at most 2 bytes of side information per entry of
+#: the input, or 128 KiB. A higher rate on a small input is refused rather than stored.
+TABLE_MIN = 1 << 16
 
 _CHUNK = 1 << 13  # blocks per step of symbols_to_e8
 
@@ -84,8 +96,11 @@ class E8EntropyCoded(Quantizer):
     Parameters
     ----------
     rate : float
-        Target entropy of the codes in bits per entry (the measured rate adds the model tables
-        and the per-row norms).
+        Target entropy of the codes in bits per entry, 0.25 to :data:`RATE_MAX` (the measured
+        rate adds the model tables and the per-row norms). The symbol range, hence the model
+        tables, grows as ``2^rate``: an encode whose tables would exceed
+        ``max(TABLE_MIN, entries)`` values raises ``ValueError`` (rate 12 needs about 10^6
+        entries, rate 10 fits 64×256).
     dither : bool
         Subtractive dither uniform over the E8 cell (seed stored as side information).
     rotate, center, mmse : bool
@@ -104,12 +119,12 @@ class E8EntropyCoded(Quantizer):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_float(self.rate, "rate", lo=0.25, hi=16.0)
+        check_float(self.rate, "rate", lo=0.25, hi=RATE_MAX)
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), 16.0)))]
+        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), RATE_MAX)))]
 
     def _calibrate(self, z: np.ndarray, u: np.ndarray) -> float:
         """β whose code entropy is ``rate`` (secant on log2 β, on at most 32768 blocks)."""
@@ -166,6 +181,14 @@ class E8EntropyCoded(Quantizer):
             return np.sum(zc * est), np.sum(est * est), np.sum(zc * zc)
 
         num, den, energy = pairwise_blocks(nb, leaf)
+        table = int(np.sum(sym.max(axis=0).astype(np.int64) - sym.min(axis=0) + 1))
+        limit = max(TABLE_MIN, x.size)
+        if table > limit:
+            raise ValueError(
+                f"e8ec:rate={self.rate:g} needs model tables of {table} symbols for an input of "
+                f"{x.size} entries (limit max({TABLE_MIN}, entries) = {limit}): use a lower rate "
+                "or encode more entries at once"
+            )
         alpha = float(num) / float(den) if (self.mmse and den > 0) else 1.0
         side["beta"] = np.array([beta32], np.float32)
         side["alpha"] = np.array([alpha], np.float32)

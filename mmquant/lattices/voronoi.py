@@ -119,6 +119,7 @@ __all__ = [
     "pack_union",
     "unpack_union",
     "dither",
+    "group_max",
     "pairwise_blocks",
     "prepare_rows",
     "store_float",
@@ -661,6 +662,40 @@ class Design:
 #: Largest number of scales whose indices :func:`fit_design` codes in groups.
 GROUP_MAX_SCALES = 8
 
+#: Largest number of scales of a code (:func:`fit_design` searches scales by coordinate descent:
+#: sweeps of k × GRID_SIZE trials, each over the whole sample).
+SCALES_MAX = 16
+
+#: Largest number of scales :func:`fit_design` optimises for the no-overload rule, whose trials
+#: cost k passes each (k³ per sweep; optimal_design took 23 s for k = 8 and 72 s for k = 16 on
+#: a 2-core test machine, against 4.4 and 7.2 s with the least-error rule).
+NO_OVERLOAD_SCALES_MAX = 8
+
+#: Groups of G blocks with k scales need ``G·⌈log2 k⌉ ≤ GROUP_BITS_MAX``: beyond it no budget
+#: the optimiser tries keeps the count of a group's index sequences below 2^63 (k = 4: G ≤ 32).
+GROUP_BITS_MAX = 64
+
+
+def group_max(k: int) -> int:
+    """Largest group of blocks whose scale indices are coded jointly with ``k`` scales."""
+    return min(64, GROUP_BITS_MAX // max(1, math.ceil(math.log2(k))))
+
+
+def _check_design(k: int, rule: str, group: int, optimised: bool) -> None:
+    """The limits that keep the optimiser's time bounded (ValueError naming the limit)."""
+    if optimised and rule == "no-overload" and k > NO_OVERLOAD_SCALES_MAX:
+        raise ValueError(
+            f"rule=no-overload optimises at most NO_OVERLOAD_SCALES_MAX = "
+            f"{NO_OVERLOAD_SCALES_MAX} scales (its search time grows as k³), got {k}; give the "
+            "scales themselves (betas=b1;b2;...) for more"
+        )
+    if group > 1 and 2 <= k <= GROUP_MAX_SCALES and group > group_max(k):
+        raise ValueError(
+            f"group={group} with {k} scales: at most {group_max(k)} blocks per group "
+            f"(group·⌈log2 k⌉ ≤ GROUP_BITS_MAX = {GROUP_BITS_MAX}, so that a group's index "
+            "sequences have 63-bit ranks)"
+        )
+
 
 #: Largest weight of a scale in a group's budget.
 WEIGHT_MAX = 4
@@ -727,7 +762,8 @@ def fit_design(
     q : int or tuple of int
         Code size of every scale, or one per scale (then ``mixed`` must be false).
     k : int
-        Number of scales.
+        Number of scales, 1 to :data:`SCALES_MAX` (at most :data:`NO_OVERLOAD_SCALES_MAX` with
+        the no-overload rule).
     rule : str
         ``"least-error"`` or ``"no-overload"``.
     u : numpy.ndarray, optional
@@ -737,7 +773,8 @@ def fit_design(
     mixed : bool
         Let each scale's code size vary by one around ``q``.
     group : int
-        Blocks whose scale indices are coded together (1: block by block).
+        Blocks whose scale indices are coded together (1: block by block), at most
+        :func:`group_max` (k).
 
     Returns
     -------
@@ -745,7 +782,7 @@ def fit_design(
         Code sizes and scales, ordered by increasing scale (and the group weights and budget).
     """
     lat = lattice(lat) if isinstance(lat, str) else lat
-    k = check_int(k, "k", lo=1, hi=64)
+    k = check_int(k, "k", lo=1, hi=SCALES_MAX)
     check_choice(rule, "rule", RULES)
     if mixed and not isinstance(q, (int, np.integer)):
         raise ValueError("mixed=true chooses the code sizes around one q: give q as an integer")
@@ -757,6 +794,7 @@ def fit_design(
         raise ValueError("group > 1 codes the scale indices of one q with the least-error rule")
     if group > 1 and not 2 <= k <= GROUP_MAX_SCALES:
         raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {k}")
+    _check_design(k, rule, group, optimised=True)
     z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1, 8)
     nb = z.shape[0]
     if nb == 0:
@@ -888,6 +926,11 @@ def _fit_grouping(
         return best
 
     found = scan(sel, _weight_candidates(k))
+    if not found:
+        raise ValueError(
+            f"no weight budget gives groups of {group} blocks with {k} scales fewer than 2^63 "
+            "index sequences: use a smaller group"
+        )
     best, w, budget = refine(sel, found[:3])
     # (i') all scales moved together: the budget trades against the scales along a valley
     top3 = [t[1] for t in found[:3]]
@@ -1063,7 +1106,9 @@ class _VoronoiQuantizer(Quantizer):
         code size per scale (a union code, ``log2(Σ q_j^8)/8`` bits per entry).
     betas : int or tuple of float
         Number k of scales (optimised for N(0, 1) by :func:`optimal_design`, or fitted to the
-        data with ``fit``), or the scales themselves, increasing (units of the rows' RMS).
+        data with ``fit``), or the scales themselves, increasing (units of the rows' RMS);
+        1 to :data:`SCALES_MAX` = 16, and at most :data:`NO_OVERLOAD_SCALES_MAX` = 8 optimised
+        for the no-overload rule.
     rule : str
         ``"least-error"`` (try every β) or ``"no-overload"`` (smallest β that does not overload).
     dither : bool
@@ -1084,7 +1129,8 @@ class _VoronoiQuantizer(Quantizer):
     group : int
         Code the scale indices of this many consecutive blocks jointly under a weight budget
         (:mod:`mmquant.lattices.grouping`; weights and budget chosen by the optimiser and stored);
-        1 sends ⌈log2 k⌉ bits per block.
+        1 sends ⌈log2 k⌉ bits per block. At most :func:`group_max` (k) = ⌊64/⌈log2 k⌉⌋ blocks
+        (32 for k = 3, 4).
     seed : int
         Seed of the rotation and of the dither.
     """
@@ -1106,14 +1152,16 @@ class _VoronoiQuantizer(Quantizer):
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, tuple):
-            if not 1 <= len(self.betas) <= 64:
-                raise ValueError(f"betas must hold 1 to 64 scales, got {len(self.betas)}")
+            if not 1 <= len(self.betas) <= SCALES_MAX:
+                raise ValueError(
+                    f"betas must hold 1 to SCALES_MAX = {SCALES_MAX} scales, got {len(self.betas)}"
+                )
             for b in self.betas:
                 check_float(b, "each beta", lo=0.0, lo_open=True)
             if list(self.betas) != sorted(set(self.betas)):
                 raise ValueError(f"betas must be strictly increasing, got {self.betas}")
         else:
-            check_int(self.betas, "betas", lo=1, hi=64)
+            check_int(self.betas, "betas", lo=1, hi=SCALES_MAX)
         if isinstance(self.q, tuple):
             for v in self.q:
                 check_int(v, "each q", lo=2, hi=256)
@@ -1144,6 +1192,7 @@ class _VoronoiQuantizer(Quantizer):
             if not 2 <= self.k <= GROUP_MAX_SCALES:
                 raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {self.k}")
         check_choice(self.rule, "rule", RULES)
+        _check_design(self.k, self.rule, self.group, optimised=not isinstance(self.betas, tuple))
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @property
@@ -1390,7 +1439,8 @@ class _VoronoiQuantizer(Quantizer):
         if self.dither:
             u = dither(nb, lat, int(enc.side["dither_seed"][0]))
         zh = voronoi_decode_blocks(digits, bi, lat, qs, betas, u)
-        zh = zh * float(enc.side["alpha"][0])
+        del digits, bi, u  # (their memory is not needed by finish_rows)
+        zh *= float(enc.side["alpha"][0])
         return finish_rows(
             zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
         )
