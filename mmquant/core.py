@@ -28,7 +28,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -47,6 +47,7 @@ __all__ = [
     "registry",
     "parse_spec",
     "format_spec",
+    "import_plugins",
 ]
 
 
@@ -312,23 +313,38 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.formats.compander",
     "mmquant.lattices.voronoi",
     "mmquant.lattices.entropy_coded",
-    "mmquant.lattices.sketch",
+    "mmquant.formats.timeshare",
 ]
 _loaded = False
+
+
+def import_plugins(modules: Sequence[str], what: str) -> None:
+    """Import every module of a plugin list (quantizer families, experiments, CLI commands).
+
+    The one plugin loader of the package: a module that is listed but cannot be imported is a
+    packaging error, so it raises instead of being skipped silently.
+
+    Raises
+    ------
+    ImportError
+        A listed module is missing or fails to import (the message names it and the list).
+    """
+    import importlib
+
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            raise ImportError(f"{what}: the listed module {mod!r} does not exist") from exc
 
 
 def _load_plugins() -> None:
     global _loaded
     if _loaded:
         return
-    import importlib
-
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a family not written yet: skip only that module
-            if exc.name != mod:
-                raise
+    import_plugins(PLUGIN_MODULES, "quantizer families (mmquant.core.PLUGIN_MODULES)")
     _loaded = True
 
 
