@@ -37,7 +37,11 @@ import numpy as np
 from mmquant.layout import Layout, check_layout, check_shape, check_size
 from mmquant.validation import as_real_array
 
+#: Library version (written into every .mmq header).
+VERSION = "0.1.0"
+
 __all__ = [
+    "VERSION",
     "Encoded",
     "Layout",
     "Quantizer",
