@@ -143,8 +143,17 @@ PROJECT_MARGINS = (0.0, 1.0)
 PROJECT_STEPS = 2
 
 
-#: Entries handled per step by the encoders (a multiple of 8; see :func:`pairwise_blocks`).
+#: Entries handled per step by the encoders and decoders (a multiple of 8; see
+#: :func:`pairwise_blocks`): at least this many, and for large arrays up to
+#: :data:`CHUNK_ENTRIES_MAX` so that there are about 16 steps (every step of the coder starts
+#: the parallel numba kernels anew, which costs milliseconds on a busy machine).
 CHUNK_ENTRIES = 1 << 16
+CHUNK_ENTRIES_MAX = 1 << 20
+
+
+def chunk_entries(total: int) -> int:
+    """Entries per step for an array of ``total`` entries (a multiple of 8)."""
+    return max(CHUNK_ENTRIES, min(CHUNK_ENTRIES_MAX, total // 16)) // 8 * 8
 
 
 def dither(n_blocks: int, lat: Lattice, seed: int) -> np.ndarray:
@@ -155,7 +164,7 @@ def dither(n_blocks: int, lat: Lattice, seed: int) -> np.ndarray:
     of rows at a time.
     """
     v = np.random.default_rng(seed).random((n_blocks, 8)) @ lat.generator
-    step = CHUNK_ENTRIES // 8
+    step = chunk_entries(8 * n_blocks) // 8
     for b0 in range(0, n_blocks, step):
         c = v[b0 : b0 + step]
         c -= lat.closest(c)
@@ -163,21 +172,22 @@ def dither(n_blocks: int, lat: Lattice, seed: int) -> np.ndarray:
 
 
 def pairwise_blocks(
-    n_blocks: int, leaf: Callable[[int, int], tuple[float, ...]], size: int = CHUNK_ENTRIES
+    n_blocks: int, leaf: Callable[[int, int], tuple[float, ...]], size: int | None = None
 ) -> tuple[float, ...]:
     """Sums over (n_blocks, 8) arrays, bit for bit as ``numpy.sum`` adds them, a chunk at a time.
 
     ``numpy.sum`` of a contiguous float64 array of ``n`` entries (n > 128) adds the sums of its
     first ``n₂ = ⌊n/2⌋ − (⌊n/2⌋ mod 8)`` and of its other entries, recursively (pairwise
     summation). This walks the same tree down to parts of at most ``size`` entries (whole
-    blocks of 8, since every split is a multiple of 8), calls ``leaf(b0, b1)`` on the blocks of
-    each part in order (which returns ``numpy.sum`` of that part of each array, e.g.
-    ``np.sum(z[b0:b1] * e[b0:b1])``) and adds the results as ``numpy.sum`` would. So the
+    blocks of 8, since every split is a multiple of 8; default :func:`chunk_entries`), calls
+    ``leaf(b0, b1)`` on the blocks of each part in order (which returns ``numpy.sum`` of that
+    part of each array, e.g. ``np.sum(z[b0:b1] * e[b0:b1])``) and adds the results as
+    ``numpy.sum`` would. So the
     encoders get the same float sums (e.g. the MMSE factor α) without building the whole
     arrays; a test checks the identity against ``numpy.sum``. Parts of up to 128 entries are
     added by numpy with 8 partial sums, not split: ``size`` is raised to 128 at least.
     """
-    size = max(size, 128)
+    size = max(chunk_entries(8 * n_blocks) if size is None else size, 128)
 
     def walk(lo: int, hi: int) -> tuple[float, ...]:
         n = hi - lo
@@ -410,7 +420,7 @@ def voronoi_decode_blocks(
     if n and (int(np.min(beta_index)) < 0 or int(np.max(beta_index)) >= betas.size):
         raise ValueError(f"corrupt codes: a β index is not in [0, {betas.size})")
     out = np.empty((n, 8))
-    step = CHUNK_ENTRIES // 8
+    step = chunk_entries(8 * n) // 8
     for b0 in range(0, n, step):  # every block on its own: a chunk at a time
         d = np.ascontiguousarray(digits[b0 : b0 + step], dtype=np.int64)
         bi = np.ascontiguousarray(beta_index[b0 : b0 + step], dtype=np.int64)
