@@ -179,13 +179,6 @@ def must_refuse(spec: str) -> list[tuple[str, Encoded]]:
     return out
 
 
-def _case_ids(spec: str) -> list[str]:
-    return [label for label, _ in must_refuse(spec)]
-
-
-CASES = [(s, i) for s in SPECS for i in range(len(_case_ids(s)))]
-
-
 @pytest.mark.parametrize("kern", BACKENDS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_size_dtype_name_and_seed_mutations_are_refused(spec, kern):
