@@ -179,13 +179,6 @@ def must_refuse(spec: str) -> list[tuple[str, Encoded]]:
     return out
 
 
-def _case_ids(spec: str) -> list[str]:
-    return [label for label, _ in must_refuse(spec)]
-
-
-CASES = [(s, i) for s in SPECS for i in range(len(_case_ids(s)))]
-
-
 @pytest.mark.parametrize("kern", BACKENDS)
 @pytest.mark.parametrize("spec", SPECS)
 def test_size_dtype_name_and_seed_mutations_are_refused(spec, kern):
@@ -662,3 +655,46 @@ def test_fuzz_crafted_records(family, kern, data):
     assert not refuse, f"{spec}: {kind} mutation decoded instead of being refused"
     assert out.shape == bad.shape and np.isfinite(out).all()
     event(f"{kind}: decoded")
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels' entry points check the sizes they index with (defence in depth)
+# ---------------------------------------------------------------------------------------------
+def test_kernel_entry_points_check_sizes():
+    pytest.importorskip("numba")
+    from mmquant.kernels import compander as kc
+    from mmquant.kernels import formats as kf
+    from mmquant.lattices.voronoi import voronoi_decode_blocks
+
+    with pytest.raises(ValueError, match="too short"):
+        kf.unpack(np.zeros(3, np.uint8), 4, 512)
+    with pytest.raises(ValueError, match="padding"):
+        kf.unpack(np.array([0x0F, 0, 0, 1], np.uint8), 4, 1)
+    table = np.arange(16, dtype=np.float32)
+    s = np.ones((2, 2), np.float32)
+    for codes, g, n in ((np.zeros(63, np.uint8), 32, 32), (np.zeros(64, np.uint8), 8, 32)):
+        with pytest.raises(ValueError, match="decode_table"):
+            kf.decode_table(codes, table, s, g, n)
+    out = kf.decode_table(np.full(64, 200, np.uint8), table, s, 16, 32)
+    assert np.isnan(out).all()  # a code beyond the table reads NaN, never past it
+    with pytest.raises(ValueError, match="do not fill"):
+        kc.decode_rows_fast(np.zeros(10, np.uint8), np.ones(3, np.float32), table, 4)
+    out = kc.decode_rows_fast(np.full(8, 99, np.uint8), np.ones(2, np.float32), table, 4)
+    assert np.isnan(out).all()
+    d = np.zeros((3, 8), np.int64)
+    for backend in ("numba", "numpy"):
+        with pytest.raises(ValueError, match="β index"):
+            voronoi_decode_blocks(d, np.array([0, 1, 4]), "e8", 14, np.ones(4), None, backend)
+        with pytest.raises(ValueError, match=r"\(N, 8\)"):
+            voronoi_decode_blocks(d, np.zeros(2, np.int64), "e8", 14, np.ones(4), None, backend)
+
+
+def test_packing_refuses_short_data_and_dirty_padding():
+    from mmquant.packing import pack, unpack
+
+    packed = pack(np.array([1, 2, 3], np.uint8), 4)
+    assert unpack(packed, 4, 3).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="padding"):
+        unpack(packed, 4, 2)  # the third code is where the padding should be
+    with pytest.raises(ValueError, match="too short"):
+        unpack(packed[:-1], 4, 3)
