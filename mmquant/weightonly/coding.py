@@ -183,11 +183,19 @@ def decode_columns(cs: ColumnStream) -> np.ndarray:
     data = np.asarray(cs.stream)
     if data.dtype != np.uint8 or data.size % 4:
         raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    if data.size and not np.any(data[-4:]):
+        raise ValueError("corrupt bitstream: an rANS stream never ends in a zero word")
     c = _constriction()
-    dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
-    for j in range(n):
-        if k[j] == 0:
-            continue
-        model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
-        out[:, j] = dec.decode(model, a)
+    try:
+        dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
+        for j in range(n):
+            if k[j] == 0:
+                continue
+            model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
+            out[:, j] = dec.decode(model, a)
+        left = not dec.is_empty()
+    except (ValueError, RuntimeError, OverflowError) as exc:  # constriction on a corrupt stream
+        raise ValueError(f"corrupt bitstream: {exc}") from None
+    if left:
+        raise ValueError("corrupt bitstream: it holds more than the codes of its shape")
     return out
