@@ -34,6 +34,7 @@ import numpy as np
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.layout import Layout, SideArray, side_array
 from mmquant.validation import check_choice, check_float, check_int
+from mmquant.weightonly.coding import MAX_CODE_SPAN
 from mmquant.weightonly.grids import GRIDS
 from mmquant.weightonly.result import WeightQuant, decode_stored
 
@@ -232,27 +233,33 @@ class WeightOnlyQuantizer(Quantizer):
             )
         if self._coding() == "entropy":
             lo, hi = (int(v) for v in enc.side["bounds"])
-            if not -_MAX_CODE <= lo <= hi <= _MAX_CODE:
+            if not (-_MAX_CODE <= lo <= hi <= _MAX_CODE and hi - lo <= MAX_CODE_SPAN):
                 raise ValueError(
-                    f"record side array 'bounds' is [{lo}, {hi}]: expected lo ≤ hi within ±2^30"
+                    f"record side array 'bounds' is [{lo}, {hi}]: expected lo ≤ hi within ±2^30, "
+                    f"at most {MAX_CODE_SPAN} apart"
                 )
             if lo == hi and enc.codes.size:
                 raise ValueError(
                     f"record codes hold {enc.codes.size} bytes but its codes are all {lo} "
                     "(nothing is coded)"
                 )
+            if lo != hi and not enc.codes.size:
+                raise ValueError(
+                    f"record codes are empty but its codes range over [{lo}, {hi}] (not coded)"
+                )
             if enc.codes.size and not np.any(enc.codes[-4:]):
                 raise ValueError("record codes are not an rANS bitstream (last word is zero)")
 
     def _decode(self, enc: Encoded) -> np.ndarray:
-        return decode_stored(
-            enc.codes,
-            enc.side,
-            (int(enc.shape[0]), int(enc.shape[1])),
-            self._coding(),
-            self._group(),
-            int(self.seed) if self.rotate else None,
-        )
+        with np.errstate(all="ignore"):  # corrupt scales: decode() refuses non-finite output
+            return decode_stored(
+                enc.codes,
+                enc.side,
+                (int(enc.shape[0]), int(enc.shape[1])),
+                self._coding(),
+                self._group(),
+                int(self.seed) if self.rotate else None,
+            )
 
 
 @register("rtn")
