@@ -5,6 +5,11 @@ Every method takes ``W`` (``a×n``, a layer ``y = Wx``) and ``Σ_X = E[xxᵀ]`` 
 of the real bitstream with its side information, the empirical entropy and the WMSE
 ``tr((W−Ŵ)Σ_X(W−Ŵ)ᵀ)/(a·n)``. :func:`waterfill_gap_bits` compares it with the waterfilling limit.
 
+The same methods are registered quantizers (:mod:`~mmquant.weightonly.quantizers`):
+``mmquant.get("watersic:rate=3").encode(W, sigma=Σ_X)`` returns an :class:`~mmquant.core.Encoded`
+record (bitstream and side information) that ``mmquant.save`` writes and ``decode`` rebuilds
+without Σ_X; ``gptq:rotate=true`` is GPTQ after a random rotation.
+
 References: arXiv 2601.17187 (high-rate theory, WaterSIC analysis), WaterSIC arXiv 2603.04956.
 """
 

@@ -183,3 +183,24 @@ def test_wide_rotations_are_bounded():
     )
     with pytest.raises(ValueError, match="rotates 5000 live inputs"):
         q.decode(wide)
+
+
+def test_inspect_and_dequantize_a_weight_only_file(tmp_path, capsys):
+    from mmquant.cli import main
+
+    w, s = _problem()
+    q = mq.get("watersic:rate=3.0,rotate=true,seed=2")
+    enc = q.encode(w, sigma=s)
+    path, out = tmp_path / "w.mmq", tmp_path / "w.npy"
+    mq.save(path, {"layer": enc})
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "watersic:rate=3.0,rotate=true,seed=2" in text and f"{enc.bits_per_entry:.4f}" in text
+    assert main(["dequantize", str(path), str(out)]) == 0
+    assert np.load(out).tobytes() == q.decode(enc).tobytes()
+    src, mmq = tmp_path / "w_in.npy", tmp_path / "q.mmq"  # the CLI quantizes with Σ_X = I
+    np.save(src, w)
+    assert main(["quantize", str(src), str(mmq), "--spec", "gptq:rate=3"]) == 0
+    ref = mq.get("gptq:rate=3").encode(w)
+    assert mq.load(mmq)[next(iter(mq.load(mmq)))].codes.tobytes() == ref.codes.tobytes()
