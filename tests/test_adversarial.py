@@ -642,7 +642,7 @@ def _mutate(data, spec: str) -> tuple[str, Encoded, bool, mq.Quantizer]:
         return kind, _replace(enc, side={**enc.side, key: arr}), dt not in allowed, q
     if kind == "spec":
         other = mq.get(data.draw(st.sampled_from([s for s in SPECS if mq.get(s) != q])))
-        same = other.layout(enc.shape) == q.layout(enc.shape)
+        same = other.layout(enc.shape) == q.layout(enc.shape) or _admits(q, other, enc)
         return kind, _replace(enc, spec=other.spec), not same, other
     if kind == "seed":
         seed = data.draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))
