@@ -12,11 +12,11 @@ Public API::
 """
 
 from mmquant import theory
-from mmquant.core import Encoded, Quantizer, available, get, register, registry
+from mmquant.core import VERSION, Encoded, Quantizer, available, get, register, registry
 from mmquant.io import FormatError, load, load_one, save
 from mmquant.metrics import ProductError, matmul, product_error
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Encoded",

@@ -29,7 +29,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -38,7 +38,11 @@ import numpy as np
 from mmquant.layout import Layout, check_layout, check_shape, check_size
 from mmquant.validation import as_real_array
 
+#: Library version (written into every .mmq header).
+VERSION = "0.1.0"
+
 __all__ = [
+    "VERSION",
     "Encoded",
     "Layout",
     "Quantizer",
@@ -48,6 +52,7 @@ __all__ = [
     "registry",
     "parse_spec",
     "format_spec",
+    "import_plugins",
 ]
 
 
@@ -331,24 +336,39 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.formats.compander",
     "mmquant.lattices.voronoi",
     "mmquant.lattices.entropy_coded",
-    "mmquant.lattices.sketch",
+    "mmquant.formats.timeshare",
     "mmquant.weightonly.quantizers",
 ]
 _loaded = False
+
+
+def import_plugins(modules: Sequence[str], what: str) -> None:
+    """Import every module of a plugin list (quantizer families, experiments, CLI commands).
+
+    The one plugin loader of the package: a module that is listed but cannot be imported is a
+    packaging error, so it raises instead of being skipped silently.
+
+    Raises
+    ------
+    ImportError
+        A listed module is missing or fails to import (the message names it and the list).
+    """
+    import importlib
+
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            raise ImportError(f"{what}: the listed module {mod!r} does not exist") from exc
 
 
 def _load_plugins() -> None:
     global _loaded
     if _loaded:
         return
-    import importlib
-
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a family not written yet: skip only that module
-            if exc.name != mod:
-                raise
+    import_plugins(PLUGIN_MODULES, "quantizer families (mmquant.core.PLUGIN_MODULES)")
     _loaded = True
 
 

@@ -150,7 +150,9 @@ def encode_integers(
     if int(s.min()) < -(2**30) or int(s.max()) > 2**30:
         raise ValueError("symbols must lie within ±2^30")
     c = _constriction()
-    g2 = _groups_view(s.astype(np.int64), group_axis)
+    if s.dtype not in (np.int32, np.int64):  # int32 stays (no copy): every step below is exact
+        s = s.astype(np.int64)
+    g2 = _groups_view(s, group_axis)
     n_groups = g2.shape[1]
     coder = c.stream.stack.AnsCoder()
     side: dict[str, np.ndarray] = {}

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from mmquant.core import Encoded
+from mmquant.core import VERSION, Encoded
 
 __all__ = [
     "FORMAT_NAME",
@@ -243,8 +243,6 @@ def save(path: str | os.PathLike[str], data: Encoded | Mapping[str, Encoded]) ->
     """
     from safetensors.numpy import save as st_save
 
-    import mmquant
-
     if isinstance(data, Encoded):
         data = {DEFAULT_NAME: data}
     if not isinstance(data, Mapping):
@@ -275,7 +273,7 @@ def save(path: str | os.PathLike[str], data: Encoded | Mapping[str, Encoded]) ->
     header: dict[str, Any] = {
         "magic": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "library_version": mmquant.__version__,
+        "library_version": VERSION,
         "matrices": matrices,
     }
     header["header_crc32"] = zlib.crc32(_canonical(header).encode())

@@ -117,3 +117,11 @@ def test_dtype_conversions():
     q = GridQuantizer()
     assert q.encode(np.ones(4, np.float16)).shape == (4,)
     np.testing.assert_allclose(q.quantize(np.array([1, 2, 3])), [1, 2, 3])
+
+
+def test_plugin_lists_fail_loudly():
+    from mmquant.core import import_plugins
+
+    import_plugins(["mmquant.metrics"], "test")  # an existing module imports quietly
+    with pytest.raises(ImportError, match="no_such_module"):
+        import_plugins(["mmquant.no_such_module"], "test plugins")

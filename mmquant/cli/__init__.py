@@ -7,8 +7,6 @@ progress bars.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 app = typer.Typer(
@@ -40,12 +38,9 @@ def make_console(stderr: bool = False):
 
 
 def _load_commands() -> None:
-    for mod in COMMAND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    from mmquant.core import import_plugins
+
+    import_plugins(COMMAND_MODULES, "CLI commands (mmquant.cli.COMMAND_MODULES)")
 
 
 # Errors of the user or of the input files; each becomes one ``error: ...`` line and exit status 2.

@@ -222,12 +222,12 @@ def quantize_cmd(
     ),
 ) -> None:
     """Quantize the arrays of SRC along their last axis and write them to the .mmq file DST."""
-    import mmquant
+    from mmquant import core, io
     from mmquant.metrics import sqnr_db
 
     check_input_file(src, "input", INPUT_SUFFIXES)
     check_output_file(dst, "output", MMQ_SUFFIXES, inputs=[src])
-    q = mmquant.get(spec)
+    q = core.get(spec)
     arrays = read_arrays(src, key or None)
     for name in arrays:
         _check_storable(name)
@@ -250,7 +250,7 @@ def quantize_cmd(
                 f"{sqnr_db(ref, q.decode(enc)):.2f}",
             )
             progress.advance(task)
-    size = mmquant.save(dst, encoded)
+    size = io.save(dst, encoded)
     console.print(table)
     console.print(text(f"wrote {dst} ({size} bytes)"))
 
@@ -262,7 +262,7 @@ def dequantize_cmd(
     name: str = typer.Option(None, "--name", help="Matrix to write (default: all / the only one)."),
 ) -> None:
     """Decode the matrices of the .mmq file SRC and write them to DST (.npy or .npz)."""
-    import mmquant
+    from mmquant import core, io
 
     check_input_file(src, "input")
     check_output_file(dst, "output", ARRAY_SUFFIXES, inputs=[src])
@@ -280,12 +280,12 @@ def dequantize_cmd(
     out = {}
     with _progress(Console(stderr=True)) as progress:
         task = progress.add_task("decoding", total=len(names))
-        records = mmquant.load(src, names=names, verify=False)
+        records = io.load(src, names=names, verify=False)
         for n, enc in records.items():
             progress.update(task, description=escape(f"decoding {plain(n)}"))
-            arr = mmquant.get(enc.spec).decode(enc)
+            arr = core.get(enc.spec).decode(enc)
             if arr.shape != enc.shape or not np.isfinite(arr).all():
-                raise mmquant.FormatError(f"{src}: matrix {n!r} does not decode consistently")
+                raise io.FormatError(f"{src}: matrix {n!r} does not decode consistently")
             out[n] = arr
             progress.advance(task)
     write_arrays(dst, out)
@@ -305,12 +305,12 @@ def inspect_cmd(
     Names, specs and versions come from the file: they are printed as plain text, with control
     characters escaped (``--json`` escapes them as JSON does).
     """
-    import mmquant
+    from mmquant import io
 
     check_input_file(path, "input")
     info = read_info(path)
     if verify:
-        mmquant.load(path, verify=True)  # raises FormatError naming the problem
+        io.load(path, verify=True)  # raises FormatError naming the problem
     if as_json:
         rec = {
             "path": info.path,

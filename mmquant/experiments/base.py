@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mmquant.core import import_plugins
 
 __all__ = [
     "EXPERIMENT_MODULES",
@@ -114,8 +115,7 @@ def experiment(
 
 def experiments() -> dict[str, str]:
     """Name → one-line description of every registered experiment."""
-    for mod in EXPERIMENT_MODULES:  # a missing module is a packaging error: let it raise
-        importlib.import_module(mod)
+    import_plugins(EXPERIMENT_MODULES, "experiments (mmquant.experiments.base.EXPERIMENT_MODULES)")
     return {k: v[1] for k, v in sorted(_EXPERIMENTS.items())}
 
 

@@ -68,12 +68,20 @@ __all__ = [
     "row_scales",
     "encode_rows",
     "decode_rows",
+    "BINS_MAX",
+    "REFINE_MAX",
 ]
 
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _F16_TINY = float(np.finfo(np.float16).smallest_subnormal)  # 5.96e-08
 _F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
 _SS_LOW = 2.0**-100  # a sum of squares below this may have lost digits to underflow
+_CHUNK = 1 << 16  # samples per step of estimate_density's binning
+
+#: Most histogram bins of :func:`estimate_density` (its tables and smoothing are O(bins)).
+BINS_MAX = 1 << 16
+#: Most weighted-Lloyd iterations of :func:`fit_compander` (each one a pass over the samples).
+REFINE_MAX = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +435,7 @@ def estimate_density(
     w : array_like, optional
         Non-negative weights, same size as ``x``; ``None`` means ``m ≡ 1``.
     bins : int
-        Number of histogram bins (≥ 16).
+        Number of histogram bins, 16 to :data:`BINS_MAX`.
     clip_quantile : float
         Quantile of ``|x|`` that, times ``expand``, caps the grid half-width; in (0.5, 1].
     expand : float
@@ -437,32 +445,40 @@ def estimate_density(
     shrink : float
         Pseudo-count κ of the shrinkage of ``m̂`` towards its mean.
     """
-    xs = as_real_array(x, name="x").reshape(-1).astype(np.float64)
-    nb = check_int(bins, "bins", 16)
+    xs = as_real_array(x, name="x").reshape(-1).astype(np.float64, copy=False)
+    nb = check_int(bins, "bins", 16, BINS_MAX)
     cq = check_float(clip_quantile, "clip_quantile", 0.5, 1.0, lo_open=True)
     ex = check_float(expand, "expand", 1.0)
     sb = check_float(smooth_bins, "smooth_bins", 0.0)
     kappa = check_float(shrink, "shrink", 0.0)
-    if w is None:
-        ws = np.ones_like(xs)
-    else:
-        ws = as_real_array(w, name="w").reshape(-1).astype(np.float64)
+    ws = None  # None: every weight is 1 (the sums below are then exact counts)
+    if w is not None:
+        ws = as_real_array(w, name="w").reshape(-1).astype(np.float64, copy=False)
         if ws.size != xs.size:
             raise ValueError(f"w has {ws.size} entries, x has {xs.size}: they must be paired")
         if np.any(ws < 0):
             raise ValueError("weights w must be ≥ 0 (they estimate E[Y²|X])")
     ax = np.abs(xs)
-    lim = min(float(ax.max()), ex * float(np.quantile(ax, cq)))
+    top = float(ax.max())
+    lim = min(top, ex * float(np.quantile(ax, cq, overwrite_input=True)))  # partitions ax
+    del ax
     if lim <= 0:
         lim = 1.0
     zl = float(np.arcsinh(lim))
     z_edges = np.linspace(-zl, zl, nb + 1)
     edges = np.sinh(z_edges)
     dz = z_edges[1] - z_edges[0]
-    idx = np.clip(((np.arcsinh(xs) + zl) / dz).astype(np.int64), 0, nb - 1)
-    cnt = _smooth(np.bincount(idx, minlength=nb).astype(np.float64), sb)
-    wsum = _smooth(np.bincount(idx, weights=ws, minlength=nb), sb)
-    mbar = float(ws.mean())
+    # bin indices a chunk at a time (the same values as at once; the temporaries stay small)
+    idx = np.empty(xs.size, np.int64)
+    for i in range(0, xs.size, _CHUNK):
+        c = np.arcsinh(xs[i : i + _CHUNK])
+        c += zl
+        c /= dz
+        idx[i : i + _CHUNK] = np.clip(c.astype(np.int64), 0, nb - 1)
+    counts = np.bincount(idx, minlength=nb).astype(np.float64)
+    cnt = _smooth(counts, sb)
+    wsum = _smooth(counts if ws is None else np.bincount(idx, weights=ws, minlength=nb), sb)
+    mbar = 1.0 if ws is None else float(ws.mean())
     width = np.diff(edges)
     p = cnt / (xs.size * width)
     m = (wsum + kappa * mbar) / (cnt + kappa) if kappa > 0 else wsum / np.maximum(cnt, 1e-300)
@@ -482,25 +498,29 @@ def fit_compander(
 ) -> ScalarCodebook:
     """Compander (``K = 2^bits`` levels) of the estimated ``λ ∝ (p̂·m̂)^{1/3}``, optionally refined.
 
-    ``refine`` weighted-Lloyd iterations on the samples: thresholds at midpoints, points
+    ``refine`` (at most :data:`REFINE_MAX`) weighted-Lloyd iterations on the samples: thresholds at midpoints, points
     ``c_i = Σ_{x_t∈cell} w_t x_t / Σ_{x_t∈cell} w_t`` (empty cells keep their point). Other keyword
     arguments go to :func:`estimate_density`.
     """
     b = check_int(bits, "bits", 1, 8)
-    nref = check_int(refine, "refine", 0)
+    nref = check_int(refine, "refine", 0, REFINE_MAX)
     est = estimate_density(x, w, **estimator)
     grid = np.concatenate([[-est.clip], est.grid, [est.clip]])  # λ is constant on each bin
     lam = np.concatenate([[est.lam[0]], est.lam, [est.lam[-1]]])
     cb = compander_codebook(grid, lam, 1 << b)
     if nref:
         xs = np.asarray(x, np.float64).reshape(-1)
-        ws = np.ones_like(xs) if w is None else np.asarray(w, np.float64).reshape(-1)
+        ws = None if w is None else np.asarray(w, np.float64).reshape(-1)
         c = cb.points.copy()
         for _ in range(nref):
             t = 0.5 * (c[1:] + c[:-1])
             cell = np.searchsorted(t, xs, "right")
-            sw = np.bincount(cell, weights=ws, minlength=c.size)
-            swx = np.bincount(cell, weights=ws * xs, minlength=c.size)
+            if ws is None:  # weights 1: exact counts, and 1·x = x
+                sw = np.bincount(cell, minlength=c.size).astype(np.float64)
+                swx = np.bincount(cell, weights=xs, minlength=c.size)
+            else:
+                sw = np.bincount(cell, weights=ws, minlength=c.size)
+                swx = np.bincount(cell, weights=ws * xs, minlength=c.size)
             c = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), c)
             c = np.sort(c)
         cb = ScalarCodebook(0.5 * (c[1:] + c[:-1]), c)
@@ -554,6 +574,20 @@ class DataCompander(Quantizer):
     ``encode(x)`` fits ``λ ∝ p̂^{1/3}`` to the standardised entries of ``x`` itself (``m ≡ 1``, the
     only choice without the partner); :meth:`encode_with` applies any codebook, e.g. the
     product-optimal one from :func:`fit_product_compander`. Rate = bits + 16/n + 32·K/entries.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per entry (``K = 2^bits`` levels), 1..8.
+    refine : int
+        Weighted-Lloyd iterations after the compander, 0 to :data:`REFINE_MAX` (each is a pass
+        over the entries).
+    bins : int
+        Histogram bins of the density estimate, 16 to :data:`BINS_MAX`.
+    clip_quantile : float
+        Quantile of ``|x|/σ`` that bounds the estimate's range (see :func:`estimate_density`).
+    scale_dtype : str
+        ``"float16"`` (default) or ``"float32"`` row scales.
     """
 
     bits: int = 4
@@ -566,8 +600,8 @@ class DataCompander(Quantizer):
 
     def __post_init__(self) -> None:
         check_int(self.bits, "bits", 1, 8)
-        check_int(self.refine, "refine", 0, 1000)
-        check_int(self.bins, "bins", 16)
+        check_int(self.refine, "refine", 0, REFINE_MAX)
+        check_int(self.bins, "bins", 16, BINS_MAX)
         check_float(self.clip_quantile, "clip_quantile", 0.5, 1.0, lo_open=True)
         check_choice(self.scale_dtype, "scale_dtype", ("float16", "float32"))
 

@@ -96,13 +96,13 @@ def group_view(x: np.ndarray, group: int) -> tuple[np.ndarray, int]:
     x : numpy.ndarray
         Array of any shape; the last axis has length ``n``.
     group : int
-        ``g > 0`` (blocks of ``g``), ``0`` (one block per row) or ``-1`` (one block for the whole
-        tensor).
+        ``g > 0`` (blocks of ``g``; ``g ≥ n`` is one block per row, no padding), ``0`` (one block
+        per row) or ``-1`` (one block for the whole tensor).
 
     Returns
     -------
     blocks : numpy.ndarray
-        ``(rows, ceil(n/g), g)`` array (a view when no padding is needed).
+        ``(rows, ceil(n/g), g)`` array, ``g = min(group, n)`` (a view when no padding is needed).
     n : int
         Row length (to drop the padding with :func:`ungroup`).
     """
@@ -110,7 +110,7 @@ def group_view(x: np.ndarray, group: int) -> tuple[np.ndarray, int]:
     if group == -1:
         return x.reshape(1, 1, -1), n
     x2 = x.reshape(-1, n)
-    g = n if group == 0 else group
+    g = n if group == 0 else min(group, n)  # a group longer than the row is the row
     ng = -(-n // g)
     if ng * g != n:
         xp = np.empty((x2.shape[0], ng * g), x2.dtype)

@@ -175,6 +175,20 @@ def encode_elements(x: np.ndarray, fmt: str | FloatFormat) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype not in _BITS:
         x = x.astype(np.float64)
+    if x.size <= _CHUNK:
+        return _encode_flat(x, f)
+    out = np.empty(x.shape, np.uint8)  # elementwise: a chunk at a time, small temporaries
+    flat, dest = x.reshape(-1), out.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        dest[i : i + _CHUNK] = _encode_flat(flat[i : i + _CHUNK], f)
+    return out
+
+
+_CHUNK = 1 << 16  # entries per step of encode_elements
+
+
+def _encode_flat(x: np.ndarray, f: FloatFormat) -> np.ndarray:
+    """:func:`encode_elements` of a float32/float64 array in one step."""
     uint, mant, fbias = _BITS[x.dtype]
     u = x.view(uint)
     sign_shift = uint(8 * x.dtype.itemsize - 1)

@@ -51,13 +51,15 @@ import numpy as np
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.entropy import check_histograms, decode_integers, empirical_entropy, encode_integers
 from mmquant.lattices.closest import closest_e8, lattice
-from mmquant.lattices.voronoi import dither, finish_rows, prepare_rows
+from mmquant.lattices.voronoi import dither, finish_rows, pairwise_blocks, prepare_rows
 from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.validation import check_float, check_int
 
 __all__ = [
     "E8EntropyCoded",
+    "RATE_MAX",
     "RATE_TOLERANCE",
+    "TABLE_MIN",
     "RateNotMetWarning",
     "e8_to_symbols",
     "symbols_to_e8",
@@ -65,6 +67,20 @@ __all__ = [
 
 #: Largest |entropy − rate| (bits/entry) accepted silently by ``e8ec``.
 RATE_TOLERANCE = 0.05
+
+#: Largest target rate (bits per entry). β is calibrated on the plug-in entropy of at most
+#: 32768 blocks, i.e. at most 15 bits per symbol stream: near 14 bits per entry the estimate
+#: saturates, the secant runs to its lower clamp (4 octaves below the high-rate β) and the
+#: symbols and model tables become huge (measured on 1024×2048 N(0, 1): rate 14 gives 18.2
+#: bits per entry, rate 16 tables of 1.8·10^7 values).
+RATE_MAX = 12.0
+
+#: The model tables (one entry per symbol value of each of the 9 streams) may hold
+#: ``max(TABLE_MIN, entries)`` values in all: at most 2 bytes of side information per entry of
+#: the input, or 128 KiB. A higher rate on a small input is refused rather than stored.
+TABLE_MIN = 1 << 16
+
+_CHUNK = 1 << 13  # blocks per step of symbols_to_e8
 
 
 class RateNotMetWarning(UserWarning):
@@ -82,11 +98,15 @@ def e8_to_symbols(lam: np.ndarray) -> np.ndarray:
 
 def symbols_to_e8(sym: np.ndarray) -> np.ndarray:
     """Inverse of :func:`e8_to_symbols` (float64 (N, 8) E8 points)."""
-    sym = np.asarray(sym, np.int64)
-    s = sym[:, 0]
-    m7 = 2 * sym[:, 8] + np.sum(sym[:, 1:8], axis=1) % 2
-    m = np.concatenate([sym[:, 1:8], m7[:, None]], axis=1).astype(np.float64)
-    return m + 0.5 * s[:, None]
+    sym = np.asarray(sym)
+    out = np.empty((sym.shape[0], 8))
+    for b0 in range(0, sym.shape[0], _CHUNK):  # per block: a chunk at a time
+        c = sym[b0 : b0 + _CHUNK].astype(np.int64)
+        s = c[:, 0]
+        m7 = 2 * c[:, 8] + np.sum(c[:, 1:8], axis=1) % 2
+        m = np.concatenate([c[:, 1:8], m7[:, None]], axis=1).astype(np.float64)
+        out[b0 : b0 + _CHUNK] = m + 0.5 * s[:, None]
+    return out
 
 
 def _entropy_bits(sym: np.ndarray) -> float:
@@ -102,8 +122,11 @@ class E8EntropyCoded(Quantizer):
     Parameters
     ----------
     rate : float
-        Target entropy of the codes in bits per entry (the measured rate adds the model tables
-        and the per-row norms).
+        Target entropy of the codes in bits per entry, 0.25 to :data:`RATE_MAX` (the measured
+        rate adds the model tables and the per-row norms). The symbol range, hence the model
+        tables, grows as ``2^rate``: an encode whose tables would exceed
+        ``max(TABLE_MIN, entries)`` values raises ``ValueError`` (rate 12 needs about 10^6
+        entries, rate 10 fits 64×256).
     dither : bool
         Subtractive dither uniform over the E8 cell (seed stored as side information).
     rotate, center, mmse : bool
@@ -122,12 +145,12 @@ class E8EntropyCoded(Quantizer):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_float(self.rate, "rate", lo=0.25, hi=16.0)
+        check_float(self.rate, "rate", lo=0.25, hi=RATE_MAX)
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), 16.0)))]
+        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), RATE_MAX)))]
 
     def _calibrate(self, z: np.ndarray, u: np.ndarray) -> float:
         """β whose code entropy is ``rate`` (secant on log2 β, on at most 32768 blocks)."""
@@ -156,18 +179,43 @@ class E8EntropyCoded(Quantizer):
 
     def _encode(self, x: np.ndarray) -> Encoded:
         shape = x.shape
+        lat = lattice("e8")
+        nb = math.prod(shape[:-1]) * (-(-shape[-1] // 8))
+        u = None
+        if self.dither:  # first: its transient product is not on top of the blocks z
+            ds = zlib.crc32(np.ascontiguousarray(x), self.seed) & 0xFFFFFFFF
+            u = dither(nb, lat, ds)
         z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
-        u = np.zeros_like(z)
         if self.dither:
-            ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
             side["dither_seed"] = np.array([ds], np.uint32)
-            u = dither(z.shape[0], lattice("e8"), ds)
-        beta32 = np.float32(self._calibrate(z, u))
-        lam = closest_e8(z / np.float64(beta32) - u)
-        sym = e8_to_symbols(lam)
-        est = np.float64(beta32) * (lam + u)
-        den = float(np.sum(est * est))
-        alpha = float(np.sum(z * est)) / den if (self.mmse and den > 0) else 1.0
+        sub = min(nb, 32768)  # the blocks _calibrate uses
+        beta32 = np.float32(self._calibrate(z[:sub], np.zeros((sub, 8)) if u is None else u[:sub]))
+        b = np.float64(beta32)
+        # A chunk of blocks at a time (pairwise_blocks: α is computed from the same float sums
+        # as over all blocks at once); the symbols are kept as int32 (the coder's range).
+        sym = np.empty((nb, 9), np.int32)
+
+        def leaf(b0: int, b1: int) -> tuple[float, ...]:
+            zc = z[b0:b1]
+            uc = np.zeros_like(zc) if u is None else u[b0:b1]
+            lam = closest_e8(zc / b - uc)
+            s = e8_to_symbols(lam)
+            if s.size and (int(s.min()) < -(2**30) or int(s.max()) > 2**30):
+                raise ValueError("symbols must lie within ±2^30")
+            sym[b0:b1] = s
+            est = b * (lam + uc)
+            return np.sum(zc * est), np.sum(est * est), np.sum(zc * zc)
+
+        num, den, energy = pairwise_blocks(nb, leaf)
+        table = int(np.sum(sym.max(axis=0).astype(np.int64) - sym.min(axis=0) + 1))
+        limit = max(TABLE_MIN, x.size)
+        if table > limit:
+            raise ValueError(
+                f"e8ec:rate={self.rate:g} needs model tables of {table} symbols for an input of "
+                f"{x.size} entries (limit max({TABLE_MIN}, entries) = {limit}): use a lower rate "
+                "or encode more entries at once"
+            )
+        alpha = float(num) / float(den) if (self.mmse and den > 0) else 1.0
         side["beta"] = np.array([beta32], np.float32)
         side["alpha"] = np.array([alpha], np.float32)
         coded = encode_integers(sym, group_axis=1)
@@ -175,11 +223,13 @@ class E8EntropyCoded(Quantizer):
             side[f"model_{k}"] = v
         entropy = _entropy_bits(sym) / 8.0
         met = abs(entropy - self.rate) <= RATE_TOLERANCE
+        # Σ(z − αẑ)² from the three sums (a diagnostic: not stored)
+        sq_err = float(energy) - 2.0 * alpha * float(num) + alpha * alpha * float(den)
         stats = {
             "entropy_bits_per_entry": entropy,
             "target_rate": float(self.rate),
             "rate_met": 1.0 if met else 0.0,
-            "mse_normalised": float(np.mean((z - alpha * est) ** 2)),
+            "mse_normalised": max(sq_err, 0.0) / z.size,
         }
         if not met:
             self._warn_rate(entropy, z, float(beta32))
@@ -263,10 +313,13 @@ class E8EntropyCoded(Quantizer):
         model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
         sym = decode_integers(enc.codes, model, (nb, 9), group_axis=1)
         lam = symbols_to_e8(sym)
-        u = np.zeros_like(lam)
+        del sym
         if self.dither:
-            u = dither(nb, lattice("e8"), int(enc.side["dither_seed"][0]))
-        zh = float(enc.side["alpha"][0]) * np.float64(enc.side["beta"][0]) * (lam + u)
+            lam += dither(nb, lattice("e8"), int(enc.side["dither_seed"][0]))
+        else:
+            lam += 0.0  # as λ + u with u = 0 (−0 → +0)
+        lam *= float(enc.side["alpha"][0]) * np.float64(enc.side["beta"][0])  # (αβ)·(λ + u)
+        zh = lam
         return finish_rows(
             zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
         )

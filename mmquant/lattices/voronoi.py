@@ -84,6 +84,7 @@ import itertools
 import math
 import types
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
@@ -128,6 +129,8 @@ __all__ = [
     "unpack_union",
     "union_nbytes",
     "dither",
+    "group_max",
+    "pairwise_blocks",
     "prepare_rows",
     "store_float",
     "finish_rows",
@@ -140,10 +143,63 @@ PROJECT_MARGINS = (0.0, 1.0)
 PROJECT_STEPS = 2
 
 
+#: Entries handled per step by the encoders and decoders (a multiple of 8; see
+#: :func:`pairwise_blocks`): at least this many, and for large arrays up to
+#: :data:`CHUNK_ENTRIES_MAX` so that there are about 16 steps (every step of the coder starts
+#: the parallel numba kernels anew, which costs milliseconds on a busy machine).
+CHUNK_ENTRIES = 1 << 16
+CHUNK_ENTRIES_MAX = 1 << 20
+
+
+def chunk_entries(total: int) -> int:
+    """Entries per step for an array of ``total`` entries (a multiple of 8)."""
+    return max(CHUNK_ENTRIES, min(CHUNK_ENTRIES_MAX, total // 16)) // 8 * 8
+
+
 def dither(n_blocks: int, lat: Lattice, seed: int) -> np.ndarray:
-    """Dither blocks uniform over the Voronoi cell of Λ: ``u = v − Q_Λ(v)``, v uniform on a basis cell."""
+    """Dither blocks uniform over the Voronoi cell of Λ: ``u = v − Q_Λ(v)``, v uniform on a basis cell.
+
+    ``v`` is one product of the (n_blocks, 8) uniforms with the generator (its rounding depends
+    on how the BLAS tiles the rows, so it is never split); ``u`` is computed in place, a chunk
+    of rows at a time.
+    """
     v = np.random.default_rng(seed).random((n_blocks, 8)) @ lat.generator
-    return v - lat.closest(v)
+    step = chunk_entries(8 * n_blocks) // 8
+    for b0 in range(0, n_blocks, step):
+        c = v[b0 : b0 + step]
+        c -= lat.closest(c)
+    return v
+
+
+def pairwise_blocks(
+    n_blocks: int, leaf: Callable[[int, int], tuple[float, ...]], size: int | None = None
+) -> tuple[float, ...]:
+    """Sums over (n_blocks, 8) arrays, bit for bit as ``numpy.sum`` adds them, a chunk at a time.
+
+    ``numpy.sum`` of a contiguous float64 array of ``n`` entries (n > 128) adds the sums of its
+    first ``n₂ = ⌊n/2⌋ − (⌊n/2⌋ mod 8)`` and of its other entries, recursively (pairwise
+    summation). This walks the same tree down to parts of at most ``size`` entries (whole
+    blocks of 8, since every split is a multiple of 8; default :func:`chunk_entries`), calls
+    ``leaf(b0, b1)`` on the blocks of each part in order (which returns ``numpy.sum`` of that
+    part of each array, e.g. ``np.sum(z[b0:b1] * e[b0:b1])``) and adds the results as
+    ``numpy.sum`` would. So the
+    encoders get the same float sums (e.g. the MMSE factor α) without building the whole
+    arrays; a test checks the identity against ``numpy.sum``. Parts of up to 128 entries are
+    added by numpy with 8 partial sums, not split: ``size`` is raised to 128 at least.
+    """
+    size = max(chunk_entries(8 * n_blocks) if size is None else size, 128)
+
+    def walk(lo: int, hi: int) -> tuple[float, ...]:
+        n = hi - lo
+        if n <= size:
+            return leaf(lo // 8, hi // 8)
+        n2 = n // 2
+        n2 -= n2 % 8
+        left = walk(lo, lo + n2)
+        right = walk(lo + n2, hi)
+        return tuple(a + b for a, b in zip(left, right))
+
+    return walk(0, 8 * n_blocks)
 
 
 @dataclass(frozen=True)
@@ -350,22 +406,36 @@ def voronoi_decode_blocks(
     lat = lattice(lat) if isinstance(lat, str) else lat
     betas = np.asarray(betas, dtype=np.float64)
     qs = _per_scale(q, betas.size)
-    d = np.ascontiguousarray(digits, dtype=np.int64)
-    bi = np.ascontiguousarray(beta_index, dtype=np.int64)
-    uu = np.zeros(d.shape) if u is None else np.ascontiguousarray(u, dtype=np.float64)
-    if d.ndim != 2 or d.shape[1] != 8 or bi.shape != (d.shape[0],) or uu.shape != d.shape:
+    n = np.shape(digits)[0]
+    if (
+        np.ndim(digits) != 2
+        or np.shape(digits)[1] != 8
+        or np.shape(beta_index) != (n,)
+        or (u is not None and np.shape(u) != np.shape(digits))
+    ):
         raise ValueError(
-            f"digits {d.shape}, β indices {bi.shape} and dither {uu.shape} must be (N, 8), "
-            "(N,) and (N, 8)"
+            f"digits {np.shape(digits)}, β indices {np.shape(beta_index)} and dither "
+            f"{None if u is None else np.shape(u)} must be (N, 8), (N,) and (N, 8)"
         )
-    if bi.size and (int(bi.min()) < 0 or int(bi.max()) >= betas.size):
+    if n and (int(np.min(beta_index)) < 0 or int(np.max(beta_index)) >= betas.size):
         raise ValueError(f"corrupt codes: a β index is not in [0, {betas.size})")
-    if use_numba(backend):
-        from mmquant.kernels.lattice import voronoi_decode_kernel
+    out = np.empty((n, 8))
+    step = chunk_entries(8 * n) // 8
+    for b0 in range(0, n, step):  # every block on its own: a chunk at a time
+        d = np.ascontiguousarray(digits[b0 : b0 + step], dtype=np.int64)
+        bi = np.ascontiguousarray(beta_index[b0 : b0 + step], dtype=np.int64)
+        if u is None:
+            uu = np.zeros(d.shape)
+        else:
+            uu = np.ascontiguousarray(u[b0 : b0 + step], dtype=np.float64)
+        if use_numba(backend):
+            from mmquant.kernels.lattice import voronoi_decode_kernel
 
-        return voronoi_decode_kernel(d, bi, lat.name, qs, betas, uu)
-    y = _reduce(lat, d.astype(np.float64), qs[bi][:, None].astype(np.float64))
-    return betas[bi][:, None] * (y + uu)
+            out[b0 : b0 + step] = voronoi_decode_kernel(d, bi, lat.name, qs, betas, uu)
+        else:
+            y = _reduce(lat, d.astype(np.float64), qs[bi][:, None].astype(np.float64))
+            out[b0 : b0 + step] = betas[bi][:, None] * (y + uu)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +505,16 @@ def digit_bits(q: int) -> float:
     return a + (w / j if m > 1 else 0.0)
 
 
+#: Digits (and words) packed per step by :func:`pack_base_q` (a multiple of 8: every step
+#: writes whole bytes of each stream, so the steps' bytes are those of one pass).
+PACK_CHUNK = 1 << 16
+
+
+def _wide_fields(width: int) -> list[int]:
+    """Field widths of :func:`mmquant.packing.pack_wide`: 16 bits each from the low end."""
+    return [16] * (width // 16) + ([width % 16] if width % 16 else [])
+
+
 def pack_base_q(digits: np.ndarray, q: int) -> np.ndarray:
     """Pack digits in [0, q) (any shape, C order) into bytes at :func:`digit_bits` bits each.
 
@@ -443,15 +523,42 @@ def pack_base_q(digits: np.ndarray, q: int) -> np.ndarray:
     (one integer ``< m^J ≤ 2^64`` by Horner's rule, ``W`` bits, split into ≤ 16-bit fields packed
     by :func:`mmquant.packing.pack`). q = 14: 1 + 59/21 = 3.8095 bits per digit, 0.002 above
     log2 14 (one word of 16 digits in 61 bits would cost 0.005).
+
+    The streams are written about :data:`PACK_CHUNK` digits at a time into one output array: the
+    temporaries are a few times that, whatever the number of digits.
     """
     a, m, j, w = _pack_params(q)
-    d = np.asarray(digits, np.uint64).reshape(-1)
-    out = []
+    d = np.asarray(digits).reshape(-1)
+    n = d.size
+    n_raw = packed_nbytes(n, a) if a else 0
+    n_words = -(-n // j) if m > 1 else 0
+    fields = _wide_fields(w) if m > 1 else []
+    starts = np.cumsum([n_raw] + [packed_nbytes(n_words, f) for f in fields])
+    out = np.empty(int(starts[-1]), np.uint8)
     if a:
-        out.append(pack(d & np.uint64((1 << a) - 1), a))
-    if m > 1:
-        out += _pack_words(d >> np.uint64(a), m, j, w)
-    return np.concatenate(out) if out else np.zeros(0, np.uint8)
+        low = (1 << a) - 1
+        for c0 in range(0, n, PACK_CHUNK):
+            part = pack(d[c0 : c0 + PACK_CHUNK] & low, a)
+            out[c0 // 8 * a : c0 // 8 * a + part.size] = part
+    mm = np.uint64(m)
+    step = max(8, PACK_CHUNK // j // 8 * 8)
+    for w0 in range(0, n_words, step):  # words of J base-m digits, the last zero-padded
+        w1 = min(n_words, w0 + step)
+        seg = d[w0 * j : min(w1 * j, n)]
+        p = np.zeros((w1 - w0) * j, np.uint64)
+        p[: seg.size] = seg
+        p >>= np.uint64(a)
+        p = p.reshape(w1 - w0, j)
+        val = np.zeros(w1 - w0, np.uint64)
+        for i in range(j - 1, -1, -1):  # exact: val < m^J ≤ 2^64
+            val = val * mm + p[:, i]
+        shift = 0
+        for f, start in zip(fields, starts[:-1]):
+            part = pack((val >> np.uint64(shift)) & np.uint64((1 << f) - 1), f)
+            pos = int(start) + w0 // 8 * f
+            out[pos : pos + part.size] = part
+            shift += f
+    return out
 
 
 def base_q_nbytes(q: int, n_blocks: int) -> int:
@@ -527,12 +634,12 @@ def pack_union(digits: np.ndarray, beta_index: np.ndarray, qs: np.ndarray) -> np
     size = union_size(qs)
     if size > UNION_MAX:
         raise ValueError(f"union code of {size} codewords exceeds the packer's limit 2^62")
-    d = np.asarray(digits, np.uint64).reshape(-1, 8)
+    d = np.asarray(digits).reshape(-1, 8)  # converted a column at a time (no uint64 copy)
     bi = np.asarray(beta_index, np.int64)
     qb = qs.astype(np.uint64)[bi]
     s = np.zeros(d.shape[0], np.uint64)
     for t in range(7, -1, -1):
-        s = s * qb + d[:, t]
+        s = s * qb + d[:, t].astype(np.uint64)
     s = s + _union_offsets(qs)[bi]
     low, h, j, w = _union_params(size)
     out = [pack_wide(s, low)]
@@ -605,6 +712,40 @@ class Design:
 #: Largest number of scales whose indices :func:`fit_design` codes in groups.
 GROUP_MAX_SCALES = 8
 
+#: Largest number of scales of a code (:func:`fit_design` searches scales by coordinate descent:
+#: sweeps of k × GRID_SIZE trials, each over the whole sample).
+SCALES_MAX = 16
+
+#: Largest number of scales :func:`fit_design` optimises for the no-overload rule, whose trials
+#: cost k passes each (k³ per sweep; optimal_design took 23 s for k = 8 and 72 s for k = 16 on
+#: a 2-core test machine, against 4.4 and 7.2 s with the least-error rule).
+NO_OVERLOAD_SCALES_MAX = 8
+
+#: Groups of G blocks with k scales need ``G·⌈log2 k⌉ ≤ GROUP_BITS_MAX``: beyond it no budget
+#: the optimiser tries keeps the count of a group's index sequences below 2^63 (k = 4: G ≤ 32).
+GROUP_BITS_MAX = 64
+
+
+def group_max(k: int) -> int:
+    """Largest group of blocks whose scale indices are coded jointly with ``k`` scales."""
+    return min(64, GROUP_BITS_MAX // max(1, math.ceil(math.log2(k))))
+
+
+def _check_design(k: int, rule: str, group: int, optimised: bool) -> None:
+    """The limits that keep the optimiser's time bounded (ValueError naming the limit)."""
+    if optimised and rule == "no-overload" and k > NO_OVERLOAD_SCALES_MAX:
+        raise ValueError(
+            f"rule=no-overload optimises at most NO_OVERLOAD_SCALES_MAX = "
+            f"{NO_OVERLOAD_SCALES_MAX} scales (its search time grows as k³), got {k}; give the "
+            "scales themselves (betas=b1;b2;...) for more"
+        )
+    if group > 1 and 2 <= k <= GROUP_MAX_SCALES and group > group_max(k):
+        raise ValueError(
+            f"group={group} with {k} scales: at most {group_max(k)} blocks per group "
+            f"(group·⌈log2 k⌉ ≤ GROUP_BITS_MAX = {GROUP_BITS_MAX}, so that a group's index "
+            "sequences have 63-bit ranks)"
+        )
+
 
 #: Largest weight of a scale in a group's budget.
 WEIGHT_MAX = 4
@@ -671,7 +812,8 @@ def fit_design(
     q : int or tuple of int
         Code size of every scale, or one per scale (then ``mixed`` must be false).
     k : int
-        Number of scales.
+        Number of scales, 1 to :data:`SCALES_MAX` (at most :data:`NO_OVERLOAD_SCALES_MAX` with
+        the no-overload rule).
     rule : str
         ``"least-error"`` or ``"no-overload"``.
     u : numpy.ndarray, optional
@@ -681,7 +823,8 @@ def fit_design(
     mixed : bool
         Let each scale's code size vary by one around ``q``.
     group : int
-        Blocks whose scale indices are coded together (1: block by block).
+        Blocks whose scale indices are coded together (1: block by block), at most
+        :func:`group_max` (k).
 
     Returns
     -------
@@ -689,7 +832,7 @@ def fit_design(
         Code sizes and scales, ordered by increasing scale (and the group weights and budget).
     """
     lat = lattice(lat) if isinstance(lat, str) else lat
-    k = check_int(k, "k", lo=1, hi=64)
+    k = check_int(k, "k", lo=1, hi=SCALES_MAX)
     check_choice(rule, "rule", RULES)
     if mixed and not isinstance(q, (int, np.integer)):
         raise ValueError("mixed=true chooses the code sizes around one q: give q as an integer")
@@ -701,6 +844,7 @@ def fit_design(
         raise ValueError("group > 1 codes the scale indices of one q with the least-error rule")
     if group > 1 and not 2 <= k <= GROUP_MAX_SCALES:
         raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {k}")
+    _check_design(k, rule, group, optimised=True)
     z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1, 8)
     nb = z.shape[0]
     if nb == 0:
@@ -832,6 +976,11 @@ def _fit_grouping(
         return best
 
     found = scan(sel, _weight_candidates(k))
+    if not found:
+        raise ValueError(
+            f"no weight budget gives groups of {group} blocks with {k} scales fewer than 2^63 "
+            "index sequences: use a smaller group"
+        )
     best, w, budget = refine(sel, found[:3])
     # (i') all scales moved together: the budget trades against the scales along a valley
     top3 = [t[1] for t in found[:3]]
@@ -911,31 +1060,56 @@ def store_float(v: np.ndarray) -> np.ndarray:
     return h if finite and not tiny else f
 
 
+def _row_steps(n_rows: int, row_length: int) -> range:
+    """First rows of the chunks of about :data:`CHUNK_ENTRIES` entries (at least one row each)."""
+    return range(0, n_rows, max(1, CHUNK_ENTRIES // max(row_length, 1)))
+
+
 def prepare_rows(
     x: np.ndarray, *, rotate: bool, center: bool, seed: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Steps 1–3 of the module docstring: (N, 8) unit-RMS blocks and the side information.
 
     Rows are the last axis of ``x``; side information: ``mean`` (if ``center``) and ``norm``.
+    The rows are converted, centred and rotated a chunk at a time (every step is per row, so
+    the result does not depend on the chunks) straight into the float64 output: the peak is
+    the output (8 bytes per entry, zero-padded to a multiple of 8) plus one chunk.
     """
     n = x.shape[-1]
-    rows = x.reshape(-1, n).astype(np.float64)
-    side: dict[str, np.ndarray] = {}
-    if center:
-        mean = store_float(rows.mean(axis=1))
-        side["mean"] = mean
-        rows = rows - mean.astype(np.float64)[:, None]
-    if rotate:
-        rows = rotation(n, seed).apply(rows)
+    x2 = x.reshape(-1, n)
+    n_rows = x2.shape[0]
     n8 = -(-n // 8) * 8
-    if n8 != n:
-        rows = np.concatenate([rows, np.zeros((rows.shape[0], n8 - n))], axis=1)
-    rms = np.sqrt(np.sum(rows * rows, axis=1) / n)
+    steps = _row_steps(n_rows, n8)
+    side: dict[str, np.ndarray] = {}
+    mean64 = None
+    if center:
+        mu = np.empty(n_rows)
+        for r0 in steps:
+            mu[r0 : r0 + steps.step] = x2[r0 : r0 + steps.step].astype(np.float64).mean(axis=1)
+        mean = store_float(mu)
+        side["mean"] = mean
+        mean64 = mean.astype(np.float64)
+    rot = rotation(n, seed) if rotate else None
+    out = np.zeros((n_rows, n8)) if n8 != n else np.empty((n_rows, n))
+    ss = np.empty(n_rows)
+    for r0 in steps:
+        r1 = min(n_rows, r0 + steps.step)
+        rows = x2[r0:r1].astype(np.float64)
+        if mean64 is not None:
+            rows -= mean64[r0:r1, None]
+        if rot is not None:
+            rows = rot.apply(rows)
+        out[r0:r1, :n] = rows
+        rows = out[r0:r1]
+        ss[r0:r1] = np.sum(rows * rows, axis=1)
+    rms = np.sqrt(ss / n)
     norm = store_float(rms)  # an all-zero row stores norm 0 and decodes to zeros
     side["norm"] = norm
     scale = norm.astype(np.float64)
     scale = np.where(scale > 0, scale, 1.0)
-    return (rows / scale[:, None]).reshape(-1, 8), side
+    for r0 in steps:
+        out[r0 : r0 + steps.step] /= scale[r0 : r0 + steps.step, None]
+    return out.reshape(-1, 8), side
 
 
 def finish_rows(
@@ -947,20 +1121,31 @@ def finish_rows(
     center: bool,
     seed: int,
 ) -> np.ndarray:
-    """Inverse of :func:`prepare_rows` applied to the reconstructed blocks ``zh``."""
+    """Inverse of :func:`prepare_rows` applied to the reconstructed blocks ``zh``.
+
+    A chunk of rows at a time (every step is per row) into the float64 output: the peak is
+    ``zh`` and the output plus one chunk.
+    """
     n = shape[-1]
     n_rows = math.prod(shape[:-1])
     n8 = -(-n // 8) * 8
     norm = side["norm"]
     if norm.size and not (np.all(np.isfinite(norm)) and float(np.min(norm)) >= 0):
         raise ValueError("corrupt side information: 'norm' holds a negative or non-finite RMS")
-    rows = zh.reshape(n_rows, n8) * norm.astype(np.float64)[:, None]
-    rows = rows[:, :n]
-    if rotate:
-        rows = rotation(n, seed).inverse(rows)
-    if center:  # re-centre the estimate: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
-        rows = rows - rows.mean(axis=1, keepdims=True) + side["mean"].astype(np.float64)[:, None]
-    return rows.reshape(shape)
+    zr = zh.reshape(n_rows, n8)
+    norm = side["norm"].astype(np.float64)
+    mean = side["mean"].astype(np.float64) if center else None
+    rot = rotation(n, seed) if rotate else None
+    out = np.empty((n_rows, n))
+    for r0 in _row_steps(n_rows, n8):
+        r1 = min(n_rows, r0 + max(1, CHUNK_ENTRIES // n8))
+        rows = (zr[r0:r1] * norm[r0:r1, None])[:, :n]
+        if rot is not None:
+            rows = rot.inverse(rows)
+        if mean is not None:  # re-centre: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
+            rows = rows - rows.mean(axis=1, keepdims=True) + mean[r0:r1, None]
+        out[r0:r1] = rows
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -974,7 +1159,9 @@ class _VoronoiQuantizer(Quantizer):
         code size per scale (a union code, ``log2(Σ q_j^8)/8`` bits per entry).
     betas : int or tuple of float
         Number k of scales (optimised for N(0, 1) by :func:`optimal_design`, or fitted to the
-        data with ``fit``), or the scales themselves, increasing (units of the rows' RMS).
+        data with ``fit``), or the scales themselves, increasing (units of the rows' RMS);
+        1 to :data:`SCALES_MAX` = 16, and at most :data:`NO_OVERLOAD_SCALES_MAX` = 8 optimised
+        for the no-overload rule.
     rule : str
         ``"least-error"`` (try every β) or ``"no-overload"`` (smallest β that does not overload).
     dither : bool
@@ -995,7 +1182,8 @@ class _VoronoiQuantizer(Quantizer):
     group : int
         Code the scale indices of this many consecutive blocks jointly under a weight budget
         (:mod:`mmquant.lattices.grouping`; weights and budget chosen by the optimiser and stored);
-        1 sends ⌈log2 k⌉ bits per block.
+        1 sends ⌈log2 k⌉ bits per block. At most :func:`group_max` (k) = ⌊64/⌈log2 k⌉⌋ blocks
+        (32 for k = 3, 4).
     seed : int
         Seed of the rotation and of the dither.
     """
@@ -1017,14 +1205,16 @@ class _VoronoiQuantizer(Quantizer):
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, tuple):
-            if not 1 <= len(self.betas) <= 64:
-                raise ValueError(f"betas must hold 1 to 64 scales, got {len(self.betas)}")
+            if not 1 <= len(self.betas) <= SCALES_MAX:
+                raise ValueError(
+                    f"betas must hold 1 to SCALES_MAX = {SCALES_MAX} scales, got {len(self.betas)}"
+                )
             for b in self.betas:
                 check_float(b, "each beta", lo=0.0, lo_open=True)
             if list(self.betas) != sorted(set(self.betas)):
                 raise ValueError(f"betas must be strictly increasing, got {self.betas}")
         else:
-            check_int(self.betas, "betas", lo=1, hi=64)
+            check_int(self.betas, "betas", lo=1, hi=SCALES_MAX)
         if isinstance(self.q, tuple):
             for v in self.q:
                 check_int(v, "each q", lo=2, hi=256)
@@ -1055,6 +1245,7 @@ class _VoronoiQuantizer(Quantizer):
             if not 2 <= self.k <= GROUP_MAX_SCALES:
                 raise ValueError(f"group > 1 needs 2 to {GROUP_MAX_SCALES} scales, got {self.k}")
         check_choice(self.rule, "rule", RULES)
+        _check_design(self.k, self.rule, self.group, optimised=not isinstance(self.betas, tuple))
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @property
@@ -1120,14 +1311,16 @@ class _VoronoiQuantizer(Quantizer):
     def _encode(self, x: np.ndarray) -> Encoded:
         lat = lattice(self.lattice_name)
         shape = x.shape
-        z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
         u = None
+        if self.dither:  # first: its transient product is not on top of the blocks z
+            ds = zlib.crc32(np.ascontiguousarray(x), self.seed) & 0xFFFFFFFF
+            u = dither(math.prod(shape[:-1]) * (-(-shape[-1] // 8)), lat, ds)
+        z, side = prepare_rows(x, rotate=self.rotate, center=self.center, seed=self.seed)
+        nb = z.shape[0]
         if self.dither:
-            ds = zlib.crc32(np.ascontiguousarray(x).tobytes(), self.seed) & 0xFFFFFFFF
             side["dither_seed"] = np.array([ds], np.uint32)
-            u = dither(z.shape[0], lat, ds)
         if self.fit:  # fitted to (up to 16384 evenly spaced) blocks of this tensor
-            pick = np.unique(np.linspace(0, z.shape[0] - 1, min(z.shape[0], 16384)).astype(int))
+            pick = np.unique(np.linspace(0, nb - 1, min(nb, 16384)).astype(int))
             sample_u = None if u is None else u[pick]
             design = fit_design(
                 z[pick],
@@ -1150,45 +1343,76 @@ class _VoronoiQuantizer(Quantizer):
         if self.group > 1:
             side["weights"] = np.asarray(design.weights, np.uint8)
             side["budget"] = np.array([design.budget], np.uint16)
-            res = voronoi_encode_grouped(
-                z,
-                lat,
-                int(self.q),
-                betas,
-                u,
-                design.weights,
-                self.group,
-                design.budget,
-                self.search,
-            )
-        else:
-            res = voronoi_encode_blocks(z, lat, qs, betas, u, self.rule, search=self.search)
-        den = float(np.sum(res.estimate * res.estimate))
-        alpha = float(np.sum(z * res.estimate)) / den if (self.mmse and den > 0) else 1.0
+        # The blocks are coded a chunk at a time (pairwise_blocks: the float sums are those of
+        # numpy.sum over all blocks); kept whole are only the digits (one byte per entry, q ≤ 256)
+        # and the scale indices.
+        digits = np.empty((nb, 8), np.uint8)
+        beta_index = np.empty(nb, np.int64)
+        overloads = [0]
+        g = self.group
+
+        def leaf(b0: int, b1: int) -> tuple[float, ...]:
+            if g > 1:  # whole groups: [e0, e1) ⊇ [b0, b1); a group's choice is its own
+                e0, e1 = b0 // g * g, min(nb, -(-b1 // g) * g)
+                res = voronoi_encode_grouped(
+                    z[e0:e1],
+                    lat,
+                    int(self.q),
+                    betas,
+                    None if u is None else u[e0:e1],
+                    design.weights,
+                    g,
+                    design.budget,
+                    self.search,
+                )
+                i = slice(b0 - e0, b1 - e0)
+                res = VoronoiBlocks(
+                    res.digits[i], res.beta_index[i], res.estimate[i], res.overload[i], res.error[i]
+                )
+            else:
+                res = voronoi_encode_blocks(
+                    z[b0:b1],
+                    lat,
+                    qs,
+                    betas,
+                    None if u is None else u[b0:b1],
+                    self.rule,
+                    search=self.search,
+                )
+            digits[b0:b1] = res.digits
+            beta_index[b0:b1] = res.beta_index
+            overloads[0] += int(np.count_nonzero(res.overload))
+            zc, est = z[b0:b1], res.estimate
+            return np.sum(zc * est), np.sum(est * est), np.sum(zc * zc)
+
+        num, den, energy = pairwise_blocks(nb, leaf)
+        alpha = float(num) / float(den) if (self.mmse and den > 0) else 1.0
         side["alpha"] = np.array([alpha], np.float32)
         k = betas.size
         if self.union:
-            codes = pack_union(res.digits, res.beta_index, qs)
+            codes = pack_union(digits, beta_index, qs)
         elif self.group > 1:
             w, budget = design.weights, design.budget
-            ranks = grouping.rank(res.beta_index, w, self.group, budget)
+            ranks = grouping.rank(beta_index, w, self.group, budget)
             codes = np.concatenate(
                 [
-                    pack_base_q(res.digits, int(self.q)),
-                    grouping.pack(ranks, w, self.group, budget, res.digits.shape[0]),
+                    pack_base_q(digits, int(self.q)),
+                    grouping.pack(ranks, w, self.group, budget, nb),
                 ]
             )
         else:
-            parts = [pack_base_q(res.digits, int(self.q))]
+            parts = [pack_base_q(digits, int(self.q))]
             if k > 1:
-                parts.append(pack(res.beta_index, math.ceil(math.log2(k))))
+                parts.append(pack(beta_index, math.ceil(math.log2(k))))
             codes = np.concatenate(parts)
-        counts = np.bincount(res.beta_index, minlength=k)
+        counts = np.bincount(beta_index, minlength=k)
+        # Σ(z − αẑ)² from the three sums (a diagnostic: not stored)
+        sq_err = float(energy) - 2.0 * alpha * float(num) + alpha * alpha * float(den)
         stats = {
-            "overload_blocks": float(res.overload.sum()),
-            "overload_fraction": float(res.overload.mean()),
-            "mse_normalised": float(np.mean((z - alpha * res.estimate) ** 2)),
-            **{f"beta{i}_fraction": float(c / z.shape[0]) for i, c in enumerate(counts)},
+            "overload_blocks": float(overloads[0]),
+            "overload_fraction": overloads[0] / nb,
+            "mse_normalised": max(sq_err, 0.0) / z.size,
+            **{f"beta{i}_fraction": float(c / nb) for i, c in enumerate(counts)},
         }
         return Encoded(
             codes=codes,
@@ -1334,7 +1558,8 @@ class _VoronoiQuantizer(Quantizer):
         if self.dither:
             u = dither(nb, lat, int(enc.side["dither_seed"][0]))
         zh = voronoi_decode_blocks(digits, bi, lat, qs, betas, u)
-        zh = zh * float(enc.side["alpha"][0])
+        del digits, bi, u  # (their memory is not needed by finish_rows)
+        zh *= float(enc.side["alpha"][0])
         return finish_rows(
             zh, enc.side, shape, rotate=self.rotate, center=self.center, seed=self.seed
         )

@@ -71,7 +71,7 @@ class WeightOnlyQuantizer(Quantizer):
         """Validate rate/step/rotate/seed/dead; a step (or a grid without a rate) drops the rate."""
         default_rate = type(self).__dataclass_fields__["rate"].default  # type: ignore[attr-defined]
         if self.step is not None:
-            check_float(self.step, "step", 0.0, hi=1e30, lo_open=True)
+            check_float(self.step, "step", 0.0, hi=1e10, lo_open=True)
         if self.step is not None or not rate_used:
             if self.rate is not None and self.rate != default_rate:
                 why = "a step is given" if self.step is not None else "this grid has a fixed rate"

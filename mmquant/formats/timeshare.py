@@ -49,6 +49,8 @@ __all__ = ["TimeShare", "MIN_RATE"]
 #: Smallest rate: one byte per 1024 entries (:data:`mmquant.layout.MAX_ENTRIES_PER_BYTE`).
 MIN_RATE = 8 / MAX_ENTRIES_PER_BYTE
 
+_CHUNK = 1 << 16  # entries per step of the encoder and the decoder
+
 
 @register("timeshare")
 @dataclass(frozen=True)
@@ -95,15 +97,29 @@ class TimeShare(Quantizer):
 
     def _encode(self, x: np.ndarray) -> Encoded:
         n = x.shape[-1]
-        rows = rotation(n, self.seed).apply(x.reshape(-1, n).astype(np.float64))
+        x2 = x.reshape(-1, n)
+        n_rows = x2.shape[0]
+        rot = rotation(n, self.seed)
         m = self._kept(n)
-        kept = rows[:, :m]
+        # A chunk of rows at a time (every step is per row): only the sign bits and the
+        # per-row scales are kept whole.
+        raw = np.empty(n_rows)
+        bits = np.empty((n_rows, m), np.uint8)
+        sq = {"float16": 0.0, "float32": 0.0}  # Σ squared error for either stored scale dtype
+        for r0 in range(0, n_rows, max(1, _CHUNK // n)):
+            r1 = min(n_rows, r0 + max(1, _CHUNK // n))
+            kept = rot.apply(x2[r0:r1].astype(np.float64))[:, :m]
+            raw[r0:r1] = np.mean(np.abs(kept), axis=1)
+            neg = kept < 0
+            bits[r0:r1] = neg
+            sign = np.where(neg, -1.0, 1.0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                for dt in sq:
+                    a = raw[r0:r1].astype(dt).astype(np.float64)
+                    sq[dt] += float(np.sum((kept - sign * a[:, None]) ** 2))
         # float16 where it holds the scale to normal precision, else float32 (never saturated)
-        alpha = store_float(np.mean(np.abs(kept), axis=1))
-        bits = (kept < 0).astype(np.uint8)
-        d = float(
-            np.mean((kept - np.where(bits, -1.0, 1.0) * alpha.astype(np.float64)[:, None]) ** 2)
-        )
+        alpha = store_float(raw)
+        d = sq[alpha.dtype.name] / (n_rows * m)
         return Encoded(
             codes=pack(bits, 1),
             side={"alpha": alpha},
@@ -124,6 +140,13 @@ class TimeShare(Quantizer):
                 "corrupt side information: 'alpha' holds a negative or non-finite scale"
             )
         bits = unpack(enc.codes, 1, n_rows * m).reshape(n_rows, m)
-        y = np.zeros((n_rows, n))
-        y[:, :m] = np.where(bits == 1, -1.0, 1.0) * enc.side["alpha"].astype(np.float64)[:, None]
-        return rotation(n, self.seed).inverse(y).reshape(shape)
+        alpha = enc.side["alpha"].astype(np.float64)
+        rot = rotation(n, self.seed)
+        out = np.empty((n_rows, n))
+        step = max(1, _CHUNK // n)
+        for r0 in range(0, n_rows, step):  # a chunk of rows at a time
+            r1 = min(n_rows, r0 + step)
+            y = np.zeros((r1 - r0, n))
+            y[:, :m] = np.where(bits[r0:r1] == 1, -1.0, 1.0) * alpha[r0:r1, None]
+            out[r0:r1] = rot.inverse(y)
+        return out.reshape(shape)

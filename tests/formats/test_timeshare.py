@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import mmquant as mq
-from mmquant.lattices.sketch import TimeShare
+from mmquant.formats.timeshare import TimeShare
 from mmquant.theory.matmul_rd import gamma
 
 
