@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -174,7 +175,7 @@ class Quantizer(abc.ABC):
         """Canonical spec string (only non-default parameters are written)."""
         return format_spec(self)
 
-    def encode(self, x: Any) -> Encoded:
+    def encode(self, x: Any, **kw: Any) -> Encoded:
         """Quantize ``x`` along its last axis.
 
         Parameters
@@ -182,15 +183,33 @@ class Quantizer(abc.ABC):
         x : array_like
             Real array with at least one dimension (float16/32/64; integers are converted to
             float64; torch tensors are accepted). Must be finite and non-empty.
+        **kw
+            Data the family's encoder takes besides ``x`` (e.g. ``sigma=`` Σ_X for the
+            weight-only families); most families take none.
 
         Returns
         -------
         Encoded
             Packed codes, side information and the spec string; ``bits_per_entry`` is measured
             from the stored bytes.
+
+        Raises
+        ------
+        TypeError
+            A keyword argument the family's encoder does not take (the message names it).
         """
+        if kw:
+            params = inspect.signature(self._encode).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                takes = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY]
+                unknown = sorted(set(kw) - set(takes))
+                if unknown:
+                    raise TypeError(
+                        f"{self.spec!r} takes no keyword argument {', '.join(unknown)} in "
+                        f"encode (it takes: {', '.join(takes) or 'none'})"
+                    )
         arr = as_real_array(x, name="x", min_ndim=1)
-        return self._encode(arr)
+        return self._encode(arr, **kw)
 
     def layout(self, shape: tuple[int, ...]) -> Layout | None:
         """What a record of this quantizer holds for an array of ``shape`` (a checked shape).
@@ -318,6 +337,7 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.lattices.voronoi",
     "mmquant.lattices.entropy_coded",
     "mmquant.formats.timeshare",
+    "mmquant.weightonly.quantizers",
 ]
 _loaded = False
 

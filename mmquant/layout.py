@@ -16,7 +16,8 @@ made. Before any decoder (and so any kernel that indexes a buffer) runs,
 3. the **layout** the family declares for that shape (:meth:`~mmquant.core.Quantizer.layout`):
    the exact number of code bytes (or, where it depends on stored values or on the data, a range
    that the decoder narrows to an exact check itself), the exact set of side arrays with the
-   dtype(s) and shape of each as functions of the shape and the parameters, and the seed the
+   dtype(s) and shape of each as functions of the shape and the parameters (some may be declared
+   optional: stored only when the data needs them), and the seed the
    record must carry (the decoder uses the spec's seed; a record with another one was made with
    another rotation or dither).
 
@@ -109,12 +110,16 @@ class Layout:
         The seed the record must carry (``None``: the record has no seed).
     codes_multiple : int
         The code length is a multiple of this (4 for a stream of 32-bit words).
+    optional : frozenset of str
+        Names in ``side`` that a record may omit (stored only when the data needs them, e.g. a
+        mask of dead inputs); when present they must match their declaration.
     """
 
     codes: int | tuple[int, int | None]
     side: Mapping[str, SideArray] = field(default_factory=dict)
     seed: int | None = None
     codes_multiple: int = 1
+    optional: frozenset[str] = frozenset()
 
     def describe_codes(self) -> str:
         """``"exactly 256 bytes"`` or ``"between 0 and 120 bytes"`` (and the multiple)."""
@@ -178,10 +183,11 @@ def check_layout(enc: Encoded, layout: Layout, spec: str, what: str = "record") 
             f"for shape {shape}"
         )
     got, want = set(enc.side), set(layout.side)
-    if got != want:
+    required = want - set(layout.optional)
+    if not required <= got <= want:
         parts = []
-        if want - got:
-            parts.append(f"missing {', '.join(repr(k) for k in sorted(want - got))}")
+        if required - got:
+            parts.append(f"missing {', '.join(repr(k) for k in sorted(required - got))}")
         if got - want:
             parts.append(f"unexpected {', '.join(repr(k) for k in sorted(got - want))}")
         expected = ", ".join(repr(k) for k in sorted(want)) or "none"
@@ -189,7 +195,7 @@ def check_layout(enc: Encoded, layout: Layout, spec: str, what: str = "record") 
             f"{what} side information does not match {spec!r}: {'; '.join(parts)} "
             f"(expected: {expected})"
         )
-    for key in sorted(want):
+    for key in sorted(got):
         arr, decl = enc.side[key], layout.side[key]
         if not decl.matches(arr):
             raise ValueError(

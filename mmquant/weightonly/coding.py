@@ -22,7 +22,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["ColumnStream", "encode_columns", "decode_columns", "column_code_bits", "std_grid"]
+__all__ = [
+    "ColumnStream",
+    "encode_columns",
+    "decode_columns",
+    "column_code_bits",
+    "std_grid",
+    "MAX_CODE_SPAN",
+]
+
+#: Largest ``max(Z) − min(Z)`` the coder takes: its models give every symbol of the pooled range
+#: a nonzero probability at 24-bit precision (constriction refuses wider supports).
+MAX_CODE_SPAN = 2**23
 
 _K_OFFSET = 1
 _K_PER_OCTAVE = 16.0
@@ -149,6 +160,11 @@ def encode_columns(z: np.ndarray) -> ColumnStream:
     z = z.astype(np.int64)
     if int(np.abs(z).max()) > 2**30:
         raise ValueError("codes must lie within ±2^30")
+    if int(z.max()) - int(z.min()) > MAX_CODE_SPAN:
+        raise ValueError(
+            f"codes span {int(z.max()) - int(z.min())} values; the per-column models code at "
+            f"most {MAX_CODE_SPAN} (a larger step or rate is needed)"
+        )
     k, _, lo, hi = _choose_models(z)
     c = _constriction()
     coder = c.stream.stack.AnsCoder()
@@ -173,6 +189,11 @@ def decode_columns(cs: ColumnStream) -> np.ndarray:
         raise TypeError(f"expected a ColumnStream, got {type(cs).__name__}")
     a, n = cs.shape
     lo, hi = int(cs.bounds[0]), int(cs.bounds[1])
+    if not (lo <= hi and hi - lo <= MAX_CODE_SPAN and max(-lo, hi) <= 2**30):
+        raise ValueError(
+            f"corrupt code bounds [{lo}, {hi}]: expected lo ≤ hi, at most {MAX_CODE_SPAN} "
+            "apart, within ±2^30"
+        )
     k = np.asarray(cs.std_index, np.int64)
     if k.size != n:
         raise ValueError(f"std_index has {k.size} entries for {n} columns")
@@ -183,11 +204,21 @@ def decode_columns(cs: ColumnStream) -> np.ndarray:
     data = np.asarray(cs.stream)
     if data.dtype != np.uint8 or data.size % 4:
         raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    if data.size == 0:
+        raise ValueError("corrupt bitstream: it is empty but the codes are not all equal")
+    if not np.any(data[-4:]):
+        raise ValueError("corrupt bitstream: an rANS stream never ends in a zero word")
     c = _constriction()
-    dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
-    for j in range(n):
-        if k[j] == 0:
-            continue
-        model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
-        out[:, j] = dec.decode(model, a)
+    try:
+        dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
+        for j in range(n):
+            if k[j] == 0:
+                continue
+            model = c.stream.model.QuantizedGaussian(lo, hi, 0.0, float(std_grid(k[j])))
+            out[:, j] = dec.decode(model, a)
+        left = not dec.is_empty()
+    except (ValueError, RuntimeError, OverflowError) as exc:  # constriction on a corrupt stream
+        raise ValueError(f"corrupt bitstream: {exc}") from None
+    if left:
+        raise ValueError("corrupt bitstream: it holds more than the codes of its shape")
     return out

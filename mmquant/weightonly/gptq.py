@@ -17,11 +17,10 @@ import math
 
 import numpy as np
 
-from mmquant.validation import check_choice, check_float
-from mmquant.weightonly.coding import column_code_bits
+from mmquant.validation import check_choice
 from mmquant.weightonly.grids import GRIDS, make_grid
 from mmquant.weightonly.result import WeightQuant, build_result
-from mmquant.weightonly.sic import Problem, sample_rows, search_step, setup, sic
+from mmquant.weightonly.sic import Problem, search_rate, setup, sic
 from mmquant.weightonly.watersic import side_bits
 
 __all__ = ["gptq", "quantize_on_grid"]
@@ -106,31 +105,15 @@ def quantize_on_grid(
         if step is None and not np.any(wk):  # nothing to code
             step = 1.0
         if step is None:
-            r = check_float(rate, "rate", 0.0, lo_open=True)
             side = side_bits(a, n, col_scale=False, entropy=True)
-            target = r - side / (a * n)
-            if target <= 0:
-                raise ValueError(
-                    f"rate {r} bits/weight is below the side information ({side / (a * n):.3f})"
-                )
-            info["target_rate"] = r
-            target_live = target * n / wk.shape[1]
             s = np.maximum(np.mean(wk**2, axis=0), 1e-30)
-            x0 = math.log2(_SQRT_2PIE) + 0.5 * float(np.mean(np.log2(s))) - target_live
-            rows = sample_rows(a)
+            offset = math.log2(_SQRT_2PIE) + 0.5 * float(np.mean(np.log2(s)))
 
-            def rate_of(log2_step: float, ww: np.ndarray = wk[rows]) -> float:
-                gr = make_grid("uniform", ww, step=2.0**log2_step)
-                z, _ = _codes(p, ww, gr, feedback)
-                return column_code_bits(z) / z.size
+            def codes_at(st: float, ww: np.ndarray) -> np.ndarray:
+                return _codes(p, ww, make_grid("uniform", ww, step=st), feedback)[0]
 
             x_min = math.log2(float(np.abs(wk).max())) - 24.0
-            x, its = search_step(rate_of, target_live, x0, x_min=x_min)
-            info["search_iterations"] = its
-            if rows.size < a:
-                x = search_step(
-                    lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3, x_min=x_min
-                )[0]
+            x = search_rate(codes_at, wk, n, rate, side, offset, x_min, info)
             step = 2.0**x
         gr = make_grid("uniform", wk, step=step)
     else:

@@ -8,13 +8,20 @@ from mmquant.theory.highrate import waterfill_rate
 from mmquant.validation import check_choice
 from mmquant.weightonly.result import WeightQuant
 
-__all__ = ["gap_bits", "quantize_layer", "METHODS"]
+__all__ = ["waterfill_gap_bits", "quantize_layer", "METHODS", "METHOD_SPECS"]
 
 #: Method names of :func:`quantize_layer` (and of ``mmquant weights --method``).
 METHODS = ("rtn", "gptq", "gptq-rot", "watersic")
+#: Registered quantizer (spec) of each method of :data:`METHODS`.
+METHOD_SPECS = {
+    "rtn": "rtn",
+    "gptq": "gptq",
+    "gptq-rot": "gptq:rotate=true",
+    "watersic": "watersic",
+}
 
 
-def gap_bits(
+def waterfill_gap_bits(
     q: WeightQuant,
     sigma: np.ndarray,
     *,
@@ -47,18 +54,22 @@ def quantize_layer(
 ) -> WeightQuant:
     """Quantize one layer at a target rate with ``method`` in :data:`METHODS`.
 
-    ``rtn``, ``gptq`` and ``gptq-rot`` use the entropy-coded uniform grid (same coder and side
-    information as WaterSIC) so that all four are compared at the same measured rate.
+    The method's registered quantizer (:data:`METHOD_SPECS`, e.g. ``gptq-rot`` is
+    ``gptq:rotate=true``) with ``rate`` and the options ``kw`` (``damp=`` ...);
+    ``seed`` is the rotation seed of ``gptq-rot``. ``rtn``, ``gptq`` and ``gptq-rot`` use the
+    entropy-coded uniform grid (same coder and side information as WaterSIC) so that all four
+    are compared at the same measured rate.
+
+    Returns
+    -------
+    WeightQuant
+        The full result; ``get(METHOD_SPECS[method], ...).encode(w, sigma=sigma)`` stores the
+        same bitstream and side information as an :class:`~mmquant.core.Encoded` record.
     """
-    from mmquant.weightonly.gptq import gptq
-    from mmquant.weightonly.rtn import rtn
-    from mmquant.weightonly.watersic import watersic
+    from mmquant.core import get
 
     check_choice(method, "method", METHODS)
-    if method == "rtn":
-        return rtn(w, sigma, rate, **kw)  # type: ignore[arg-type]
-    if method == "gptq":
-        return gptq(w, sigma, rate, **kw)  # type: ignore[arg-type]
     if method == "gptq-rot":
-        return gptq(w, sigma, rate, rotate=True, seed=seed, **kw)  # type: ignore[arg-type]
-    return watersic(w, sigma, rate, **kw)  # type: ignore[arg-type]
+        kw = {**kw, "seed": seed}
+    q = get(METHOD_SPECS[method], rate=rate, **kw)
+    return q.quantize_weights(w, sigma)  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ import numpy as np
 from mmquant.packing import pack, unpack
 from mmquant.weightonly.coding import ColumnStream, decode_columns, encode_columns
 
-__all__ = ["WeightQuant", "decode", "build_result", "rotation_matrix"]
+__all__ = ["WeightQuant", "decode", "decode_stored", "build_result", "rotation_matrix"]
 
 
 def rotation_matrix(n: int, seed: int) -> np.ndarray:
@@ -222,6 +222,59 @@ def build_result(
     )
 
 
+def decode_stored(
+    stream: np.ndarray,
+    side: Mapping[str, np.ndarray],
+    shape: tuple[int, int],
+    coding: str,
+    group: int | None,
+    rotation_seed: int | None,
+) -> np.ndarray:
+    """Rebuild Ŵ from a stored bitstream and side information (see the module docstring).
+
+    Parameters
+    ----------
+    stream : numpy.ndarray
+        ``uint8`` bitstream (entropy coded) or packed codes (``coding = "fixed:<bits>"``).
+    side : Mapping[str, numpy.ndarray]
+        ``unit`` and, as stored, ``col_scale``, ``row_scale``, ``live``, ``std_index``,
+        ``bounds``.
+    shape : tuple of int
+        ``(a, n)``.
+    coding : str
+        ``"entropy"`` or ``"fixed:<bits>"``.
+    group : int or None
+        Columns per ``row_scale`` group (``None``: all live columns, one group).
+    rotation_seed : int or None
+        Seed of the rotation U.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(a, n)`` float64.
+    """
+    a, n = shape
+    live = np.unpackbits(side["live"], count=n).astype(bool) if "live" in side else np.ones(n, bool)
+    if coding == "entropy":
+        z = decode_columns(
+            ColumnStream(
+                stream=stream, std_index=side["std_index"], bounds=side["bounds"], shape=(a, n)
+            )
+        )
+    else:
+        b = int(coding.split(":")[1])
+        z = unpack(stream, b, a * n).astype(np.int64).reshape(a, n) - 2 ** (b - 1)
+    return _reconstruct(
+        z,
+        float(side["unit"][0]),
+        side.get("col_scale"),
+        side.get("row_scale"),
+        int(live.sum()) if group is None else group,
+        live,
+        rotation_seed,
+    )
+
+
 def decode(q: WeightQuant) -> np.ndarray:
     """Rebuild Ŵ from the stored bitstream and side information only.
 
@@ -232,24 +285,4 @@ def decode(q: WeightQuant) -> np.ndarray:
     """
     if not isinstance(q, WeightQuant):
         raise TypeError(f"decode expects a WeightQuant, got {type(q).__name__}")
-    a, n = q.shape
-    side = q.side
-    live = np.unpackbits(side["live"], count=n).astype(bool) if "live" in side else np.ones(n, bool)
-    if q.coding == "entropy":
-        z = decode_columns(
-            ColumnStream(
-                stream=q.stream, std_index=side["std_index"], bounds=side["bounds"], shape=(a, n)
-            )
-        )
-    else:
-        b = int(q.coding.split(":")[1])
-        z = unpack(q.stream, b, a * n).astype(np.int64).reshape(a, n) - 2 ** (b - 1)
-    return _reconstruct(
-        z,
-        float(side["unit"][0]),
-        side.get("col_scale"),
-        side.get("row_scale"),
-        q.group,
-        live,
-        q.rotation_seed,
-    )
+    return decode_stored(q.stream, q.side, q.shape, q.coding, q.group, q.rotation_seed)

@@ -22,7 +22,7 @@ import numpy as np
 from mmquant.weightonly.covariance import check_problem, prepare_covariance
 from mmquant.weightonly.result import rotation_matrix
 
-__all__ = ["Problem", "setup", "sic", "search_step", "sample_rows"]
+__all__ = ["Problem", "setup", "sic", "search_step", "search_rate", "sample_rows"]
 
 #: ``quantize(j, target) -> (integer codes, reconstruction)`` for one column.
 ColumnQuantizer = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -194,3 +194,71 @@ def search_step(
             x2 = 0.5 * (lo + hi)
         x0, r0, x1 = x1, r1, x2
     return best[1], it
+
+
+def search_rate(
+    codes_at: Callable[[float, np.ndarray], np.ndarray],
+    wk: np.ndarray,
+    n: int,
+    rate: object,
+    side_bits: int,
+    log2_step_offset: float,
+    x_min: float,
+    info: dict[str, float],
+) -> float:
+    """The ``log2`` step at which a quantizer's measured rate hits ``rate`` (GPTQ and WaterSIC).
+
+    The codes take ``rate − side_bits/(a·n)`` bits per weight, spread over the live columns of
+    ``wk`` (``(a, m)``, ``m ≤ n``). The step is searched (:func:`search_step`) from
+    ``log2_step_offset − R_live`` on a subsample of rows (:func:`sample_rows`), then corrected
+    with all rows; the rate of a step is the ideal per-column code length of its codes.
+
+    Parameters
+    ----------
+    codes_at : callable
+        ``codes_at(step, rows_of_wk) -> integer codes`` of those rows at that step.
+    wk : numpy.ndarray
+        ``(a, m)`` working weights (not all zero).
+    n : int
+        Columns of the full matrix (dead ones included).
+    rate : float
+        Target measured rate in bits per weight, side information included (> 0).
+    side_bits : int
+        Bits of side information of the whole matrix.
+    log2_step_offset : float
+        ``log2`` of the high-rate step at rate 0 (the start is this minus the code rate).
+    x_min : float
+        Smallest ``log2`` step tried (codes stay within ±2^30).
+    info : dict
+        Receives ``target_rate`` and ``search_iterations``.
+
+    Raises
+    ------
+    ValueError
+        ``rate`` is not positive or is below the side information.
+    """
+    from mmquant.validation import check_float
+    from mmquant.weightonly.coding import column_code_bits
+
+    a = wk.shape[0]
+    r = check_float(rate, "rate", 0.0, lo_open=True)
+    target = r - side_bits / (a * n)
+    if target <= 0:
+        raise ValueError(
+            f"rate {r} bits/weight is below the side information ({side_bits / (a * n):.3f})"
+        )
+    info["target_rate"] = r
+    target_live = target * n / wk.shape[1]  # codes are spread over the live columns only
+    rows = sample_rows(a)
+
+    def rate_of(log2_step: float, ww: np.ndarray = wk[rows]) -> float:
+        z = codes_at(2.0**log2_step, ww)
+        return column_code_bits(z) / z.size
+
+    x, its = search_step(rate_of, target_live, log2_step_offset - target_live, x_min=x_min)
+    info["search_iterations"] = its
+    if rows.size < a:  # correct with all rows
+        x = search_step(
+            lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3, x_min=x_min
+        )[0]
+    return x

@@ -24,11 +24,10 @@ import math
 import numpy as np
 
 from mmquant.validation import check_choice, check_float
-from mmquant.weightonly.coding import column_code_bits
 from mmquant.weightonly.covariance import wmse
 from mmquant.weightonly.rescale import fit_rescalers
 from mmquant.weightonly.result import WeightQuant, build_result
-from mmquant.weightonly.sic import Problem, sample_rows, search_step, setup, sic
+from mmquant.weightonly.sic import Problem, search_rate, setup, sic
 
 __all__ = ["watersic", "side_bits"]
 
@@ -141,39 +140,22 @@ def _watersic(
     elif not np.any(wk):  # nothing to code: any step gives zero codes
         c, step = 1.0, 1.0
     else:
-        r = check_float(rate, "rate", 0.0, lo_open=True)
-        target = r - side / (a * n)
-        if target <= 0:
-            raise ValueError(
-                f"rate {r} bits/weight is below the side information ({side / (a * n):.3f})"
-            )
-        info["target_rate"] = r
-        # codes are spread over the live columns only
-        target_live = target * n / wk.shape[1]
         s = np.maximum(np.mean(wk**2, axis=0), 1e-30)
-        log2_c0 = math.log2(_SQRT_2PIE) + float(np.mean(np.log2(np.sqrt(s) * d))) - target_live
-        rows = sample_rows(a)
-        sub = wk[rows]
+        offset = math.log2(_SQRT_2PIE) + float(np.mean(np.log2(np.sqrt(s) * d)))
         cache: dict[float, tuple] = {}
 
-        def rate_of(log2_c: float, ww: np.ndarray = sub) -> float:
-            cc = 2.0**log2_c
+        def codes_at(cc: float, ww: np.ndarray) -> np.ndarray:
             out = _run(ww, chol, cc, _unit(cc, d), lmmse)
             if ww is wk:
-                cache[log2_c] = out
-            return column_code_bits(out[0]) / out[0].size
+                cache[cc] = out
+            return out[0]
 
         x_min = math.log2(float(np.abs(wk @ chol).max())) - 26.0
-        x, its = search_step(rate_of, target_live, log2_c0, x_min=x_min)
-        info["search_iterations"] = its
-        if rows.size < a:  # correct with all rows
-            x = search_step(
-                lambda v: rate_of(v, wk), target_live, x, tol=0.003, max_iter=3, x_min=x_min
-            )[0]
+        x = search_rate(codes_at, wk, n, rate, side, offset, x_min, info)
         c = 2.0**x
     unit = _unit(c, d)
-    if step is None and x in cache:
-        z, w_hat, col16, gam = cache[x]
+    if step is None and c in cache:
+        z, w_hat, col16, gam = cache[c]
     else:
         z, w_hat, col16, gam = _run(wk, chol, c, unit, lmmse)
     row16 = None

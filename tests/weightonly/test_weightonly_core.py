@@ -7,11 +7,11 @@ from hypothesis import strategies as st
 
 from mmquant.weightonly import (
     decode,
-    gap_bits,
     gptq,
     prepare_covariance,
     quantize_layer,
     rtn,
+    waterfill_gap_bits,
     watersic,
     wmse,
 )
@@ -119,10 +119,10 @@ def test_input_errors():
         gptq(w, s, 3.0, grid="nf4")
 
 
-def test_gap_bits_is_rate_minus_waterfilling_rate():
+def test_waterfill_gap_bits_is_rate_minus_waterfilling_rate():
     w, s = _problem(a=256, n=32)
     q = quantize_layer("watersic", w, s, 4.0)
-    g = gap_bits(q, s, sigma2=float(np.mean(w**2)))
+    g = waterfill_gap_bits(q, s, sigma2=float(np.mean(w**2)))
     assert 0.1 < g < 0.6
 
 
