@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 
 import mmquant as mq
+from mmquant.core import parse_spec
 from mmquant.experiments.compare import default_quantizers
 
 GOLDEN = Path(__file__).parent / "data" / "golden.json"
 
-# Configurations beyond compare's default list: union codes, fitted scales, dither, other rates.
+# Configurations beyond compare's default list: union codes, fitted scales, dither, other rates,
+# and the weight-only families (encoded with Σ_X = I, i.e. plain MSE).
 EXTRA_SPECS = [
     "e8:mixed=true",
     "e8:fit=true",
@@ -38,6 +40,9 @@ EXTRA_SPECS = [
     "int:bits=3,group=64",
     "int:bits=4,group=32,affine=true",
     "timeshare:rate=0.3",
+    "rtn:rate=8.0",
+    "gptq:rate=8.0",
+    "watersic:rate=8.0",
 ]
 
 
@@ -99,7 +104,7 @@ def test_encoding_is_unchanged(spec: str) -> None:
 
 
 def test_every_family_is_pinned() -> None:
-    pinned = {mq.parse_spec(s)[0] for s in _stored()}
+    pinned = {parse_spec(s)[0] for s in _stored()}
     assert set(mq.available()) <= pinned
 
 
