@@ -11,7 +11,7 @@ arrays are converted to little-endian first) are written as their raw bytes in a
 tensor, with the dtype name and shape kept in the header; their byte count is unchanged. The string
 metadata of the safetensors header holds a single key, ``"mmquant"``, whose value is a JSON header::
 
-    {"magic": "mmquant", "format_version": 2, "library_version": "0.1.0",
+    {"magic": "mmquant", "format_version": 3, "library_version": "0.1.0",
      "matrices": {NAME: {"spec": ..., "shape": [...], "seed": ..., "stats": {...},
                          "arrays": {TENSOR: {"dtype": ..., "shape": [...], "raw": bool,
                                              "crc32": int}}}},
@@ -81,7 +81,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "mmquant"  # the "magic" of the JSON header
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Older versions this library still reads. Version 2 (before the structured rotation of every row
+#: length) is read except for records whose codes were made with the dense random orthogonal
+#: rotation of version 2 (rotated codes with a last dimension that has no Hadamard matrix).
+READABLE_VERSIONS = (2, 3)
 DEFAULT_NAME = "x"  # name of the matrix when save() is given a single Encoded
 _META_KEY = "mmquant"
 #: Largest safetensors header read (the limit safetensors itself applies: 100 MB).
@@ -371,7 +375,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
             f"and started to store their β list); this library reads version {FORMAT_VERSION}: "
             "re-encode the matrices"
         )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatError(
             f"{path}: unknown format version {version!r} (this library reads version "
             f"{FORMAT_VERSION}); upgrade mmquant"
@@ -629,11 +633,39 @@ def load(
     except (KeyError, TypeError) as exc:
         raise FormatError(f"{path}: header is malformed ({exc})") from None
     for name, enc in out.items():
+        if header["format_version"] == 2:
+            _check_version2_rotation(path, name, enc)
         if verify:
             _verify(path, name, enc)
         else:
             _check_record(path, name, enc)
     return out
+
+
+def _check_version2_rotation(path: Path, name: str, enc: Encoded) -> None:
+    """Refuse a version-2 record whose codes used the dense rotation this library no longer has.
+
+    Format version 2 rotated rows whose length ``n`` has no Hadamard matrix by a random orthogonal
+    matrix (O(n²) memory); version 3 uses a structured block-Hadamard rotation instead, so such
+    codes would decode to other numbers. Every other version-2 record decodes bit for bit as before.
+    """
+    from mmquant.rotations import rotation_scheme
+
+    q = _check_spec(path, name, enc.spec)
+    rotates = q.name == "timeshare" or bool(getattr(q, "rotate", False))
+    if q.name not in ROTATED_FAMILIES or not rotates or not enc.shape:
+        return
+    n = enc.shape[-1]
+    if n >= 1 and rotation_scheme(n) != "hadamard":
+        raise FormatError(
+            f"{path}: matrix {name!r} was written in format version 2 with a dense random "
+            f"rotation of length {n}, which version {FORMAT_VERSION} replaced by a structured "
+            "one: re-encode it from the original data"
+        )
+
+
+#: Families whose version-2 codes depend on the rotation of the rows.
+ROTATED_FAMILIES = frozenset({"e8", "d4", "zn", "e8ec", "timeshare"})
 
 
 def load_one(
