@@ -6,7 +6,9 @@ it): the same float32 operations
 thresholds ``t ≤ u`` (``searchsorted(..., side='right')``): counted directly (one vectorised pass
 per threshold) up to 32 levels, else found from a lower bound read in a
 uniform-grid table over the thresholds followed by a fixed number of branch-free comparison
-steps (enough for the densest stretch of thresholds). Importing this module compiles nothing; the
+steps (enough for the densest stretch of thresholds). Serial kernels (``parallel=True`` cost more
+compile time than it saved run time on these memory-bound loops); they release the GIL.
+Importing this module compiles nothing; the
 first call compiles (cached on disk when possible). Raises ImportError without numba. Packing
 and decoding (``σ_row · points[code]``, one group per row) use :func:`mmquant.kernels.formats.pack`
 and :func:`~mmquant.kernels.formats.decode_table`.
@@ -27,11 +29,11 @@ _LINEAR_MAX = 31
 _CACHE = numba_cache()  # False in a read-only install without a writable cache folder
 
 
-@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
 def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
     rows, n = x.shape
     nb = lo.size
-    for i in numba.prange(rows):
+    for i in range(rows):
         s = inv[i]
         base = i * n
         for j in range(n):
@@ -51,22 +53,25 @@ def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
             out[base + j] = idx
 
 
-@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
 def _encode_linear(x, inv, t, out):  # pragma: no cover - compiled
     # few thresholds: count t_k <= u with one vectorisable pass over the row per threshold
     rows, n = x.shape
     nt = t.size
-    for i in numba.prange(rows):
+    u = np.empty(n, np.float32)
+    c = np.empty(n, np.uint8)
+    for i in range(rows):
         s = inv[i]
-        u = np.empty(n, np.float32)
-        c = np.zeros(n, np.uint8)
         for j in range(n):
             u[j] = np.float32(x[i, j]) * s
+            c[j] = 0
         for k in range(nt):
             tk = t[k]
             for j in range(n):
                 c[j] += np.uint8(u[j] >= tk)
-        out[i * n : (i + 1) * n] = c
+        base = i * n
+        for j in range(n):
+            out[base + j] = c[j]
 
 
 def _start_table(t: np.ndarray) -> tuple[np.float32, np.float32, np.ndarray, int, np.ndarray]:

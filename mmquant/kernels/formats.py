@@ -39,7 +39,10 @@ __all__ = [
     "unpack",
 ]
 
-_opts = {"parallel": True, "cache": numba_cache(), "fastmath": False, "nogil": True}
+#: Serial kernels (``numba.prange`` runs as ``range``): on these memory-bound loops
+#: ``parallel=True`` tripled the compile time of every kernel for little or no speed-up on
+#: small machines (and a slow-down on busy ones); they release the GIL for callers' threads.
+_opts = {"parallel": False, "cache": numba_cache(), "fastmath": False, "nogil": True}
 
 
 @numba.njit(**_opts)
@@ -279,7 +282,7 @@ def decode_table(
     s = np.ascontiguousarray(s, np.float32)
     out = np.empty((s.shape[0], n), np.float32)
     c = np.ascontiguousarray(codes).reshape(-1)
-    t = np.ascontiguousarray(table, np.float32)
+    t = np.array(table, np.float32)  # a writable copy: one compiled specialisation
     if off is None:
         _dec(c, t, s, g, out)
     else:

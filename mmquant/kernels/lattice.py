@@ -707,8 +707,8 @@ def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
         np.asarray(PROJECT_MARGINS, dtype=np.float64),
         PROJECT_STEPS,
         bool(search),
-        np.ascontiguousarray(lat.generator),
-        np.ascontiguousarray(lat.generator_inverse),
+        np.array(lat.generator),  # a writable copy: one compiled specialisation
+        np.array(lat.generator_inverse),
         digits,
         chosen,
         est,
@@ -750,7 +750,7 @@ def voronoi_decode_kernel(digits, beta_index, name, qs, betas, u):
         np.ascontiguousarray(qs, dtype=np.float64),
         np.ascontiguousarray(betas, dtype=np.float64),
         np.ascontiguousarray(u, dtype=np.float64),
-        np.ascontiguousarray(lat.generator),
+        np.array(lat.generator),  # a writable copy: one compiled specialisation
         out,
     )
     return out
@@ -838,10 +838,14 @@ def group_choose_kernel(err, weights, group, budget):
     return out
 
 
-@nb.njit(parallel=True, cache=_CACHE)
+@nb.njit(cache=_CACHE)
 def _gather_rows(a, arrs, out):
-    """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays)."""
-    for b in nb.prange(a.shape[0]):
+    """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays).
+
+    Serial: a memory copy gains little from threads, and ``parallel=True`` would triple its
+    compile time.
+    """
+    for b in range(a.shape[0]):
         src = arrs[a[b]]
         for i in range(out.shape[1]):
             out[b, i] = src[b, i]
@@ -850,7 +854,8 @@ def _gather_rows(a, arrs, out):
 def gather_rows_kernel(a, arrs):
     """Row ``b`` of ``arrs[a[b]]`` for every b; ``arrs`` are k arrays of one shape and dtype."""
     first = arrs[0]
-    two = tuple(np.ascontiguousarray(x).reshape(first.shape[0], -1) for x in arrs)
+    # rows as raw bytes: one compiled specialisation for every dtype (a copy is exact)
+    two = tuple(np.ascontiguousarray(x).reshape(first.shape[0], -1).view(np.uint8) for x in arrs)
     out = np.empty_like(two[0])
     _gather_rows(np.ascontiguousarray(a, dtype=np.int64), two, out)
-    return out.reshape(first.shape)
+    return out.view(first.dtype).reshape(first.shape)
