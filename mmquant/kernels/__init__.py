@@ -22,13 +22,16 @@ in every process instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
-__all__ = ["BACKENDS", "ENV_VAR", "load", "numba_cache", "resolve", "use_numba"]
+__all__ = ["BACKENDS", "ENV_VAR", "load", "numba_cache", "on_compile", "resolve", "use_numba"]
 
 #: Values of a ``backend`` argument and of the environment variable :data:`ENV_VAR`.
 BACKENDS = ("auto", "numpy", "numba")
@@ -107,6 +110,57 @@ def load(name: str, backend: str = "auto") -> ModuleType | None:
     if resolve(backend) == "numpy":
         return None
     return importlib.import_module(f"mmquant.kernels.{name}")
+
+
+@contextlib.contextmanager
+def on_compile(
+    start: Callable[[str], None], end: Callable[[str, float], None] | None = None
+) -> Iterator[None]:
+    """Within the block, report when numba compiles a kernel of this package (for user interfaces).
+
+    ``start(name)`` is called when numba begins to compile one of the kernels of
+    :mod:`mmquant.kernels` (the outermost compilation: not the helpers it compiles on the way),
+    ``end(name, seconds)`` when it is done. A kernel found in numba's disk cache is loaded, not
+    compiled, and reports nothing. When the numba backend is not in use (:func:`resolve`) the
+    block runs as it is and numba is not imported. The library prints nothing itself; the CLI
+    shows a progress message with this.
+
+    Parameters
+    ----------
+    start : callable
+        Called with the kernel's qualified name, e.g. ``"lattice._encode_all"``.
+    end : callable, optional
+        Called with the name and the compilation's wall time in seconds.
+    """
+    if resolve() != "numba":
+        yield
+        return
+    from numba.core import event
+
+    class _Listener(event.Listener):
+        def __init__(self) -> None:
+            self.stack: list[tuple[str, float] | None] = []
+
+        def on_start(self, ev: event.Event) -> None:
+            func = getattr(ev.data.get("dispatcher"), "py_func", None)
+            module = getattr(func, "__module__", "") or ""
+            outer = not any(self.stack) and module.startswith(__name__ + ".")
+            name = f"{module.rsplit('.', 1)[-1]}.{func.__name__}" if outer else ""
+            self.stack.append((name, time.perf_counter()) if outer else None)
+            if outer:
+                start(name)
+
+        def on_end(self, ev: event.Event) -> None:
+            top = self.stack.pop() if self.stack else None
+            if top is not None and end is not None:
+                end(top[0], time.perf_counter() - top[1])
+
+    listener = _Listener()
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def _cache_probe() -> int:  # pragma: no cover - never compiled, only located

@@ -88,3 +88,33 @@ def test_with_numba(monkeypatch):
     assert kernels.load("formats").__name__ == "mmquant.kernels.formats"
     monkeypatch.setenv("MMQUANT_KERNELS", "numpy")
     assert kernels.resolve("numba") == "numba"  # an explicit request wins over the variable
+
+
+def test_on_compile_reports_nothing_on_the_numpy_path(monkeypatch):
+    monkeypatch.setenv("MMQUANT_KERNELS", "numpy")
+    monkeypatch.setitem(sys.modules, "numba", None)  # would raise if it were imported
+    seen = []
+    with kernels.on_compile(seen.append):
+        mmquant.get("int").encode([[1.0, 2.0]])
+    assert seen == []
+
+
+def test_on_compile_reports_outermost_kernel_compilations():
+    numba = pytest.importorskip("numba")
+    import mmquant.kernels.formats as kf
+
+    def double(x):
+        return x * 2
+
+    double.__module__ = kf.__name__
+    helper = numba.njit(double)  # compiled on the way: not reported
+
+    def probe(x):  # a fresh dispatcher in the kernels' namespace: never cached
+        return helper(x) + 1
+
+    probe.__module__ = kf.__name__
+    seen, ended = [], []
+    with kernels.on_compile(seen.append, lambda n, t: ended.append((n, t))):
+        assert numba.njit(probe)(3) == 7
+    assert seen == ["formats.probe"]  # not the helper compiled on the way
+    assert [n for n, _ in ended] == ["formats.probe"] and ended[0][1] > 0
