@@ -15,8 +15,12 @@ from mmquant.cli.checks import check_output_file, parse_rates, text
 from mmquant.data import load_data
 from mmquant.experiments.base import write_json
 from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
+from mmquant.kernels import on_compile
 
 __all__ = ["compare_cmd", "rows_table"]
+
+#: Shown while numba compiles a kernel (first use after installation; cached afterwards).
+COMPILING = "compiling kernels (first run, cached afterwards)…"
 
 
 def rows_table(rows: list[CompareRow], title: str) -> Table:
@@ -65,6 +69,7 @@ def compare_cmd(
         qs = [q for q in qs if q.name in fams]
     if not qs:
         raise ValueError("no quantizer configuration matches the requested rates/families")
+    tty = sys.stderr.isatty()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -72,12 +77,27 @@ def compare_cmd(
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=True,
-        disable=not sys.stderr.isatty(),
+        disable=not tty,
     ) as prog:
         task = prog.add_task("quantizing", total=len(qs))
-        rows = compare(
-            pairs, qs, progress=lambda spec: prog.update(task, advance=1, description=spec)
-        )
+        shown = {"desc": "quantizing", "told": False}
+
+        def done(spec: str) -> None:
+            shown["desc"] = spec
+            prog.update(task, advance=1, description=spec)
+
+        def compiling(name: str) -> None:
+            if tty:
+                prog.update(task, description=COMPILING)
+            elif not shown["told"]:  # once, without the progress bar (pipes, CI logs)
+                make_console(stderr=True).print(text(COMPILING))
+            shown["told"] = True
+
+        def compiled(name: str, seconds: float) -> None:
+            prog.update(task, description=shown["desc"])
+
+        with on_compile(compiling, compiled):
+            rows = compare(pairs, qs, progress=done)
     a, b = pairs[0].a, pairs[0].b
     shape = f"A {a.shape[0]}×{a.shape[1]}, B {b.shape[0]}×{b.shape[1]}"
     title = (

@@ -43,6 +43,7 @@ from numpy.typing import ArrayLike
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.formats.limits import check_row_precision
+from mmquant.kernels import load as load_kernels
 from mmquant.layout import Layout, side_array
 from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.theory.scalar import (
@@ -200,11 +201,10 @@ def _encode_with(
     scales = _store_scales(rms, scale_dtype)
     _check_scales(x2, scales, rms, cb, spec, scale_dtype)
     thr = cb.thresholds.astype(np.float32)
-    try:  # optional fast path, bit-exact with encode_rows and pack (tests check it)
-        from mmquant.kernels.compander import encode_rows_fast, pack_fast
-
-        packed = pack_fast(encode_rows_fast(x2, scales, thr), bits)
-    except ImportError:
+    kc = load_kernels("compander")  # numba kernels, bit-exact with encode_rows and pack
+    if kc is not None:
+        packed = load_kernels("formats").pack(kc.encode_rows_fast(x2, scales, thr), bits)
+    else:
         packed = pack(encode_rows(x2, scales, thr), bits)
     side = {"scale": scales}
     if store_points:
@@ -228,11 +228,10 @@ def _decode_with(enc: Encoded, points: np.ndarray, bits: int) -> np.ndarray:
     if s.size and not (np.all(np.isfinite(s)) and float(np.min(s)) >= 0):
         raise ValueError("corrupt side information: 'scale' holds a negative or non-finite RMS")
     codes = unpack(enc.codes, bits, enc.entries)
-    try:  # optional fast path, bit-exact with decode_rows
-        from mmquant.kernels.compander import decode_rows_fast
-
-        out = decode_rows_fast(codes, enc.side["scale"], points, n)
-    except ImportError:
+    kf = load_kernels("formats")  # numba kernels, bit-exact with decode_rows
+    if kf is not None:  # one group of n per row
+        out = kf.decode_table(codes, points, enc.side["scale"].reshape(-1, 1), n, n)
+    else:
         out = decode_rows(codes, enc.side["scale"], points, n)
     return out.reshape(enc.shape)
 

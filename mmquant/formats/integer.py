@@ -47,9 +47,7 @@ References
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +59,7 @@ from mmquant.formats.limits import (
     check_row_precision,
     fit_float32_peak,
 )
+from mmquant.kernels import load as load_kernels
 from mmquant.layout import Layout, side_array
 from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.validation import check_choice, check_int
@@ -164,17 +163,12 @@ def round_scale(s: np.ndarray, scale_dtype: str, peak: float = 1.0) -> np.ndarra
 
 
 def kernels() -> Any:
-    """The numba kernels module :mod:`mmquant.kernels.formats`, or ``None``.
+    """The numba kernels module :mod:`mmquant.kernels.formats`, or ``None`` for the numpy reference.
 
-    ``None`` when numba is missing, the module is blocked, or ``MMQUANT_KERNELS=numpy`` is set; the
-    numpy reference is used then (the kernels are bit-exact with it).
+    Decided by :func:`mmquant.kernels.resolve` (``MMQUANT_KERNELS``; numba when installed); the
+    kernels are bit-exact with the numpy reference.
     """
-    if os.environ.get("MMQUANT_KERNELS", "").lower() == "numpy":
-        return None
-    try:
-        return importlib.import_module("mmquant.kernels.formats")
-    except ImportError:
-        return None
+    return load_kernels("formats")
 
 
 def as_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, int]:

@@ -1,36 +1,166 @@
-"""Numba kernels (imported lazily: numba is needed only when a kernel runs).
+"""Numba kernels, and the one switch that decides whether they run.
 
-The kernel modules compile on first call and keep the machine code in numba's on-disk cache when
-one can be written (:func:`numba_cache`); in a read-only install without a writable cache folder
-they compile in every process instead of failing.
+Every kernel call site asks :func:`resolve` (or its shortcuts :func:`load` and :func:`use_numba`)
+which backend to use:
+
+* ``"numpy"`` -- the numpy reference everywhere; numba is not even imported;
+* ``"numba"`` -- the numba kernels (bit-exact with the reference); an ``ImportError`` that says
+  how to install numba if it is missing;
+* ``"auto"`` (the default) -- the environment variable ``MMQUANT_KERNELS`` decides (``auto``,
+  ``numpy`` or ``numba``; unset means ``auto``), and ``auto`` there means numba when it can be
+  imported, numpy otherwise.
+
+An explicit ``"numpy"`` or ``"numba"`` given to a function (the ``backend=`` arguments of
+:mod:`mmquant.lattices`) wins over the environment variable.
+
+The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`,
+:mod:`~mmquant.kernels.lattice`) are imported only when a kernel of theirs runs; each compiles its
+functions on their first call and keeps the machine code in numba's on-disk cache when one can be
+written (:func:`numba_cache`); in a read-only install without a writable cache folder they compile
+in every process instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import os
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from types import ModuleType
 
-__all__ = ["numba_cache", "use_numba"]
+__all__ = ["BACKENDS", "ENV_VAR", "load", "numba_cache", "on_compile", "resolve", "use_numba"]
+
+#: Values of a ``backend`` argument and of the environment variable :data:`ENV_VAR`.
+BACKENDS = ("auto", "numpy", "numba")
+#: Environment variable read when the backend asked for is ``"auto"``.
+ENV_VAR = "MMQUANT_KERNELS"
+#: The kernel modules of this package (:func:`load` takes one of these names).
+MODULES = ("formats", "compander", "lattice")
 
 
-def use_numba(backend: str) -> bool:
-    """Whether to run the numba kernel for ``backend`` (``"auto"``, ``"numba"`` or ``"numpy"``).
+def resolve(backend: str = "auto") -> str:
+    """The backend that runs: ``"numpy"`` or ``"numba"`` (see the module docstring).
 
-    ``"auto"`` uses numba when it is installed, unless the environment variable
-    ``MMQUANT_KERNELS=numpy`` asks for the numpy reference; ``"numba"`` requires it.
+    Parameters
+    ----------
+    backend : {"auto", "numpy", "numba"}
+        What the caller asks for; ``"auto"`` defers to ``MMQUANT_KERNELS``.
+
+    Returns
+    -------
+    str
+        ``"numba"`` or ``"numpy"``.
+
+    Raises
+    ------
+    ValueError
+        ``backend`` or ``MMQUANT_KERNELS`` is not one of ``auto``, ``numpy``, ``numba``.
+    ImportError
+        ``"numba"`` was asked for (argument or environment) and numba cannot be imported.
     """
-    if backend == "numpy" or os.environ.get("MMQUANT_KERNELS", "").lower() == "numpy":
-        return False
-    if backend not in ("auto", "numba"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'numba', got {backend!r}")
+    source = "backend"
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+        if env not in BACKENDS:
+            raise ValueError(
+                f"{ENV_VAR} must be 'auto', 'numpy' or 'numba', got {os.environ[ENV_VAR]!r}"
+            )
+        backend, source = env, ENV_VAR
+    if backend == "numpy":
+        return "numpy"
     try:
         import numba  # noqa: F401
-    except ImportError:
-        if backend == "numba":
-            raise
-        return False
-    return True
+    except ImportError as exc:
+        if backend == "auto":
+            return "numpy"
+        raise ImportError(
+            f"the numba kernels were asked for ({source}='numba') but numba cannot be imported "
+            f"({exc}); install it with `pip install numba`, or use 'auto' or 'numpy'"
+        ) from exc
+    return "numba"
+
+
+def use_numba(backend: str = "auto") -> bool:
+    """Whether the numba kernels run for ``backend``: ``resolve(backend) == "numba"``."""
+    return resolve(backend) == "numba"
+
+
+def load(name: str, backend: str = "auto") -> ModuleType | None:
+    """The kernel module ``mmquant.kernels.<name>`` if the numba backend runs, else ``None``.
+
+    Parameters
+    ----------
+    name : {"formats", "compander", "lattice"}
+        Which kernel module.
+    backend : {"auto", "numpy", "numba"}
+        Passed to :func:`resolve`.
+
+    Returns
+    -------
+    module or None
+        ``None`` means: use the numpy reference (numba is then not imported).
+    """
+    if name not in MODULES:
+        raise ValueError(f"no kernel module {name!r}; there are {', '.join(MODULES)}")
+    if resolve(backend) == "numpy":
+        return None
+    return importlib.import_module(f"mmquant.kernels.{name}")
+
+
+@contextlib.contextmanager
+def on_compile(
+    start: Callable[[str], None], end: Callable[[str, float], None] | None = None
+) -> Iterator[None]:
+    """Within the block, report when numba compiles a kernel of this package (for user interfaces).
+
+    ``start(name)`` is called when numba begins to compile one of the kernels of
+    :mod:`mmquant.kernels` (the outermost compilation: not the helpers it compiles on the way),
+    ``end(name, seconds)`` when it is done. A kernel found in numba's disk cache is loaded, not
+    compiled, and reports nothing. When the numba backend is not in use (:func:`resolve`) the
+    block runs as it is and numba is not imported. The library prints nothing itself; the CLI
+    shows a progress message with this.
+
+    Parameters
+    ----------
+    start : callable
+        Called with the kernel's qualified name, e.g. ``"lattice._encode_all"``.
+    end : callable, optional
+        Called with the name and the compilation's wall time in seconds.
+    """
+    if resolve() != "numba":
+        yield
+        return
+    from numba.core import event
+
+    class _Listener(event.Listener):
+        def __init__(self) -> None:
+            self.stack: list[tuple[str, float] | None] = []
+
+        def on_start(self, ev: event.Event) -> None:
+            func = getattr(ev.data.get("dispatcher"), "py_func", None)
+            module = getattr(func, "__module__", "") or ""
+            outer = not any(self.stack) and module.startswith(__name__ + ".")
+            name = f"{module.rsplit('.', 1)[-1]}.{func.__name__}" if outer else ""
+            self.stack.append((name, time.perf_counter()) if outer else None)
+            if outer:
+                start(name)
+
+        def on_end(self, ev: event.Event) -> None:
+            top = self.stack.pop() if self.stack else None
+            if top is not None and end is not None:
+                end(top[0], time.perf_counter() - top[1])
+
+    listener = _Listener()
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def _cache_probe() -> int:  # pragma: no cover - never compiled, only located

@@ -1,13 +1,17 @@
-"""Numba kernels of the row-normalised scalar codebook quantizers (mmquant.formats.compander).
+"""Numba encoder of the row-normalised scalar codebook quantizers (mmquant.formats.compander).
 
-Bit-exact with the numpy reference :func:`mmquant.formats.compander.encode_rows` /
-:func:`~mmquant.formats.compander.decode_rows` (tests check it): the same float32 operations
+Bit-exact with the numpy reference :func:`mmquant.formats.compander.encode_rows` (tests check
+it): the same float32 operations
 ``inv = 1/σ`` (float32), ``u = float32(x)·inv``, and the index of the cell is the number of
 thresholds ``t ≤ u`` (``searchsorted(..., side='right')``): counted directly (one vectorised pass
 per threshold) up to 32 levels, else found from a lower bound read in a
 uniform-grid table over the thresholds followed by a fixed number of branch-free comparison
-steps (enough for the densest stretch of thresholds). Importing this module compiles nothing; the
-first call compiles (cached on disk when possible). Raises ImportError without numba.
+steps (enough for the densest stretch of thresholds). Serial kernels (``parallel=True`` cost more
+compile time than it saved run time on these memory-bound loops); they release the GIL.
+Importing this module compiles nothing; the
+first call compiles (cached on disk when possible). Raises ImportError without numba. Packing
+and decoding (``σ_row · points[code]``, one group per row) use :func:`mmquant.kernels.formats.pack`
+and :func:`~mmquant.kernels.formats.decode_table`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from mmquant.kernels import numba_cache
 
-__all__ = ["encode_rows_fast", "decode_rows_fast", "pack_fast"]
+__all__ = ["encode_rows_fast"]
 
 #: Up to this many thresholds (32 levels) a linear count beats the table search.
 _LINEAR_MAX = 31
@@ -25,11 +29,11 @@ _LINEAR_MAX = 31
 _CACHE = numba_cache()  # False in a read-only install without a writable cache folder
 
 
-@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
 def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
     rows, n = x.shape
     nb = lo.size
-    for i in numba.prange(rows):
+    for i in range(rows):
         s = inv[i]
         base = i * n
         for j in range(n):
@@ -49,32 +53,25 @@ def _encode(x, inv, tpad, t0, inv_w, lo, m, out):  # pragma: no cover - compiled
             out[base + j] = idx
 
 
-@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
 def _encode_linear(x, inv, t, out):  # pragma: no cover - compiled
     # few thresholds: count t_k <= u with one vectorisable pass over the row per threshold
     rows, n = x.shape
     nt = t.size
-    for i in numba.prange(rows):
+    u = np.empty(n, np.float32)
+    c = np.empty(n, np.uint8)
+    for i in range(rows):
         s = inv[i]
-        u = np.empty(n, np.float32)
-        c = np.zeros(n, np.uint8)
         for j in range(n):
             u[j] = np.float32(x[i, j]) * s
+            c[j] = 0
         for k in range(nt):
             tk = t[k]
             for j in range(n):
                 c[j] += np.uint8(u[j] >= tk)
-        out[i * n : (i + 1) * n] = c
-
-
-@numba.njit(parallel=True, cache=_CACHE, fastmath=False)
-def _decode(codes, scales, points, out):  # pragma: no cover - compiled
-    rows, n = out.shape
-    for i in numba.prange(rows):
-        s = scales[i]
         base = i * n
         for j in range(n):
-            out[i, j] = points[codes[base + j]] * s
+            out[base + j] = c[j]
 
 
 def _start_table(t: np.ndarray) -> tuple[np.float32, np.float32, np.ndarray, int, np.ndarray]:
@@ -105,9 +102,8 @@ def encode_rows_fast(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray)
     falls in, so rounding of the bin index cannot overshoot); the exact float32 comparisons
     ``u >= t[idx]`` decide, as in the reference.
     """
-    x2 = np.ascontiguousarray(x2)
-    if x2.dtype not in (np.float32, np.float64):
-        x2 = x2.astype(np.float32)
+    # float32 input only (one compiled specialisation): u = float32(x)·inv, as the reference
+    x2 = np.ascontiguousarray(x2, np.float32)
     s = scales.astype(np.float32)
     inv = np.zeros_like(s)
     np.divide(np.float32(1.0), s, out=inv, where=s > 0)
@@ -120,48 +116,4 @@ def encode_rows_fast(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray)
     else:
         t0, inv_w, lo, m, tpad = _start_table(t)
         _encode(x2, inv, tpad, t0, inv_w, lo, m, out)
-    return out
-
-
-def decode_rows_fast(
-    codes: np.ndarray, scales: np.ndarray, points: np.ndarray, n: int
-) -> np.ndarray:
-    """Same result as :func:`mmquant.formats.compander.decode_rows` (float32, ``(rows, n)``).
-
-    ``codes`` must hold ``rows·n`` uint8 codes for the ``rows`` scales (checked); the points are
-    extended with NaN to 256 entries, so that no code reads past them.
-    """
-    c = np.ascontiguousarray(codes, np.uint8).reshape(-1)
-    s = np.ascontiguousarray(scales, np.float32).reshape(-1)
-    if n < 1 or c.size != s.size * n:
-        raise ValueError(f"decode_rows_fast: {c.size} codes do not fill {s.size} rows of {n}")
-    p = np.full(256, np.nan, np.float32)
-    pts = np.asarray(points, np.float32).reshape(-1)[:256]
-    p[: pts.size] = pts
-    out = np.empty((s.size, n), np.float32)
-    _decode(c, s, p, out)
-    return out
-
-
-@numba.njit(parallel=True, cache=_CACHE)
-def _pack(codes, width, out):  # pragma: no cover - compiled
-    groups = out.size // width
-    n = codes.size
-    for g in numba.prange(groups):
-        acc = np.uint64(0)
-        for c in range(8):
-            i = g * 8 + c
-            if i < n:
-                acc |= np.uint64(codes[i]) << np.uint64(c * width)
-        for b in range(width):
-            out[g * width + b] = np.uint8((acc >> np.uint64(8 * b)) & np.uint64(255))
-
-
-def pack_fast(codes: np.ndarray, width: int) -> np.ndarray:
-    """Same bytes as :func:`mmquant.packing.pack` for uint8 codes of width 1..8 (no range check)."""
-    if not 1 <= int(width) <= 8:
-        raise ValueError(f"pack_fast handles widths 1..8, got {width}")
-    c = np.ascontiguousarray(codes, np.uint8).reshape(-1)
-    out = np.empty(int(width) * (-(-c.size // 8)), np.uint8)
-    _pack(c, int(width), out)
     return out

@@ -40,7 +40,10 @@ __all__ = [
     "unpack",
 ]
 
-_opts = {"parallel": True, "cache": numba_cache(), "fastmath": False, "nogil": True}
+#: Serial kernels (``numba.prange`` runs as ``range``): on these memory-bound loops
+#: ``parallel=True`` tripled the compile time of every kernel for little or no speed-up on
+#: small machines (and a slow-down on busy ones); they release the GIL for callers' threads.
+_opts = {"parallel": False, "cache": numba_cache(), "fastmath": False, "nogil": True}
 
 
 @numba.njit(**_opts)

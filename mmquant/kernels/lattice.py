@@ -11,6 +11,13 @@ largest relevant inner product for every β (vectorised), then per block the mem
 projection search and the selection rule, with bounds that skip what cannot be chosen. For the
 scale indices coded in groups (:mod:`mmquant.lattices.grouping`): the budget-constrained dynamic
 programme (its forward pass alone, and the choice), one group per iteration, and a row gather.
+
+Compilation: the helpers are compiled once each and inlined by LLVM (``forceinline=True``), not
+copied into their callers by numba (``inline="always"``, whose cost grows with every copy: the
+encoder took about 3 CPU-minutes to compile that way, 13 s this way, for the same machine code
+speed). They are compiled without reference counting (``_nrt=False``): they only read and write
+arrays their caller owns and allocate none, and atomic reference-count updates left at every
+call would otherwise slow the inner loops down by half.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ _LAT_CODE = {"e8": 0, "d4": 1, "zn": 2}
 _CHUNK = 1024
 _TILE = 64  # blocks per structure-of-arrays tile in the E8 closest-point kernel
 _CACHE = numba_cache()  # False in a read-only install without a writable cache folder
+#: Options of the helpers: inlined by LLVM, no reference counting (see the module docstring).
+_HELPER = {"forceinline": True, "_nrt": False, "cache": _CACHE}
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _dn(x, out, off, d):
     """Closest point of D_d to x[off:off+d] into out[off:off+d] (same tie rule as numpy)."""
     s = 0
@@ -59,20 +68,20 @@ def _dn(x, out, off, d):
             out[k] -= 1.0
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _psum8(v0, v1, v2, v3, v4, v5, v6, v7):
     """Sum of 8 values in numpy's pairwise order (``np.sum`` over a length-8 axis)."""
     return ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _odd(s):
     """``s % 2 != 0`` for an integer-valued float sum s, as numpy has it (True for ±inf, NaN)."""
     h = 0.5 * s
     return h - np.floor(h) != 0.0
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _coset_coords(xi, i, k0, s0, k1, s1):
     """Coordinate i of both E8 coset candidates, ⌊x+½⌋ and ⌊x⌋+½, with their parity fixes
     (coordinate k moved by s); recomputed rather than stored, which keeps the tile loop in
@@ -84,7 +93,7 @@ def _coset_coords(xi, i, k0, s0, k1, s1):
     return a, b
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _e8_at(x, xo, xs, out, oo, os):
     """Closest E8 point of x[xo + i·xs] (i < 8) into out[oo + i·os], branch-free.
 
@@ -174,14 +183,14 @@ def _e8_at(x, xo, xs, out, oo, os):
         out[oo + np.uint64(i) * os] = b if take1 else a
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _e8(x, out, t0):
     """Closest E8 point of one 8-block x into out (t0: unused scratch, kept for the callers)."""
     one = np.uint64(1)
     _e8_at(x, np.uint64(0), one, out, np.uint64(0), one)
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _closest(code, x, out, t0, t1):
     """Closest lattice point of one 8-block x into out; t0, t1 are length-8 scratch arrays."""
     if code == 0:
@@ -239,7 +248,7 @@ def closest_kernel(x: np.ndarray, name: str = "e8") -> np.ndarray:
     return out
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _vecmat(x, m, out):
     """out = x·m for an 8-vector and an 8×8 matrix (sums in index order)."""
     for j in range(8):
@@ -249,7 +258,7 @@ def _vecmat(x, m, out):
         out[j] = s
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
     """y = c·G − q·Q(c·G/q) for one block of digits c (float)."""
     if code == 0:  # E8 generator: rows 2e0, e_i − e_{i−1} (i = 1..6), ½·1 (exact arithmetic)
@@ -268,7 +277,7 @@ def _reduce(code, g, c, q, lam2, y, t0, t1, t2):
         y[j] = lam2[j] - q * y[j]
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _max_relevant(code, p, v):
     """max_v ⟨p, v⟩ over the Voronoi-relevant vectors; v receives the maximiser (see numpy ref)."""
     for i in range(8):
@@ -348,7 +357,7 @@ def _max_relevant(code, p, v):
     return s1
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _sq_err(z, beta, y, u):
     """Σ (z_i − β(y_i + u_i))², left to right."""
     w = z[0] - beta * (y[0] + u[0])
@@ -359,7 +368,7 @@ def _sq_err(z, beta, y, u):
     return err
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _relevant_max_exact(code, x, xo, xs):
     """max_v ⟨λ, v⟩ for a lattice point λ = x[xo + i·xs], branch-free.
 
@@ -399,7 +408,7 @@ def _relevant_max_exact(code, x, xo, xs):
     return max(m1 + m2, s2)
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
     """λ (a lattice point) is a codeword: the test of :func:`_membership`, without filling y."""
     s = _relevant_max_exact(code, lam, np.uint64(0), np.uint64(1))
@@ -415,7 +424,7 @@ def _is_codeword(code, lam, qf, bound, g, ginv, c, lam2, y, t0, t1, t2):
     return True
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _search(code, zb, ub, t, s0, v0, beta, qf, bound, vn2, margins, steps, g, ginv, s8, yb):
     """Best in-code projection of t (or the origin) into yb; returns its error.
 
@@ -456,7 +465,7 @@ def _search(code, zb, ub, t, s0, v0, beta, qf, bound, vn2, margins, steps, g, gi
 _PRUNE = 1.0 + 1e-9
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _tile_nearest(code, z, u, lo, m, betas, zs, us, ts, lams, e0s, ss, blk, out8, t0, t1):
     """Phase one of the encoder on blocks lo..lo+m−1, structure of arrays (vectorised for E8).
 
@@ -654,7 +663,7 @@ def _encode_all(
                     digits[b, i] = np.int64(c[i])
 
 
-@nb.njit(inline="always", cache=_CACHE)
+@nb.njit(**_HELPER)
 def _digits(code, lam, ginv, qf, c):
     """c = λ·G⁻¹ mod q (exact: small integers and halves, so any summation order agrees).
 
@@ -698,8 +707,8 @@ def voronoi_encode_kernel(z, name, qs, betas, u, rule, search=True):
         np.asarray(PROJECT_MARGINS, dtype=np.float64),
         PROJECT_STEPS,
         bool(search),
-        np.ascontiguousarray(lat.generator),
-        np.ascontiguousarray(lat.generator_inverse),
+        np.array(lat.generator),  # a writable copy: one compiled specialisation
+        np.array(lat.generator_inverse),
         digits,
         chosen,
         est,
@@ -741,7 +750,7 @@ def voronoi_decode_kernel(digits, beta_index, name, qs, betas, u):
         np.ascontiguousarray(qs, dtype=np.float64),
         np.ascontiguousarray(betas, dtype=np.float64),
         np.ascontiguousarray(u, dtype=np.float64),
-        np.ascontiguousarray(lat.generator),
+        np.array(lat.generator),  # a writable copy: one compiled specialisation
         out,
     )
     return out
@@ -829,10 +838,14 @@ def group_choose_kernel(err, weights, group, budget):
     return out
 
 
-@nb.njit(parallel=True, cache=_CACHE)
+@nb.njit(cache=_CACHE)
 def _gather_rows(a, arrs, out):
-    """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays)."""
-    for b in nb.prange(a.shape[0]):
+    """out[b] = arrs[a[b]][b] for every row b (a selection between k equal-shaped arrays).
+
+    Serial: a memory copy gains little from threads, and ``parallel=True`` would triple its
+    compile time.
+    """
+    for b in range(a.shape[0]):
         src = arrs[a[b]]
         for i in range(out.shape[1]):
             out[b, i] = src[b, i]
@@ -841,7 +854,8 @@ def _gather_rows(a, arrs, out):
 def gather_rows_kernel(a, arrs):
     """Row ``b`` of ``arrs[a[b]]`` for every b; ``arrs`` are k arrays of one shape and dtype."""
     first = arrs[0]
-    two = tuple(np.ascontiguousarray(x).reshape(first.shape[0], -1) for x in arrs)
+    # rows as raw bytes: one compiled specialisation for every dtype (a copy is exact)
+    two = tuple(np.ascontiguousarray(x).reshape(first.shape[0], -1).view(np.uint8) for x in arrs)
     out = np.empty_like(two[0])
     _gather_rows(np.ascontiguousarray(a, dtype=np.int64), two, out)
-    return out.reshape(first.shape)
+    return out.view(first.dtype).reshape(first.shape)

@@ -93,7 +93,7 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.kernels import use_numba
-from mmquant.lattices import grouping
+from mmquant.lattices import designs, grouping
 from mmquant.lattices.closest import Lattice, lattice, max_relevant
 from mmquant.lattices.closest import sq8 as _sq8
 from mmquant.layout import Layout, side_array
@@ -1021,6 +1021,7 @@ def optimal_design(
     search: bool = True,
     mixed: bool = False,
     group: int = 1,
+    shipped: bool = True,
 ) -> Design:
     """The code (scales, and code sizes if ``mixed``) minimising the MSE on N(0, 1) entries.
 
@@ -1029,13 +1030,19 @@ def optimal_design(
     at q = 14, k = 4 a 16384-block sample led the coordinate descent to scales whose MSE on
     2^19 fresh blocks is 0.9% higher (0.005562 against 0.005511); 131072 blocks gain another
     0.2%, continuous refinements (Nelder–Mead) no more than that. Deterministic (the numba and
-    numpy encoders agree bit for bit); cached per argument tuple.
+    numpy encoders agree bit for bit); cached per argument tuple. The designs of the default
+    configurations are shipped precomputed (:mod:`mmquant.lattices.designs`) and read from there
+    unless ``shipped=False``.
 
     Returns
     -------
     Design
         Code sizes and scales (in units where the entries have unit variance), by increasing scale.
     """
+    if shipped and (
+        found := designs.lookup(lattice_name, q, k, rule, dithered, search, mixed, group)
+    ):
+        return Design(*found)
     lat = lattice(lattice_name)
     nb = 65536
     z = np.random.default_rng(20250213).standard_normal((nb, 8))

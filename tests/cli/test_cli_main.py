@@ -52,3 +52,30 @@ def test_reproduce_lists_and_rejects_unknown(capsys):
     assert main(["reproduce"]) == 0
     assert main(["reproduce", "no-such-experiment"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_compare_says_when_kernels_compile(tmp_path):
+    """First run (empty numba cache): one line on stderr while kernels compile; none afterwards."""
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mmquant
+    from mmquant.cli.compare import COMPILING
+
+    root = str(Path(mmquant.__file__).parent.parent)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": root}
+    env.pop("MMQUANT_KERNELS", None)
+    cmd = [sys.executable, "-m", "mmquant", "compare", "--only", "int", "--rates", "4"]
+    runs = [subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)]
+    runs.append(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root))
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+        assert "gap dB" in r.stdout
+    assert runs[0].stderr.count(COMPILING) == 1, runs[0].stderr
+    assert COMPILING not in runs[1].stderr, runs[1].stderr
+    env["MMQUANT_KERNELS"] = "numpy"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0 and COMPILING not in r.stderr
