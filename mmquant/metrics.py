@@ -28,6 +28,8 @@ __all__ = [
     "ProductError",
     "product_error",
     "product_error_from",
+    "ExactProduct",
+    "exact_product",
     "product_error_of",
     "matmul",
     "sqnr_db",
@@ -192,8 +194,50 @@ def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@dataclass(frozen=True)
+class ExactProduct:
+    """The exact product ``AᵀB`` of a pair, computed once and reused for every quantizer.
+
+    Built by :func:`exact_product`; holds the checked float64 matrices divided by the powers of
+    two just above ``max|A|`` and ``max|B|`` (see :func:`product_error_from`), those powers, the
+    scaled product and ``‖A‖_F²‖B‖_F²`` of the scaled matrices.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    scale_a: float
+    scale_b: float
+    product: np.ndarray
+    norm: float
+
+
+def exact_product(a: Any, b: Any) -> ExactProduct:
+    """Check a pair (n×a, n×b; finite, not all zeros) and compute its exact product once.
+
+    Raises
+    ------
+    ValueError
+        ``A`` or ``B`` all zeros, non-finite, or shapes that do not match.
+    """
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    if a64.ndim != 2 or b64.ndim != 2 or a64.shape[0] != b64.shape[0]:
+        raise ValueError(f"A is {a64.shape} and B is {b64.shape}: need n×a and n×b matrices")
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        raise ValueError("A and B must be finite")
+    if not (a64.any() and b64.any()):
+        raise ValueError("A and B must not be all zeros (the normalised error is undefined)")
+    ma, mb = _pow2_scale(a64), _pow2_scale(b64)
+    a64, b64 = a64 / ma, b64 / mb
+    norm = float(np.sum(a64 * a64)) * float(np.sum(b64 * b64))  # ≥ 1/16: max|entries| ≥ 1/2
+    return ExactProduct(a64, b64, ma, mb, a64.T @ b64, norm)
+
+
 def product_error_from(
-    a: np.ndarray, b: np.ndarray, a_hat: np.ndarray, b_hat: np.ndarray
+    a: np.ndarray | ExactProduct,
+    b: np.ndarray | None,
+    a_hat: np.ndarray,
+    b_hat: np.ndarray,
 ) -> tuple[float, float]:
     """Normalised product error and SQNR (dB) of ``Â ᵀB̂`` against ``AᵀB`` (all n×· matrices).
 
@@ -203,38 +247,30 @@ def product_error_from(
     underflows to a zero norm nor overflows. A zero product ``AᵀB`` gives an SQNR of ``-inf``
     (``+inf`` when ``ÂᵀB̂`` is zero as well); an overflowing reconstruction gives ``inf``.
 
+    ``a`` may be an :class:`ExactProduct` (``b`` is then ``None``): the exact product is not
+    recomputed, as when many quantizers are measured on the same pair.
+
     Raises
     ------
     ValueError
         ``A`` or ``B`` all zeros (the normalised error divides by ``‖A‖_F²‖B‖_F²``), non-finite
         ``A`` or ``B``, or shapes that do not match.
     """
-    a64 = np.asarray(a, np.float64)
-    b64 = np.asarray(b, np.float64)
+    ex = a if isinstance(a, ExactProduct) else exact_product(a, b)
     ah = np.asarray(a_hat, np.float64)
     bh = np.asarray(b_hat, np.float64)
-    if a64.ndim != 2 or b64.ndim != 2 or a64.shape[0] != b64.shape[0]:
-        raise ValueError(f"A is {a64.shape} and B is {b64.shape}: need n×a and n×b matrices")
-    if ah.shape != a64.shape or bh.shape != b64.shape:
+    if ah.shape != ex.a.shape or bh.shape != ex.b.shape:
         raise ValueError(
-            f"reconstructions {ah.shape}, {bh.shape} differ from A {a64.shape}, B {b64.shape}"
+            f"reconstructions {ah.shape}, {bh.shape} differ from A {ex.a.shape}, B {ex.b.shape}"
         )
-    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
-        raise ValueError("A and B must be finite")
-    if not (a64.any() and b64.any()):
-        raise ValueError("A and B must not be all zeros (the normalised error is undefined)")
-    ma, mb = _pow2_scale(a64), _pow2_scale(b64)
-    a64, ah, b64, bh = a64 / ma, ah / ma, b64 / mb, bh / mb
+    ah, bh = ah / ex.scale_a, bh / ex.scale_b
     with np.errstate(over="ignore", invalid="ignore"):
-        c = a64.T @ b64
         c_hat = ah.T @ bh
-        diff = c - c_hat
+        diff = ex.product - c_hat
         err = float(np.sum(diff * diff))
     if math.isnan(err):
         err = math.inf  # inf − inf in an overflowing reconstruction
-    n = a64.shape[0]
-    norm = float(np.sum(a64 * a64)) * float(np.sum(b64 * b64))  # ≥ 1/16: max|entries| ≥ 1/2
-    return err * n / norm, sqnr_db(c, c_hat)
+    return err * ex.a.shape[0] / ex.norm, sqnr_db(ex.product, c_hat)
 
 
 def product_error(
@@ -276,7 +312,14 @@ def product_error(
     return product_error_of(a, b, qa.encode(a.T), qb.encode(b.T))
 
 
-def product_error_of(a: Any, b: Any, enc_a: Encoded, enc_b: Encoded) -> ProductError:
+def product_error_of(
+    a: Any,
+    b: Any,
+    enc_a: Encoded,
+    enc_b: Encoded,
+    *,
+    exact: ExactProduct | None = None,
+) -> ProductError:
     """Error of ``AᵀB`` from records of ``Aᵀ`` and ``Bᵀ`` that are already encoded.
 
     The one place where a product error is measured: :func:`product_error` encodes and calls it,
@@ -289,6 +332,8 @@ def product_error_of(a: Any, b: Any, enc_a: Encoded, enc_b: Encoded) -> ProductE
     enc_a, enc_b : Encoded
         Records of ``Aᵀ`` and ``Bᵀ`` (quantized along ``n``); each is decoded with the quantizer
         its spec names, and its measured rate (bits per entry) is the stored bytes'.
+    exact : ExactProduct, optional
+        ``exact_product(a, b)``, computed once when the same pair is measured many times.
 
     Returns
     -------
@@ -302,7 +347,14 @@ def product_error_of(a: Any, b: Any, enc_a: Encoded, enc_b: Encoded) -> ProductE
         if e.shape != m.T.shape:
             raise ValueError(f"{nm} encodes shape {e.shape}, expected {m.T.shape} (the transpose)")
     qa, qb = get(enc_a.spec), get(enc_b.spec)
-    err, sq = product_error_from(a, b, qa.decode(enc_a).T, qb.decode(enc_b).T)
+    if exact is None:
+        exact = exact_product(a, b)
+    elif exact.a.shape != a.shape or exact.b.shape != b.shape:
+        raise ValueError(
+            f"exact product of shapes {exact.a.shape}, {exact.b.shape} given for A {a.shape}, "
+            f"B {b.shape}"
+        )
+    err, sq = product_error_from(exact, None, qa.decode(enc_a).T, qb.decode(enc_b).T)
     rate = 0.5 * (enc_a.bits_per_entry + enc_b.bits_per_entry)
     return ProductError(
         error=err,

@@ -160,3 +160,16 @@ def test_gap_helpers_at_the_edges():
     # a tiny matrix with a large stored codebook: rate ≈ 8272 bits/entry, Γ(rate) = 0
     rep = mq.product_error(np.ones((1, 1)), np.ones((1, 1)), "datacompander:bits=8")
     assert rep.gamma == 0.0 and rep.gap_db == np.inf and np.isfinite(rep.gap_bits)
+
+
+def test_exact_product_reused_gives_the_same_numbers():
+    from mmquant.metrics import exact_product, product_error_of
+
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((96, 5)), rng.standard_normal((96, 7))
+    q = mq.get("int:bits=4,group=32")
+    ea, eb = q.encode(a.T), q.encode(b.T)
+    ex = exact_product(a, b)
+    assert product_error_of(a, b, ea, eb, exact=ex) == product_error_of(a, b, ea, eb)
+    with pytest.raises(ValueError, match="exact product of shapes"):
+        product_error_of(a, b, ea, eb, exact=exact_product(a[:, :3], b))
