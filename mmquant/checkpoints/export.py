@@ -98,14 +98,14 @@ def _stem(file: str) -> str:
 
 
 def _check_out(out: Path, sources: list[Path]) -> None:
+    for s in sources:
+        if out.resolve() == s.resolve():
+            raise ValueError(f"output {out} is the input: choose another folder")
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"output {out} exists and is not a folder")
         if any(out.iterdir()):
             raise ValueError(f"output folder {out} is not empty: choose a new or empty folder")
-    for s in sources:
-        if out.resolve() == s.resolve():
-            raise ValueError(f"output {out} is the input: choose another folder")
     out.mkdir(parents=True, exist_ok=True)
 
 

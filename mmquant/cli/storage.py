@@ -272,6 +272,7 @@ def dequantize_cmd(
     from mmquant import core, io
 
     if src.is_dir():
+        _check_export_folder(src)
         _dequantize_folder(src, dst, name)
         return
     check_input_file(src, "input")
@@ -318,6 +319,7 @@ def inspect_cmd(
     from mmquant import io
 
     if path.is_dir():
+        _check_export_folder(path)
         _inspect_folder(path, as_json, verify)
         return
     check_input_file(path, "input")
@@ -366,6 +368,17 @@ def inspect_cmd(
             text("-" if m.seed is None else m.seed),
         )
     console.print(table)
+
+
+def _check_export_folder(path: Path) -> None:
+    """A folder input must be one written by ``mmquant quantize-model``."""
+    from mmquant.checkpoints.export import MANIFEST_NAME
+
+    if not (path / MANIFEST_NAME).is_file():
+        raise IsADirectoryError(
+            f"input {plain(path)!r} is a folder, but not one written by mmquant quantize-model "
+            f"(no {MANIFEST_NAME}): expected an .mmq file or such a folder"
+        )
 
 
 def _dequantize_folder(src: Path, dst: Path, name: str | None) -> None:
