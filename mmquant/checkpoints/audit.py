@@ -190,9 +190,30 @@ def as_matrix_of(arr: np.ndarray) -> np.ndarray:
     return m.reshape(-1, m.shape[-1]) if m.ndim != 2 else m
 
 
-def _row_normalised_error(w: np.ndarray, e: np.ndarray) -> float:
-    pw = np.einsum("ij,ij->i", w, w)
-    pe = np.einsum("ij,ij->i", e, e)
+#: Rows per block of the error sums (float64 temporaries stay small next to the tensor).
+_BLOCK_ROWS = 256
+
+
+def _error_sums(
+    w: np.ndarray, w_hat: np.ndarray, sigma: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Per-row ``‖w_r‖²``, ``‖e_r‖²`` and, with Σ, ``tr(EΣEᵀ)``, ``tr(WΣWᵀ)`` (float64, by blocks)."""
+    pw = np.empty(w.shape[0])
+    pe = np.empty(w.shape[0])
+    num = den = 0.0
+    for lo in range(0, w.shape[0], _BLOCK_ROWS):
+        hi = min(lo + _BLOCK_ROWS, w.shape[0])
+        wb = np.asarray(w[lo:hi], np.float64)
+        eb = wb - np.asarray(w_hat[lo:hi], np.float64)
+        pw[lo:hi] = np.einsum("ij,ij->i", wb, wb)
+        pe[lo:hi] = np.einsum("ij,ij->i", eb, eb)
+        if sigma is not None:
+            num += float(np.einsum("ij,ij->", eb @ sigma, eb))
+            den += float(np.einsum("ij,ij->", wb @ sigma, wb))
+    return pw, pe, num, den
+
+
+def _row_normalised_error(pw: np.ndarray, pe: np.ndarray) -> float:
     live = pw > 0
     if not live.any():
         return math.nan
@@ -222,24 +243,20 @@ def _measure(
     kw = {"sigma": sigma} if sigma is not None and isinstance(q, WeightOnlyQuantizer) else {}
     try:
         enc = q.encode(w, **kw)
-        w_hat = np.asarray(q.decode(enc), np.float64)
+        w_hat = q.decode(enc)
     except (ValueError, TypeError) as exc:
         nan = math.nan
         return AuditRow(tensor, q.spec, shape, w.size, 0, nan, nan, nan, nan, nan, failed=str(exc))
-    w64 = np.asarray(w, np.float64)
-    e = w64 - w_hat
-    power = float(np.sum(w64 * w64))
-    err = float(np.sum(e * e))
+    pw, pe, num, den = _error_sums(w, w_hat, sigma)
+    del w_hat
+    power, err = math.fsum(pw), math.fsum(pe)
     eps = err / power if power > 0 else (0.0 if err == 0 else math.inf)
     sq = math.inf if eps == 0 else -10.0 * math.log10(eps)
     rate = enc.bits_per_entry
-    gdb, gbits = _gaussian_gaps(_row_normalised_error(w64, e), rate)
+    gdb, gbits = _gaussian_gaps(_row_normalised_error(pw, pe), rate)
     row = AuditRow(tensor, q.spec, shape, w.size, enc.nbytes, rate, eps, sq, gdb, gbits)
     if sigma is None or lam is None:
         return row
-    es = e @ sigma
-    num = float(np.einsum("ij,ij->", es, e))
-    den = float(np.einsum("ij,ij->", w64 @ sigma, w64))
     wmse = max(num, 0.0) / w.size
     s2 = power / w.size
     if wmse <= 0 or s2 <= 0 or not np.any(lam > 0):
