@@ -180,13 +180,15 @@ def audit_cmd(
 
         res = audit(path, names, specs, calib=calib, runner=runner, progress=done)
     n_params = sum(sizes)
-    title = (
-        f"{path.name}: {len(names)} tensors, {n_params:,} parameters × {len(specs)} quantizers"
-        f" ({len(res.passthrough)} other tensors passed through); parameter-weighted means"
-    )
     if per_tensor:
         console.print(_rows_table(res))
-    console.print(_summary_table(res, title))
+    console.print(
+        text(
+            f"{path.name}: {len(names)} tensors, {n_params:,} parameters × {len(specs)} "
+            f"quantizers ({len(res.passthrough)} other tensors passed through)"
+        )
+    )
+    console.print(_summary_table(res, "parameter-weighted means over the tensors"))
     record = res.to_json()
     if budget is not None:
         alloc = allocate(res, budget)
