@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "mmquant.cli.reproduce",
     "mmquant.cli.weights",
     "mmquant.cli.storage",
+    "mmquant.cli.checkpoint",
 ]
 
 

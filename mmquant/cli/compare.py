@@ -42,9 +42,23 @@ def rows_table(rows: list[CompareRow], title: str) -> Table:
     return t
 
 
+def _load_pairs(data: str, seed: int) -> list:
+    """Matrix pairs of a registered source, or of matrix files (``A,B``)."""
+    from mmquant.checkpoints.matrices import file_pairs, is_file_data
+
+    if is_file_data(data):
+        return file_pairs(data)
+    return load_data(data, seed=seed)
+
+
 @app.command("compare")
 def compare_cmd(
-    data: str = typer.Option("gaussian", help="Data source: gaussian, minilm:qk, minilm:weights."),
+    data: str = typer.Option(
+        "gaussian",
+        help="Data source: gaussian, minilm:qk, minilm:weights; or matrix files A,B (product "
+        "A·Bᵀ, rows along the inner dimension): FILE.npy, FILE.npz[:KEY], FILE.safetensors:TENSOR; "
+        "several pairs separated by ';'.",
+    ),
     rates: str = typer.Option(
         None, help="Comma-separated target rates in bits/entry (default: each family's defaults)."
     ),
@@ -62,7 +76,7 @@ def compare_cmd(
         check_output_file(plot, "--plot", (".png",))
     console = make_console()
     rate_list = parse_rates(rates)
-    pairs = load_data(data, seed=seed)
+    pairs = _load_pairs(data, seed)
     qs = default_quantizers(rate_list)
     if only:
         fams = {f.strip() for f in only.split(",") if f.strip()}

@@ -257,13 +257,24 @@ def quantize_cmd(
 
 @app.command("dequantize")
 def dequantize_cmd(
-    src: Path = typer.Argument(..., help="Input .mmq file."),
-    dst: Path = typer.Argument(..., help="Output .npy (one matrix) or .npz (all matrices)."),
+    src: Path = typer.Argument(..., help="Input .mmq file or quantize-model folder."),
+    dst: Path = typer.Argument(
+        ..., help="Output .npy (one matrix) or .npz (all matrices); a new folder for a folder SRC."
+    ),
     name: str = typer.Option(None, "--name", help="Matrix to write (default: all / the only one)."),
 ) -> None:
-    """Decode the matrices of the .mmq file SRC and write them to DST (.npy or .npz)."""
+    """Decode the matrices of the .mmq file SRC and write them to DST (.npy or .npz).
+
+    SRC may also be a folder written by ``mmquant quantize-model``: DST is then a new folder that
+    receives the decoded checkpoint (safetensors, same names, shapes and dtypes, with the
+    configuration and tokenizer files), or an .npz of the decoded quantized matrices.
+    """
     from mmquant import core, io
 
+    if src.is_dir():
+        _check_export_folder(src)
+        _dequantize_folder(src, dst, name)
+        return
     check_input_file(src, "input")
     check_output_file(dst, "output", ARRAY_SUFFIXES, inputs=[src])
     info = read_info(src)
@@ -294,7 +305,7 @@ def dequantize_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="An .mmq file."),
+    path: Path = typer.Argument(..., help="An .mmq file, or a folder of mmquant quantize-model."),
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON instead."),
     verify: bool = typer.Option(
         False, "--verify", help="Also read every array (CRC32 checks) and decode each matrix."
@@ -307,6 +318,10 @@ def inspect_cmd(
     """
     from mmquant import io
 
+    if path.is_dir():
+        _check_export_folder(path)
+        _inspect_folder(path, as_json, verify)
+        return
     check_input_file(path, "input")
     info = read_info(path)
     if verify:
@@ -351,5 +366,99 @@ def inspect_cmd(
             f"{m.bits_per_entry:.4f}",
             str(m.nbytes),
             text("-" if m.seed is None else m.seed),
+        )
+    console.print(table)
+
+
+def _check_export_folder(path: Path) -> None:
+    """A folder input must be one written by ``mmquant quantize-model``."""
+    from mmquant.checkpoints.export import MANIFEST_NAME
+
+    if not (path / MANIFEST_NAME).is_file():
+        raise IsADirectoryError(
+            f"input {plain(path)!r} is a folder, but not one written by mmquant quantize-model "
+            f"(no {MANIFEST_NAME}): expected an .mmq file or such a folder"
+        )
+
+
+def _dequantize_folder(src: Path, dst: Path, name: str | None) -> None:
+    """``mmquant dequantize FOLDER DST``: a decoded checkpoint folder, or an .npz of the matrices."""
+    from mmquant import core, io
+    from mmquant.checkpoints.export import dequantize_folder, read_manifest
+
+    manifest = read_manifest(src)
+    if dst.suffix.lower() not in ARRAY_SUFFIXES:
+        if name is not None:
+            raise ValueError("--name applies to .npy/.npz outputs")
+        files = dequantize_folder(src, dst)
+        Console().print(text(f"wrote {dst} ({', '.join(files)})"))
+        return
+    check_output_file(dst, "output", ARRAY_SUFFIXES)
+    quantized = {n: t for n, t in manifest["tensors"].items() if t["kind"] == "quantized"}
+    names = [name] if name is not None else list(quantized)
+    if name is not None and name not in quantized:
+        raise ValueError(f"{src} has no quantized tensor {name!r}")
+    if dst.suffix.lower() == ".npy" and len(names) != 1:
+        raise ValueError(f"{src} holds {len(names)} quantized tensors: write a .npz or pass --name")
+    out = {}
+    for f in dict.fromkeys(quantized[n]["file"] for n in names):
+        want = [n for n in names if quantized[n]["file"] == f]
+        for n, enc in io.load(src / f, names=want, verify=False).items():
+            out[n] = core.get(enc.spec).decode(enc)
+    write_arrays(dst, out)
+    Console().print(text(f"wrote {dst} ({len(out)} matrices)"))
+
+
+def _inspect_folder(path: Path, as_json: bool, verify: bool) -> None:
+    """``mmquant inspect FOLDER``: the tensors of a quantize-model folder, file by file."""
+    from mmquant import io
+    from mmquant.checkpoints.export import read_manifest
+
+    manifest = read_manifest(path)
+    infos = {}
+    for f in sorted({t["file"] for t in manifest["tensors"].values() if t["kind"] == "quantized"}):
+        infos[f] = read_info(path / f)
+        if verify:
+            io.load(path / f, verify=True)
+    rows = []
+    for n, t in manifest["tensors"].items():
+        m = infos[t["file"]].matrices.get(n) if t["kind"] == "quantized" else None
+        if t["kind"] == "quantized" and m is None:
+            raise io.FormatError(f"{path}: tensor {n!r} is not in {t['file']}")
+        rows.append((n, t, m))
+    if as_json:
+        rec = {
+            "path": str(path),
+            "source": manifest.get("source"),
+            "tensors": {
+                n: {**t, "bits_per_entry": None if m is None else m.bits_per_entry}
+                for n, t, m in rows
+            },
+        }
+        typer.echo(json.dumps(rec, indent=2))
+        return
+    console = Console(width=max(120, Console().width))
+    q = [(t, m) for _, t, m in rows if m is not None]
+    entries = sum(m.entries for _, m in q)
+    bits = sum(8 * m.nbytes for _, m in q) / entries if entries else float("nan")
+    console.print(
+        text(
+            f"{path}: {len(q)} quantized tensors ({bits:.4f} bits/entry), "
+            f"{len(rows) - len(q)} passed through; from {manifest.get('source')}"
+            + ("; data verified (CRC32 + decode)" if verify else "")
+        )
+    )
+    table = Table()
+    for col in ("name", "kind", "spec", "shape", "dtype", "bits/entry", "file"):
+        table.add_column(col, justify="right" if col == "bits/entry" else "left")
+    for n, t, m in rows:
+        table.add_row(
+            text(n),
+            t["kind"],
+            text(t["spec"] or "-"),
+            "×".join(map(str, t["shape"])),
+            text(t["dtype"]),
+            "-" if m is None else f"{m.bits_per_entry:.4f}",
+            text(t["file"]),
         )
     console.print(table)

@@ -21,7 +21,13 @@ from ``pydoc_data.topics``), :mod:`~.capture` (captured matrices and Σ_X), :mod
 """
 
 from mmquant.models.calibration import calibration_sentences, sentence_pool
-from mmquant.models.capture import Capture, calibration_capture, capture, input_covariance
+from mmquant.models.capture import (
+    Capture,
+    calibration_capture,
+    capture,
+    input_covariance,
+    save_calibration,
+)
 from mmquant.models.minilm import (
     INSTALL_EXTRAS,
     INSTALL_MODEL,
@@ -57,5 +63,6 @@ __all__ = [
     "input_covariance",
     "linear_layer_names",
     "quantize_model",
+    "save_calibration",
     "sentence_pool",
 ]

@@ -7,10 +7,12 @@ quantized model holds the quantized queries/keys and activations.
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +20,7 @@ from mmquant.models.calibration import calibration_sentences
 from mmquant.models.minilm import ForwardHooks, MiniLM
 from mmquant.validation import check_int
 
-__all__ = ["Capture", "capture", "calibration_capture", "input_covariance"]
+__all__ = ["Capture", "capture", "calibration_capture", "input_covariance", "save_calibration"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,3 +212,41 @@ def calibration_capture(
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     return _calibration_capture(n, dt.name, m, split)
+
+
+def save_calibration(
+    path: str | os.PathLike[str],
+    n_sentences: int = 64,
+    *,
+    max_length: int = 128,
+    split: str = "calibration",
+) -> Path:
+    """Write a calibration file of the bundled MiniLM: Σ_X of every linear layer's inputs.
+
+    The covariances come from :func:`calibration_capture` (float32 forward pass) and are stored
+    under the names of the weight tensors of the model's ``model.safetensors``
+    (``encoder.layer.0.attention.self.query.weight`` ...), with the number of tokens averaged,
+    by :func:`mmquant.covariances.save_covariances`; ``mmquant audit --calib`` reads it.
+
+    Parameters
+    ----------
+    path : path-like
+        Output ``.safetensors`` file.
+    n_sentences : int
+        Calibration sentences.
+    max_length : int
+        Longest tokenized sentence.
+    split : {"calibration", "evaluation"}
+        Half of the sentence pool to draw from.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    from mmquant.covariances import save_covariances
+
+    cap = calibration_capture(n_sentences, "float32", max_length, split)
+    covs = {f"{name}.weight": cap.covariances[name] for name in cap.inputs}
+    tokens = dict.fromkeys(covs, cap.num_tokens)
+    return save_covariances(path, covs, tokens)
