@@ -238,7 +238,7 @@ def viterbi_fixed(
     ``budget``: bytes of back-pointers per worker before checkpoints are used (tests lower it).
     """
     z = np.ascontiguousarray(z, np.float32)
-    table = np.ascontiguousarray(table, np.float32)
+    table = np.array(table, np.float32, order="C")  # writable: one compiled specialisation
     u = np.empty((z.shape[0], z.shape[1] // table.shape[0]), np.uint8)
     h = junction_steps(z.shape[1] // table.shape[0], int(L), int(kV))
     _fixed(z, table, int(L), int(kV), h, int(budget), _workers(z.shape[0]), u)
@@ -255,7 +255,7 @@ def viterbi_ec(
     u = np.empty(z.shape, np.uint8)
     _ec(
         z,
-        np.ascontiguousarray(labels, np.uint8),
+        np.array(labels, np.uint8, order="C"),
         dl,
         inv,
         int(W),
@@ -285,7 +285,7 @@ def _decode_fixed(u, table, L, kV, out):  # pragma: no cover
 def decode_fixed(u: np.ndarray, table: np.ndarray, L: int, kV: int) -> np.ndarray:
     """Same as :func:`mmquant.trellis.quantizer.decode_symbols` (float32 (R, S·V))."""
     u = np.ascontiguousarray(u, np.uint8)
-    table = np.ascontiguousarray(table, np.float32)
+    table = np.array(table, np.float32, order="C")
     out = np.empty((u.shape[0], u.shape[1] * table.shape[0]), np.float32)
     _decode_fixed(u, table, int(L), int(kV), out)
     return out
@@ -310,7 +310,5 @@ def decode_ec(j: np.ndarray, pa: np.ndarray, pb: np.ndarray, W: int) -> np.ndarr
     """Same as :func:`mmquant.trellis.entropy_coded.levels` (int64 levels (R, T))."""
     j = np.ascontiguousarray(j, np.int64)
     out = np.empty(j.shape, np.int64)
-    _decode_ec(
-        j, np.ascontiguousarray(pa, np.int64), np.ascontiguousarray(pb, np.int64), int(W), out
-    )
+    _decode_ec(j, np.array(pa, np.int64, order="C"), np.array(pb, np.int64, order="C"), int(W), out)
     return out
