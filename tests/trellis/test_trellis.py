@@ -168,3 +168,11 @@ def test_bad_parameters_are_refused():
             mq.get(spec)
     with pytest.raises(ValueError, match="no trained lookup table"):
         mq.get("tcq:bits=6,L=8,code=lut").encode(np.ones((1, 8)))
+
+
+def test_reproduce_experiment_runs_small():
+    from mmquant.experiments import run_experiment
+
+    res = run_experiment("trellis-gap", ls=(6, 8), bits=(2,), n=256, cols=4)
+    assert [r[1] for r in res.rows] == [6, 8]
+    assert all(abs(r[3] - 2.0) < 0.1 for r in res.rows)
