@@ -35,7 +35,7 @@ def trellis_rows(
         rows.append(
             [
                 q.spec,
-                int(q.L),
+                int(getattr(q, "L", 0)),
                 int(getattr(q, "bits", 0)) or float(getattr(q, "rate", 0.0)),
                 round(rep.rate, 4),
                 round(gap_db(rep.error, rep.rate), 3),
