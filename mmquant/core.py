@@ -338,6 +338,8 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.lattices.entropy_coded",
     "mmquant.formats.timeshare",
     "mmquant.weightonly.quantizers",
+    "mmquant.trellis.quantizer",
+    "mmquant.trellis.entropy_coded",
 ]
 _loaded = False
 

@@ -69,10 +69,13 @@ EXTRA_SPECS = [
     "gptq:rate=None,grid=int,bits=3,group=8",
     "watersic:rate=8.0",
     "watersic:rate=8.0,rescale=both",
+    "tcq:bits=2,L=8,V=2,code=3inst,mmse=false",
+    "tcq:bits=1,L=10,code=lut",
+    "tcqec:rate=2.5,L=5",
 ]
 #: Families whose bitstream length is not fixed by the record's layout: a stream that does not
 #: fit the shape is found by decoding it (``load_one(verify=True)``).
-STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic")
+STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic", "tcqec")
 SPECS = list(dict.fromkeys([q.spec for q in default_quantizers()] + EXTRA_SPECS))
 FAMILIES = sorted({mq.get(s).name for s in SPECS})
 X = np.random.default_rng(12).standard_normal((5, 40)).astype(np.float32)
@@ -305,6 +308,7 @@ def test_relabels_that_get_through_are_the_identical_layouts():
         {"e8", "d4", "zn"},  # q = 14, k = 4: the lattice is not in the record
         {"e8:group=32", "d4:group=32", "zn:group=32"},
         {"rtn", "gptq:rate=6.0"},  # an entropy-coded uniform grid: the same decoder
+        {"tcqec", "tcqec:rate=2.5,L=5"},  # a stream, Δ and row scales: L is not in the record
     ]
     expected = {frozenset((a, b)) for g in groups for a in g for b in g if a < b}
     assert same == expected
@@ -348,6 +352,9 @@ VALUE_CASES = [
     ("rtn", "unit", [np.inf], "non-finite"),
     ("watersic:rate=8.0", "col_scale", [np.nan], "non-finite"),
     ("gptq:rate=None,grid=int,bits=3,group=8", "row_scale", [np.inf], "non-finite"),
+    ("tcq", "norm", [-1.0], "'norm'"),
+    ("tcqec", "delta", [0.0], "'delta'"),
+    ("tcqec", "model_range", [0], "corrupt entropy-coded"),
 ]
 
 

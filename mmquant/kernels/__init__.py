@@ -14,7 +14,7 @@ An explicit ``"numpy"`` or ``"numba"`` given to a function (the ``backend=`` arg
 :mod:`mmquant.lattices`) wins over the environment variable.
 
 The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`,
-:mod:`~mmquant.kernels.lattice`) are imported only when a kernel of theirs runs; each compiles its
+:mod:`~mmquant.kernels.lattice`, :mod:`~mmquant.kernels.trellis`) are imported only when a kernel of theirs runs; each compiles its
 functions on their first call and keeps the machine code in numba's on-disk cache when one can be
 written (:func:`numba_cache`); in a read-only install without a writable cache folder they compile
 in every process instead of failing.
@@ -38,7 +38,7 @@ BACKENDS = ("auto", "numpy", "numba")
 #: Environment variable read when the backend asked for is ``"auto"``.
 ENV_VAR = "MMQUANT_KERNELS"
 #: The kernel modules of this package (:func:`load` takes one of these names).
-MODULES = ("formats", "compander", "lattice")
+MODULES = ("formats", "compander", "lattice", "trellis")
 
 
 def resolve(backend: str = "auto") -> str:
@@ -95,7 +95,7 @@ def load(name: str, backend: str = "auto") -> ModuleType | None:
 
     Parameters
     ----------
-    name : {"formats", "compander", "lattice"}
+    name : {"formats", "compander", "lattice", "trellis"}
         Which kernel module.
     backend : {"auto", "numpy", "numba"}
         Passed to :func:`resolve`.

@@ -1,0 +1,314 @@
+"""Numba kernels of the bitshift trellis (mmquant.trellis): Viterbi search and decoders.
+
+Bit-exact with the numpy reference :mod:`mmquant.trellis.viterbi` (tests check it): the same
+float32 operations in the same order (group minimum with the first-minimum tie rule, subtraction
+of the minimum, the squared errors accumulated over the V entries of a step), without fastmath.
+Rows run in parallel (``prange`` over workers, each with its own buffers, taking every
+``workers``-th row).
+
+Memory per worker: the path metrics (2 · 2^L float32), one byte of back-pointer per group and step
+for at most ``BP_BUDGET`` bytes, and, when a row needs more steps than that holds, checkpoints of
+the path metrics every ``C = BP_BUDGET / 2^(L−kV)`` steps: the forward pass then keeps only the
+checkpoints, and the traceback recomputes each segment's back-pointers from its checkpoint (last
+segment first), twice the forward work for such long rows, with the same result.
+
+Importing this module compiles nothing; the first call compiles (cached on disk when possible).
+Raises ImportError without numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mmquant.kernels import numba_cache
+from mmquant.trellis.viterbi import junction_steps
+
+__all__ = ["BP_BUDGET", "decode_ec", "decode_fixed", "viterbi_ec", "viterbi_fixed"]
+
+#: Bytes of back-pointers a worker keeps for one row before it switches to checkpoints.
+BP_BUDGET = 1 << 26
+
+_CACHE = numba_cache()
+_F32 = np.float32
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _step(x, off, V, L, kV, d, dn, m, bpt, mode, table, labels, dl, inv, cv):  # pragma: no cover
+    P = 1 << kV
+    G = 1 << (L - kV)
+    N = 1 << L
+    for g in range(G):
+        m[g] = d[g]
+        bpt[g] = 0
+    for j in range(1, P):  # contiguous runs: the loop vectorises (min, and a select of j)
+        jj = np.uint8(j)
+        dj = d[j * G : (j + 1) * G]
+        for g in range(G):
+            v = dj[g]
+            mg = m[g]
+            bpt[g] = jj if v < mg else bpt[g]
+            m[g] = min(v, mg)
+    mn = m[0]
+    for g in range(1, G):
+        mn = min(mn, m[g])
+    for g in range(G):
+        m[g] = m[g] - mn
+    x0 = x[off]
+    if mode == 0:
+        t0 = table[0]
+        if V == 1:
+            for s in range(N):
+                e = x0 - t0[s]
+                dn[s] = m[s >> kV] + e * e
+        else:
+            x1 = x[off + 1]
+            t1 = table[1]
+            for s in range(N):
+                e = x0 - t0[s]
+                c = e * e
+                e = x1 - t1[s]
+                c = c + e * e
+                dn[s] = m[s >> kV] + c
+    else:
+        y = x0 * inv
+        for c in range(4):
+            cf = _F32(c)
+            i = cf + _F32(4.0) * np.rint((y - cf) * _F32(0.25))
+            e = x0 - dl * i
+            cv[c] = e * e
+        for s in range(N):
+            dn[s] = m[s >> kV] + cv[labels[s]]
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _first_min(d, start, stride, count):  # pragma: no cover
+    best = start
+    bv = d[start]
+    for j in range(1, count):
+        i = start + j * stride
+        if d[i] < bv:
+            bv = d[i]
+            best = i
+    return best
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _search(
+    x, S, V, L, kV, o, d, dn, m, bp, ck, mode, table, labels, dl, inv, cv, u
+):  # pragma: no cover
+    """Viterbi over the S steps of row ``x`` from metrics ``d``; ends in the best state ``j·G + o``
+    (any state if ``o < 0``); writes the symbols into ``u``."""
+    P = 1 << kV
+    G = 1 << (L - kV)
+    C = bp.shape[0]
+    nseg = (S + C - 1) // C
+    for t in range(S):
+        if nseg > 1 and t % C == 0:
+            ck[t // C, :] = d
+        _step(x, t * V, V, L, kV, d, dn, m, bp[t % C], mode, table, labels, dl, inv, cv)
+        d, dn = dn, d
+    if o >= 0:
+        s = _first_min(d, o, G, P)
+    else:
+        s = _first_min(d, 0, 1, 1 << L)
+    shift = L - kV
+    for seg in range(nseg - 1, -1, -1):
+        t0 = seg * C
+        t1 = min(S, t0 + C)
+        if nseg > 1:
+            d[:] = ck[seg]
+            for t in range(t0, t1):
+                _step(x, t * V, V, L, kV, d, dn, m, bp[t - t0], mode, table, labels, dl, inv, cv)
+                d, dn = dn, d
+        for t in range(t1 - 1, t0 - 1, -1):
+            u[t] = s & (P - 1)
+            g = s >> kV
+            s = (np.int64(bp[t - t0, g]) << shift) | g
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True, parallel=True)
+def _fixed(z, table, L, kV, h, budget, nw, u):  # pragma: no cover
+    R, T = z.shape
+    V = table.shape[0]
+    S = T // V
+    N = 1 << L
+    G = 1 << (L - kV)
+    C = max(1, min(S, budget // G))
+    rows_bp = max(C, 2 * h)
+    nseg = (S + C - 1) // C
+    labels = np.zeros(1, np.uint8)
+    for w in numba.prange(nw):
+        d = np.empty(N, np.float32)
+        dn = np.empty(N, np.float32)
+        m = np.empty(G, np.float32)
+        bp = np.empty((rows_bp, G), np.uint8)
+        ck = np.empty((nseg if nseg > 1 else 0, N), np.float32)
+        cv = np.empty(4, np.float32)
+        xs = np.empty(2 * h * V, np.float32)
+        u1 = np.empty(2 * h, np.uint8)
+        for r in range(w, R, nw):
+            x = z[r]
+            o = 0
+            if h > 0:  # the junction pass: the last h steps, then the first h steps
+                for t in range(h):
+                    for v in range(V):
+                        xs[t * V + v] = x[(S - h + t) * V + v]
+                        xs[(h + t) * V + v] = x[t * V + v]
+                d[:] = 0.0
+                _search(
+                    xs,
+                    2 * h,
+                    V,
+                    L,
+                    kV,
+                    -1,
+                    d,
+                    dn,
+                    m,
+                    bp[: 2 * h],
+                    ck,
+                    0,
+                    table,
+                    labels,
+                    _F32(1.0),
+                    _F32(1.0),
+                    cv,
+                    u1,
+                )
+                s = 0
+                for t in range(h):  # the state after step h−1: its last ⌈L/kV⌉ symbols
+                    s = ((s << kV) | np.int64(u1[t])) & (N - 1)
+                o = s & (G - 1)
+            d[:] = np.inf
+            for j in range(1 << kV):
+                d[j * G + o] = 0.0
+            _search(
+                x,
+                S,
+                V,
+                L,
+                kV,
+                o,
+                d,
+                dn,
+                m,
+                bp[:C],
+                ck,
+                0,
+                table,
+                labels,
+                _F32(1.0),
+                _F32(1.0),
+                cv,
+                u[r],
+            )
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True, parallel=True)
+def _ec(z, labels, dl, inv, W, budget, nw, u):  # pragma: no cover
+    R, T = z.shape
+    N = 1 << W
+    G = 1 << (W - 1)
+    C = max(1, min(T, budget // G))
+    nseg = (T + C - 1) // C
+    table = np.zeros((1, 1), np.float32)
+    for w in numba.prange(nw):
+        d = np.empty(N, np.float32)
+        dn = np.empty(N, np.float32)
+        m = np.empty(G, np.float32)
+        bp = np.empty((C, G), np.uint8)
+        ck = np.empty((nseg if nseg > 1 else 0, N), np.float32)
+        cv = np.empty(4, np.float32)
+        for r in range(w, R, nw):
+            d[:] = np.inf
+            d[0] = 0.0
+            _search(z[r], T, 1, W, 1, -1, d, dn, m, bp, ck, 1, table, labels, dl, inv, cv, u[r])
+
+
+def _workers(rows: int) -> int:
+    return max(1, min(rows, numba.get_num_threads()))
+
+
+def viterbi_fixed(
+    z: np.ndarray, table: np.ndarray, L: int, kV: int, budget: int = BP_BUDGET
+) -> np.ndarray:
+    """Same symbols as :func:`mmquant.trellis.viterbi.viterbi_fixed` (uint8 (R, S)).
+
+    ``budget``: bytes of back-pointers per worker before checkpoints are used (tests lower it).
+    """
+    z = np.ascontiguousarray(z, np.float32)
+    table = np.array(table, np.float32, order="C")  # writable: one compiled specialisation
+    u = np.empty((z.shape[0], z.shape[1] // table.shape[0]), np.uint8)
+    h = junction_steps(z.shape[1] // table.shape[0], int(L), int(kV))
+    _fixed(z, table, int(L), int(kV), h, int(budget), _workers(z.shape[0]), u)
+    return u
+
+
+def viterbi_ec(
+    z: np.ndarray, labels: np.ndarray, delta: float, W: int, budget: int = BP_BUDGET
+) -> np.ndarray:
+    """Same bits as :func:`mmquant.trellis.viterbi.viterbi_ec` (uint8 (R, T))."""
+    z = np.ascontiguousarray(z, np.float32)
+    dl = np.float32(delta)
+    inv = np.float32(np.float32(1.0) / dl)
+    u = np.empty(z.shape, np.uint8)
+    _ec(
+        z,
+        np.array(labels, np.uint8, order="C"),
+        dl,
+        inv,
+        int(W),
+        int(budget),
+        _workers(z.shape[0]),
+        u,
+    )
+    return u
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True, parallel=True)
+def _decode_fixed(u, table, L, kV, out):  # pragma: no cover
+    R, S = u.shape
+    V = table.shape[0]
+    mask = (1 << L) - 1
+    n0 = (L + kV - 1) // kV
+    for r in numba.prange(R):
+        s = 0
+        for t in range(S - n0, S):
+            s = ((s << kV) | np.int64(u[r, t])) & mask
+        for t in range(S):
+            s = ((s << kV) | np.int64(u[r, t])) & mask
+            for v in range(V):
+                out[r, t * V + v] = table[v, s]
+
+
+def decode_fixed(u: np.ndarray, table: np.ndarray, L: int, kV: int) -> np.ndarray:
+    """Same as :func:`mmquant.trellis.quantizer.decode_symbols` (float32 (R, S·V))."""
+    u = np.ascontiguousarray(u, np.uint8)
+    table = np.array(table, np.float32, order="C")
+    out = np.empty((u.shape[0], u.shape[1] * table.shape[0]), np.float32)
+    _decode_fixed(u, table, int(L), int(kV), out)
+    return out
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True, parallel=True)
+def _decode_ec(j, pa, pb, W, out):  # pragma: no cover
+    R, T = j.shape
+    mask = (1 << W) - 1
+    for r in numba.prange(R):
+        w = 0
+        for t in range(T):
+            base = (w << 1) & mask
+            jt = j[r, t]
+            b = pb[base]
+            a = jt & 1
+            out[r, t] = 2 * jt + b
+            w = base | (a ^ pa[base])
+
+
+def decode_ec(j: np.ndarray, pa: np.ndarray, pb: np.ndarray, W: int) -> np.ndarray:
+    """Same as :func:`mmquant.trellis.entropy_coded.levels` (int64 levels (R, T))."""
+    j = np.ascontiguousarray(j, np.int64)
+    out = np.empty(j.shape, np.int64)
+    _decode_ec(j, np.array(pa, np.int64, order="C"), np.array(pb, np.int64, order="C"), int(W), out)
+    return out

@@ -1,0 +1,119 @@
+"""Reconstruction codes of the bitshift trellis: a pure function of an L-bit state.
+
+A code maps every state ``s ∈ [0, 2^L)`` (the last L bits of the bitstream) to ``V`` real values,
+the reconstruction of the V entries of one trellis step. The encoder and the decoder both use the
+table ``C[v, s]`` (float32, shape ``(V, 2^L)``) that :func:`code_table` computes; the codes are
+normalised so that their values have unit RMS over the 2^L states (rows are normalised to unit
+RMS before the trellis, :mod:`mmquant.trellis.quantizer`).
+
+``"1mad"``
+    One multiply-add: ``y = (a·s + b) mod 2^32`` (a = 34038481, b = 76625530), the value is the sum
+    of the four bytes of ``y`` minus its mean 510, over its standard deviation √21845: a sum of
+    four nearly independent uniform bytes, close to Gaussian. Entry ``v`` of a V-vector uses
+    ``v`` further steps of the same map on ``y``.
+``"3inst"``
+    Three instructions: ``y = (a·s + b) mod 2^32`` (a = 89226354, b = 64248484), then
+    ``m = (y & 0x8FFF8FFF) ^ 0x3B603B60`` read as two IEEE half floats whose sum is the value (the
+    mask keeps the sign, two exponent bits and the mantissa; the xor sets the exponent to 2^-3 ..
+    2^0), scaled to unit RMS over the states.
+``"lut"``
+    A small table of ``2^Q`` V-vectors trained for the trellis (:mod:`mmquant.trellis.lut`,
+    stored in the package), indexed by a hash of the state: ``idx = ((a·s + b) mod 2^32) >>
+    (32 − Q)`` with the 1MAD constants.
+
+Both computed codes come from QTIP (Tseng et al., arXiv:2406.11235); the constants are theirs
+(1MAD) or of the same kind (3INST mask and xor), the code is written here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["CODES", "code_table", "lut_index", "lcg"]
+
+#: Codes of the fixed-rate trellis.
+CODES = ("1mad", "3inst", "lut")
+
+_MAD_A, _MAD_B = 34038481, 76625530
+_INST_A, _INST_B = 89226354, 64248484
+_INST_MASK, _INST_XOR = 0x8FFF8FFF, 0x3B603B60
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def lcg(y: np.ndarray, a: int, b: int) -> np.ndarray:
+    """``(a·y + b) mod 2^32`` on uint64 arrays (exact: a·y < 2^59)."""
+    return (y.astype(np.uint64) * np.uint64(a) + np.uint64(b)) & _M32
+
+
+def _one_mad(y: np.ndarray) -> np.ndarray:
+    s = (y & np.uint64(255)) + ((y >> np.uint64(8)) & np.uint64(255))
+    s = s + ((y >> np.uint64(16)) & np.uint64(255)) + (y >> np.uint64(24))
+    return (s.astype(np.float64) - 510.0) / np.sqrt(21845.0)
+
+
+def _three_inst(y: np.ndarray) -> np.ndarray:
+    m = ((y & np.uint64(_INST_MASK)) ^ np.uint64(_INST_XOR)).astype(np.uint32)
+    halves = m.view(np.uint16).reshape(-1, 2).view(np.float16).astype(np.float64)
+    return halves[:, 0] + halves[:, 1]
+
+
+def lut_index(L: int, q: int) -> np.ndarray:
+    """Index into a ``2^q``-entry table of every state ``s < 2^L`` (int64): the top q bits of
+    ``(a·s + b) mod 2^32`` (1MAD constants)."""
+    s = np.arange(1 << L, dtype=np.uint64)
+    return (lcg(s, _MAD_A, _MAD_B) >> np.uint64(32 - q)).astype(np.int64)
+
+
+@lru_cache(maxsize=32)
+def _table(code: str, L: int, V: int, k: int) -> np.ndarray:
+    s = np.arange(1 << L, dtype=np.uint64)
+    out = np.empty((V, 1 << L))
+    if code == "lut":
+        from mmquant.trellis.lut import lut_table
+
+        table = lut_table(k, V)
+        idx = lut_index(L, int(np.log2(table.shape[0])))
+        out[:] = table[idx].T
+        res = out.astype(np.float32)
+        res.setflags(write=False)
+        return res
+    a, b, f = (_MAD_A, _MAD_B, _one_mad) if code == "1mad" else (_INST_A, _INST_B, _three_inst)
+    y = lcg(s, a, b)
+    for v in range(V):
+        if v:
+            y = lcg(y, a, b)
+        out[v] = f(y)
+    rms = np.sqrt(np.mean(out * out))
+    res = (out / rms).astype(np.float32)
+    res.setflags(write=False)
+    return res
+
+
+def code_table(code: str, L: int, V: int, k: int = 2) -> np.ndarray:
+    """Reconstruction table ``C[v, s]`` of a code (float32, shape ``(V, 2^L)``, read-only).
+
+    Parameters
+    ----------
+    code : {"1mad", "3inst", "lut"}
+        The code (module docstring).
+    L : int
+        State bits, 2 to 20.
+    V : int
+        Entries per trellis step, 1 or 2.
+    k : int
+        Bits per entry: selects the trained table of ``"lut"`` (the computed codes ignore it).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(V, 2^L)``; cached (the same array object for the same arguments).
+    """
+    if code not in CODES:
+        raise ValueError(f"code must be one of {', '.join(CODES)}; got {code!r}")
+    if not 2 <= int(L) <= 20 or int(V) not in (1, 2):
+        raise ValueError(f"L must be in [2, 20] and V 1 or 2, got L={L}, V={V}")
+    if code != "lut":
+        k = 0  # one cache entry per (code, L, V)
+    return _table(code, int(L), int(V), int(k))
