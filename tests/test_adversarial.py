@@ -69,10 +69,12 @@ EXTRA_SPECS = [
     "gptq:rate=None,grid=int,bits=3,group=8",
     "watersic:rate=8.0",
     "watersic:rate=8.0,rescale=both",
+    "e8sic:rate=8.0",
+    "e8sic:rate=8.0,rotate=true,rescale=both",
 ]
 #: Families whose bitstream length is not fixed by the record's layout: a stream that does not
 #: fit the shape is found by decoding it (``load_one(verify=True)``).
-STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic")
+STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic", "e8sic:rate=8.0")
 SPECS = list(dict.fromkeys([q.spec for q in default_quantizers()] + EXTRA_SPECS))
 FAMILIES = sorted({mq.get(s).name for s in SPECS})
 X = np.random.default_rng(12).standard_normal((5, 40)).astype(np.float32)
@@ -347,6 +349,8 @@ VALUE_CASES = [
     ("rtn", "bounds", [3, -3], "'bounds'"),
     ("rtn", "unit", [np.inf], "non-finite"),
     ("watersic:rate=8.0", "col_scale", [np.nan], "non-finite"),
+    ("e8sic:rate=8.0", "col_scale", [np.inf], "non-finite"),
+    ("e8sic:rate=8.0", "bounds", [1, 5], "'bounds'"),
     ("gptq:rate=None,grid=int,bits=3,group=8", "row_scale", [np.inf], "non-finite"),
 ]
 

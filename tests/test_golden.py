@@ -43,6 +43,7 @@ EXTRA_SPECS = [
     "rtn:rate=8.0",
     "gptq:rate=8.0",
     "watersic:rate=8.0",
+    "e8sic:rate=8.0",
 ]
 
 
