@@ -194,7 +194,9 @@ def _vector_sic(
         c = 1.0
     else:
         s = np.maximum(np.mean(wk**2, axis=0), 1e-30)
-        offset = 0.5 * _LOG2_2PIE + float(np.mean(np.log2(np.sqrt(s) * d)))
+        offset = math.log2(math.sqrt(2.0 * math.pi * math.e)) + float(
+            np.mean(np.log2(np.sqrt(s) * d))
+        )
 
         def codes_at(cc: float, ww: np.ndarray) -> np.ndarray:
             out = _run(ww, chol, cc, _unit(cc, d), lmmse, code)
