@@ -36,7 +36,7 @@ from mmquant.layout import Layout, SideArray, side_array
 from mmquant.validation import check_choice, check_float, check_int
 from mmquant.weightonly.coding import MAX_CODE_SPAN
 from mmquant.weightonly.grids import GRIDS
-from mmquant.weightonly.result import WeightQuant, decode_stored
+from mmquant.weightonly.result import WeightQuant, decode_stored, index_key
 
 __all__ = [
     "WeightOnlyQuantizer",
@@ -171,7 +171,7 @@ class WeightOnlyQuantizer(Quantizer):
         """Record of an ``(a, n)`` matrix (``None`` for other shapes: :meth:`check` refuses them).
 
         ``unit`` float32 ``(1,)``; ``live`` uint8 ``(⌈n/8⌉,)``, only when an input is dead;
-        entropy coding: ``std_index`` uint8 ``(n,)``, ``bounds`` int32 ``(2,)`` and a bitstream of
+        entropy coding: ``std_index`` (E8: ``e8_index``) uint8 ``(n,)``, ``bounds`` int32 ``(2,)`` and a bitstream of
         32-bit words; fixed width: the packed codes of every entry; the scale arrays of the
         family. The seed is the spec's when ``rotate``.
         """
@@ -183,7 +183,7 @@ class WeightOnlyQuantizer(Quantizer):
         side.update(scales)
         coding = self._coding()
         if not coding.startswith("fixed:"):
-            side["std_index"] = side_array("uint8", n)
+            side[index_key(coding)] = side_array("uint8", n)
             side["bounds"] = side_array("int32", 2)
             codes: int | tuple[int, int | None] = (0, None)
             multiple = 4
@@ -257,9 +257,9 @@ class WeightOnlyQuantizer(Quantizer):
                     f"record side array 'bounds' is [{lo}, {hi}]: expected lo < 0 < hi, at most "
                     f"{MAX_CODE_SPAN} apart"
                 )
-            if bool(np.any(enc.side["std_index"])) != bool(enc.codes.size):
+            if bool(np.any(enc.side["e8_index"])) != bool(enc.codes.size):
                 raise ValueError(
-                    f"record codes hold {enc.codes.size} bytes but {int(np.count_nonzero(enc.side['std_index']))} "
+                    f"record codes hold {enc.codes.size} bytes but {int(np.count_nonzero(enc.side['e8_index']))} "
                     "columns are coded (a stream exactly when some column is)"
                 )
             if enc.codes.size and not np.any(enc.codes[-4:]):

@@ -26,7 +26,21 @@ import numpy as np
 from mmquant.packing import pack, unpack
 from mmquant.weightonly.coding import ColumnStream, decode_columns, encode_columns
 
-__all__ = ["WeightQuant", "decode", "decode_stored", "build_result", "rotation_matrix"]
+__all__ = [
+    "WeightQuant",
+    "decode",
+    "decode_stored",
+    "build_result",
+    "index_key",
+    "rotation_matrix",
+]
+
+
+def index_key(coding: str) -> str:
+    """Side-array name of the per-column model indices: ``std_index`` for the scalar coder,
+    ``<code>_index`` (``e8_index``) for another column code, so that a record of one code does
+    not pass the layout of another."""
+    return "std_index" if coding == "entropy" else f"{coding}_index"
 
 
 def rotation_matrix(n: int, seed: int) -> np.ndarray:
@@ -199,7 +213,7 @@ def build_result(
 
             cs = column_code(code).encode(z)
         stream = cs.stream
-        side["std_index"] = cs.std_index
+        side[index_key(code)] = cs.std_index
         side["bounds"] = cs.bounds
         coding = code
     else:
@@ -289,7 +303,10 @@ def decode_stored(
 
         z = column_code(coding).decode(
             ColumnStream(
-                stream=stream, std_index=side["std_index"], bounds=side["bounds"], shape=(a, n)
+                stream=stream,
+                std_index=side[index_key(coding)],
+                bounds=side["bounds"],
+                shape=(a, n),
             )
         )
     else:
