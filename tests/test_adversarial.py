@@ -72,10 +72,12 @@ EXTRA_SPECS = [
     "tcq:bits=2,L=8,V=2,code=3inst,mmse=false",
     "tcq:bits=1,L=10,code=lut",
     "tcqec:rate=2.5,L=5",
+    "e8sic:rate=8.0",
+    "e8sic:rate=8.0,rotate=true,rescale=both",
 ]
 #: Families whose bitstream length is not fixed by the record's layout: a stream that does not
 #: fit the shape is found by decoding it (``load_one(verify=True)``).
-STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic", "tcqec")
+STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic", "tcqec", "e8sic:rate=8.0")
 SPECS = list(dict.fromkeys([q.spec for q in default_quantizers()] + EXTRA_SPECS))
 FAMILIES = sorted({mq.get(s).name for s in SPECS})
 X = np.random.default_rng(12).standard_normal((5, 40)).astype(np.float32)
@@ -351,6 +353,8 @@ VALUE_CASES = [
     ("rtn", "bounds", [3, -3], "'bounds'"),
     ("rtn", "unit", [np.inf], "non-finite"),
     ("watersic:rate=8.0", "col_scale", [np.nan], "non-finite"),
+    ("e8sic:rate=8.0", "col_scale", [np.inf], "non-finite"),
+    ("e8sic:rate=8.0", "bounds", [1, 5], "'bounds'"),
     ("gptq:rate=None,grid=int,bits=3,group=8", "row_scale", [np.inf], "non-finite"),
     ("tcq", "norm", [-1.0], "'norm'"),
     ("tcqec", "delta", [0.0], "'delta'"),

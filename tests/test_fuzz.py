@@ -78,7 +78,7 @@ NAMES = sorted(FAMILIES)
 # information that needs enough rows to fit a rate; the random shapes and rates of the round-trip
 # fuzz and the 1-D edge cases are not their inputs. Their round trips, edge cases and corrupt
 # records are tested in tests/weightonly/test_registered.py and tests/test_adversarial.py.
-WEIGHT_ONLY = {"rtn", "gptq", "watersic"}
+WEIGHT_ONLY = {"rtn", "gptq", "watersic", "e8sic"}
 ROUND_TRIP_NAMES = [f for f in NAMES if f not in WEIGHT_ONLY]
 
 

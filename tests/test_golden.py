@@ -46,6 +46,7 @@ EXTRA_SPECS = [
     "tcq:bits=2,L=8,V=2,code=3inst",
     "tcq:bits=3,L=10,code=lut",
     "tcqec:rate=2.5,L=5",
+    "e8sic:rate=8.0",
 ]
 
 

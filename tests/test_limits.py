@@ -121,10 +121,8 @@ def test_e8ec_model_tables_are_bounded_by_the_input():
 #: 2048 × 1024 entries; measured peaks are in benchmarks/README.md).
 BOUND = 8.0
 
-#: Weight-only families (rtn, gptq, watersic) are left out: they work on float64 copies of W with
-#: int64 codes and the n×n Cholesky factor of Σ_X (as their functional API always has); bounding
-#: their peak is separate work (reported by the weight-only helper).
-WEIGHT_ONLY = {"rtn", "gptq", "watersic"}
+#: Weight-only families are measured separately below (their input includes Σ_X).
+WEIGHT_ONLY = {"rtn", "gptq", "watersic", "e8sic"}
 SPECS = [
     *sorted(set(registry()) - WEIGHT_ONLY),
     "int:group=-1",
@@ -191,3 +189,52 @@ def test_peak_memory_numpy_kernels(monkeypatch, spec, big):
     dec_peak, _ = _peak(lambda: q.decode(enc))
     assert enc_peak <= BOUND * x.nbytes, f"{spec}: encode peak {enc_peak / x.nbytes:.2f}×"
     assert dec_peak <= BOUND * x.nbytes, f"{spec}: decode peak {dec_peak / x.nbytes:.2f}×"
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory of the weight-only families
+# ---------------------------------------------------------------------------------------------
+#: Stated bound for the weight-only families: encode peak ≤ 20 × (bytes of W as float32 + bytes
+#: of Σ_X as float64 n×n); decode peak ≤ 8 × (bytes of W as float32 + 8·m² for a rotated record
+#: of m live inputs). They work on float64 copies of W (W, W·L, the SIC's targets, codes and
+#: reconstruction) and on Σ_X, its symmetrised copy and its Cholesky factor; without ``sigma``
+#: the identity counts as Σ_X (allowed for n ≤ max(1024, 4a) only). Measured peaks: ≤ 16.6 and
+#: ≤ 8.0 on the shapes below.
+WEIGHT_ONLY_BOUND = 20.0
+WEIGHT_ONLY_SPECS = [
+    "rtn",
+    "gptq",
+    "gptq:rate=None,grid=int,group=64",
+    "watersic",
+    "watersic:rotate=true,rescale=both",
+    "e8sic",
+    "e8sic:rotate=true",
+    "watersic:rate=None,step=0.00001",  # a step whose codes span ~10^6 values
+]
+
+
+@pytest.mark.parametrize("shape", [(1024, 128), (96, 384)])
+@pytest.mark.parametrize("spec", WEIGHT_ONLY_SPECS)
+def test_weight_only_peak_memory_is_bounded(spec, shape):
+    n = shape[1]
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    q = mmquant.get(spec)
+    q.decode(q.encode(x[:16]))  # warm up
+    enc_peak, enc = _peak(lambda: q.encode(x))
+    dec_peak, out = _peak(lambda: q.decode(enc))
+    assert out.shape == shape and enc_peak >= enc.codes.nbytes
+    enc_input = x.nbytes + 8 * n * n
+    dec_input = x.nbytes + (8 * n * n if q.rotate else 0)
+    assert enc_peak <= WEIGHT_ONLY_BOUND * enc_input, f"{spec}: {enc_peak / enc_input:.2f}×"
+    assert dec_peak <= 8.0 * dec_input, f"{spec}: decode {dec_peak / dec_input:.2f}×"
+
+
+def test_weight_only_identity_covariance_is_bounded_by_the_rows():
+    """Without sigma, a wide W would make the n×n identity (and its factor) dwarf W."""
+    from mmquant.weightonly.quantizers import MAX_IDENTITY_INPUTS
+
+    for spec in sorted(WEIGHT_ONLY):
+        with pytest.raises(ValueError, match="pass sigma"):
+            mmquant.get(spec).encode(np.ones((2, 50_000), np.float32))
+    x = np.random.default_rng(6).standard_normal((4, MAX_IDENTITY_INPUTS)).astype(np.float32)
+    assert mmquant.get("rtn:rate=6.0").encode(x).shape == x.shape

@@ -82,12 +82,34 @@ class ColumnStream:
         return int(self.stream.nbytes) + self.side_nbytes
 
 
-def _histograms(z: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``(n, hi − lo + 1)`` counts of each symbol per column."""
-    n = z.shape[1]
+def _occurring(z: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(column, symbol − lo, count)`` of every symbol that occurs, sorted by column then symbol.
+
+    A dense histogram per column when its ``n·(hi − lo + 1)`` counts are few (at most ``a·n``),
+    else a sort of the codes (so that a wide code range never allocates more than the codes).
+    Columns are taken a chunk at a time: the work arrays stay a fraction of ``z``.
+    """
+    a, n = z.shape
     width = hi - lo + 1
-    idx = (z - lo) + width * np.arange(n)[None, :]
-    return np.bincount(idx.reshape(-1), minlength=n * width).reshape(n, width)
+    cols: list[np.ndarray] = []
+    poss: list[np.ndarray] = []
+    cnts: list[np.ndarray] = []
+    step = max(1, (1 << 20) // max(a, width, 1))
+    for c0 in range(0, n, step):
+        zc = z[:, c0 : c0 + step]
+        k = zc.shape[1]
+        idx = (zc - lo) + width * np.arange(k)[None, :]
+        if width <= a:
+            hist = np.bincount(idx.reshape(-1), minlength=k * width).reshape(k, width)
+            col, pos = np.nonzero(hist)
+            cnt = hist[col, pos]
+        else:
+            keys, cnt = np.unique(idx.reshape(-1), return_counts=True)
+            col, pos = keys // width, keys % width
+        cols.append(col + c0)
+        poss.append(pos)
+        cnts.append(cnt)
+    return np.concatenate(cols), np.concatenate(poss), np.concatenate(cnts)
 
 
 def _cell_log2p(values: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -106,9 +128,8 @@ def _choose_models(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
     zero_col = ~np.any(z != 0, axis=0)
     if lo == hi:  # constant matrix: nothing to code, k marks the non-zero columns
         return np.where(zero_col, 0, 1).astype(np.int64), bits, lo, hi
-    hist = _histograms(z, lo, hi)
-    col, pos = np.nonzero(hist)  # only the symbols that occur
-    cnt = hist[col, pos].astype(np.float64)
+    col, pos, cnt = _occurring(z, lo, hi)  # only the symbols that occur
+    cnt = cnt.astype(np.float64)
     val = (pos + lo).astype(np.float64)
     var = np.bincount(col, cnt * val * val, minlength=n) / z.shape[0]
     k0 = _k_of_std(np.sqrt(np.maximum(var - 1.0 / 12.0, 1.0 / 64.0)))
@@ -157,7 +178,7 @@ def encode_columns(z: np.ndarray) -> ColumnStream:
         raise TypeError(f"z must be a 2-D integer array, got {z.dtype} with shape {z.shape}")
     if z.size == 0:
         raise ValueError("z is empty")
-    z = z.astype(np.int64)
+    z = np.asarray(z, np.int64)
     if int(np.abs(z).max()) > 2**30:
         raise ValueError("codes must lie within ±2^30")
     if int(z.max()) - int(z.min()) > MAX_CODE_SPAN:

@@ -24,6 +24,8 @@ from mmquant.validation import as_matrix, check_float
 
 __all__ = ["Prepared", "check_problem", "prepare_covariance", "wmse"]
 
+_CHUNK = 1 << 20  # entries per row chunk of wmse
+
 
 def check_problem(w: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate a weight matrix and its input covariance; return both in float64.
@@ -46,7 +48,10 @@ def check_problem(w: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("sigma is not symmetric (|Σ − Σᵀ| > 1e-6·max|Σ|)")
     if np.any(np.diag(s64) < 0):
         raise ValueError("sigma has a negative diagonal entry: not a covariance")
-    return w64, 0.5 * (s64 + s64.T)
+    sym = s64 + s64.T
+    del s64
+    sym *= 0.5
+    return w64, sym
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,13 +100,16 @@ def prepare_covariance(sigma: np.ndarray, *, damp: float = 1e-4, dead: float = 1
     live = diag > thr * med if med > 0 else diag > 0
     if not np.any(live):
         raise ValueError("sigma has no live input feature (every diagonal entry is ~0)")
-    s = sigma[np.ix_(live, live)]
+    s = sigma if bool(np.all(live)) else sigma[np.ix_(live, live)]
     mean_diag = float(np.mean(np.diag(s)))
     delta = d0 * mean_diag
-    eye = np.eye(s.shape[0])
+    diag_idx = np.diag_indices(s.shape[0])
     while True:
         try:
-            chol = np.linalg.cholesky(s + delta * eye)
+            h = s.copy()
+            h[diag_idx] += delta
+            chol = np.linalg.cholesky(h)
+            del h
             if np.all(np.isfinite(chol)) and np.all(np.diag(chol) > 0):
                 break
         except np.linalg.LinAlgError:
@@ -123,5 +131,18 @@ def wmse(w: np.ndarray, w_hat: np.ndarray, sigma: np.ndarray) -> float:
     >>> wmse(np.ones((2, 2)), np.zeros((2, 2)), np.eye(2))
     1.0
     """
-    e = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
-    return float(np.sum((e @ np.asarray(sigma, np.float64)) * e) / e.size)
+    w = np.asarray(w)
+    w_hat = np.asarray(w_hat)
+    sigma = np.asarray(sigma, np.float64)
+    a = w.shape[0]
+    rows = max(1, _CHUNK // max(w.shape[1], 1))
+    if rows >= a:  # one piece (small matrices: the plain formula)
+        e = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
+        return float(np.sum((e @ sigma) * e) / e.size)
+    total = 0.0
+    for r0 in range(0, a, rows):  # rows a chunk at a time: no a×n temporaries
+        e = np.asarray(w[r0 : r0 + rows], np.float64) - np.asarray(
+            w_hat[r0 : r0 + rows], np.float64
+        )
+        total += float(np.sum((e @ sigma) * e))
+    return total / w.size

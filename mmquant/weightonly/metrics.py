@@ -11,13 +11,14 @@ from mmquant.weightonly.result import WeightQuant
 __all__ = ["waterfill_gap_bits", "quantize_layer", "METHODS", "METHOD_SPECS"]
 
 #: Method names of :func:`quantize_layer` (and of ``mmquant weights --method``).
-METHODS = ("rtn", "gptq", "gptq-rot", "watersic")
+METHODS = ("rtn", "gptq", "gptq-rot", "watersic", "e8sic")
 #: Registered quantizer (spec) of each method of :data:`METHODS`.
 METHOD_SPECS = {
     "rtn": "rtn",
     "gptq": "gptq",
     "gptq-rot": "gptq:rotate=true",
     "watersic": "watersic",
+    "e8sic": "e8sic",
 }
 
 
@@ -57,8 +58,9 @@ def quantize_layer(
     The method's registered quantizer (:data:`METHOD_SPECS`, e.g. ``gptq-rot`` is
     ``gptq:rotate=true``) with ``rate`` and the options ``kw`` (``damp=`` ...);
     ``seed`` is the rotation seed of ``gptq-rot``. ``rtn``, ``gptq`` and ``gptq-rot`` use the
-    entropy-coded uniform grid (same coder and side information as WaterSIC) so that all four
-    are compared at the same measured rate.
+    entropy-coded uniform grid (same coder and side information as WaterSIC; ``e8sic`` codes E8
+    points with the same per-column model index) so that all are compared at the same measured
+    rate.
 
     Returns
     -------

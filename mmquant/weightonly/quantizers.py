@@ -36,13 +36,24 @@ from mmquant.layout import Layout, SideArray, side_array
 from mmquant.validation import check_choice, check_float, check_int
 from mmquant.weightonly.coding import MAX_CODE_SPAN
 from mmquant.weightonly.grids import GRIDS
-from mmquant.weightonly.result import WeightQuant, decode_stored
+from mmquant.weightonly.result import WeightQuant, decode_stored, index_key
 
-__all__ = ["WeightOnlyQuantizer", "RTN", "GPTQ", "WaterSIC", "MAX_ORTHOGONAL_ROTATION"]
+__all__ = [
+    "WeightOnlyQuantizer",
+    "RTN",
+    "GPTQ",
+    "WaterSIC",
+    "E8SIC",
+    "MAX_ORTHOGONAL_ROTATION",
+    "MAX_IDENTITY_INPUTS",
+]
 
 #: Most live inputs of a rotated record whose width has no Hadamard matrix (the random orthogonal
 #: rotation costs a QR factorisation, O(m³), and m² floats).
 MAX_ORTHOGONAL_ROTATION = 4096
+#: Without ``sigma`` the covariance is the n×n identity: allowed for ``n ≤ max(this, 4·a)`` inputs
+#: (its float64 copies then cost at most a few times W), else refused (pass Σ_X explicitly).
+MAX_IDENTITY_INPUTS = 1024
 #: A Hadamard rotation of m live inputs may hold up to this many times the matrix's entries.
 _ROTATION_PER_ENTRY = 16
 _MAX_CODE = 2**30
@@ -91,7 +102,7 @@ class WeightOnlyQuantizer(Quantizer):
         raise NotImplementedError
 
     def _coding(self) -> str:
-        """``"entropy"`` or ``"fixed:<bits>"``."""
+        """``"entropy"``, another column code (``"e8"``) or ``"fixed:<bits>"``."""
         return "entropy"
 
     def _group(self) -> int | None:
@@ -122,7 +133,15 @@ class WeightOnlyQuantizer(Quantizer):
         if arr.ndim != 2:
             raise ValueError(f"W must be 2-D (a, n), got shape {arr.shape}")
         if sigma is None:
-            sigma = np.eye(arr.shape[1])
+            a, n = arr.shape
+            if n > max(MAX_IDENTITY_INPUTS, 4 * a):
+                raise ValueError(
+                    f"W has {n} inputs and {a} rows: without sigma the covariance is the n×n "
+                    f"identity, allowed for n ≤ max({MAX_IDENTITY_INPUTS}, 4·a) = "
+                    f"{max(MAX_IDENTITY_INPUTS, 4 * a)} (its copies would dwarf W); pass sigma "
+                    "explicitly"
+                )
+            sigma = np.eye(n)
         return self._run(arr, sigma)
 
     def _encode(self, x: np.ndarray, *, sigma: Any = None) -> Encoded:
@@ -152,7 +171,7 @@ class WeightOnlyQuantizer(Quantizer):
         """Record of an ``(a, n)`` matrix (``None`` for other shapes: :meth:`check` refuses them).
 
         ``unit`` float32 ``(1,)``; ``live`` uint8 ``(⌈n/8⌉,)``, only when an input is dead;
-        entropy coding: ``std_index`` uint8 ``(n,)``, ``bounds`` int32 ``(2,)`` and a bitstream of
+        entropy coding: ``std_index`` (E8: ``e8_index``) uint8 ``(n,)``, ``bounds`` int32 ``(2,)`` and a bitstream of
         32-bit words; fixed width: the packed codes of every entry; the scale arrays of the
         family. The seed is the spec's when ``rotate``.
         """
@@ -163,8 +182,8 @@ class WeightOnlyQuantizer(Quantizer):
         scales, optional = self._scale_arrays(a, n)
         side.update(scales)
         coding = self._coding()
-        if coding == "entropy":
-            side["std_index"] = side_array("uint8", n)
+        if not coding.startswith("fixed:"):
+            side[index_key(coding)] = side_array("uint8", n)
             side["bounds"] = side_array("int32", 2)
             codes: int | tuple[int, int | None] = (0, None)
             multiple = 4
@@ -231,6 +250,20 @@ class WeightOnlyQuantizer(Quantizer):
                 f"record side array 'row_scale' has {enc.side['row_scale'].shape[1]} groups per "
                 "row, expected 1"
             )
+        if self._coding() == "e8":
+            lo, hi = (int(v) for v in enc.side["bounds"])
+            if not (lo < 0 < hi and hi - lo <= MAX_CODE_SPAN):
+                raise ValueError(
+                    f"record side array 'bounds' is [{lo}, {hi}]: expected lo < 0 < hi, at most "
+                    f"{MAX_CODE_SPAN} apart"
+                )
+            if bool(np.any(enc.side["e8_index"])) != bool(enc.codes.size):
+                raise ValueError(
+                    f"record codes hold {enc.codes.size} bytes but {int(np.count_nonzero(enc.side['e8_index']))} "
+                    "columns are coded (a stream exactly when some column is)"
+                )
+            if enc.codes.size and not np.any(enc.codes[-4:]):
+                raise ValueError("record codes are not an rANS bitstream (last word is zero)")
         if self._coding() == "entropy":
             lo, hi = (int(v) for v in enc.side["bounds"])
             if not (-_MAX_CODE <= lo <= hi <= _MAX_CODE and hi - lo <= MAX_CODE_SPAN):
@@ -409,6 +442,54 @@ class WaterSIC(WeightOnlyQuantizer):
             step=self.step,
             lmmse=self.lmmse,
             rescale=self.rescale,
+            rotate=self.rotate,
+            seed=self.seed,
+            damp=self.damp,
+            dead=self.dead,
+        )
+
+
+@register("e8sic")
+@dataclass(frozen=True)
+class E8SIC(WaterSIC):
+    """E8-SIC: WaterSIC's column loop with each column quantized on the lattice E8.
+
+    Blocks of 8 entries of a column (its ``a`` rows) go to E8 with the column's Y-domain step,
+    the points are entropy coded with one model index per column
+    (:mod:`~mmquant.weightonly.e8coding`); LMMSE shrink, error feedback and rescalers as in
+    :class:`WaterSIC` (:func:`~mmquant.weightonly.vsic.vector_sic`).
+
+    Parameters
+    ----------
+    rate, step, lmmse, rescale, rotate, seed, damp, dead
+        As in :class:`WaterSIC`.
+    mmse : float
+        MMSE feedback damping factor (δ ≥ mmse·D̂/σ², 0 to 100; 0: WaterSIC's damping only).
+    """
+
+    description = "weight-only SIC with E8 lattice columns (encode(w, sigma=Σ_X))"
+
+    mmse: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float(self.mmse, "mmse", 0.0, hi=100.0)
+
+    def _coding(self) -> str:
+        return "e8"
+
+    def _run(self, w: np.ndarray, sigma: Any) -> WeightQuant:
+        from mmquant.weightonly.vsic import vector_sic
+
+        return vector_sic(
+            w,
+            sigma,
+            self.rate,
+            code="e8",
+            step=self.step,
+            lmmse=self.lmmse,
+            rescale=self.rescale,
+            mmse=self.mmse,
             rotate=self.rotate,
             seed=self.seed,
             damp=self.damp,

@@ -26,7 +26,21 @@ import numpy as np
 from mmquant.packing import pack, unpack
 from mmquant.weightonly.coding import ColumnStream, decode_columns, encode_columns
 
-__all__ = ["WeightQuant", "decode", "decode_stored", "build_result", "rotation_matrix"]
+__all__ = [
+    "WeightQuant",
+    "decode",
+    "decode_stored",
+    "build_result",
+    "index_key",
+    "rotation_matrix",
+]
+
+
+def index_key(coding: str) -> str:
+    """Side-array name of the per-column model indices: ``std_index`` for the scalar coder,
+    ``<code>_index`` (``e8_index``) for another column code, so that a record of one code does
+    not pass the layout of another."""
+    return "std_index" if coding == "entropy" else f"{coding}_index"
 
 
 def rotation_matrix(n: int, seed: int) -> np.ndarray:
@@ -127,16 +141,31 @@ def _reconstruct(
     group: int,
     live: np.ndarray,
     rotation_seed: int | None,
+    coding: str = "entropy",
 ) -> np.ndarray:
     """Ŵ from the stored values; scales act in the working basis (live inputs, rotated)."""
     m = int(live.sum())
-    wl = unit * z[:, live].astype(np.float64)
+    every = m == z.shape[1]
+    zl = z if every else z[:, live]
+    if coding == "entropy" or coding.startswith("fixed:"):
+        wl = zl.astype(np.float64)
+        wl *= unit
+    else:  # a column code's points (E8: z/2)
+        from mmquant.weightonly.columncodes import column_code
+
+        wl = column_code(coding).points(zl)
+        wl *= unit
+    del zl
     if col_scale is not None:
-        wl = wl * col_scale[live].astype(np.float64)[None, :]
+        wl *= col_scale[live].astype(np.float64)[None, :]
     if row_scale is not None:
-        wl = wl * np.repeat(row_scale.astype(np.float64), group, axis=1)[:, :m]
+        rs = row_scale.astype(np.float64)
+        for g0 in range(0, m, group):  # one group of columns at a time (no a×m repeat)
+            wl[:, g0 : g0 + group] *= rs[:, g0 // group][:, None]
     if rotation_seed is not None:
         wl = wl @ rotation_matrix(m, rotation_seed)
+    if every:
+        return wl
     w = np.zeros(z.shape, np.float64)
     w[:, live] = wl
     return w
@@ -155,13 +184,15 @@ def build_result(
     fixed_bits: int | None,
     sigma: np.ndarray,
     w: np.ndarray,
+    code: str = "entropy",
     **extra: object,
 ) -> WeightQuant:
     """Encode the codes, assemble the side information and measure rate and WMSE.
 
     ``z`` is ``(a, n)`` over all inputs (zeros for dead ones); ``col_scale`` ``(n,)`` float16;
     ``row_scale`` ``(a, G)`` float16; ``fixed_bits``: pack ``z + 2^{b−1}`` at ``b`` bits instead of
-    entropy coding. ``sigma`` and ``w`` are the full undamped Σ_X and the original W.
+    entropy coding with the column code ``code`` (:mod:`~mmquant.weightonly.columncodes`).
+    ``sigma`` and ``w`` are the full undamped Σ_X and the original W.
     """
     from mmquant.entropy import empirical_entropy
     from mmquant.weightonly.covariance import wmse
@@ -175,11 +206,16 @@ def build_result(
     if not np.all(live):
         side["live"] = np.packbits(live)
     if fixed_bits is None:
-        cs = encode_columns(z)
+        if code == "entropy":
+            cs = encode_columns(z)
+        else:
+            from mmquant.weightonly.columncodes import column_code
+
+            cs = column_code(code).encode(z)
         stream = cs.stream
-        side["std_index"] = cs.std_index
+        side[index_key(code)] = cs.std_index
         side["bounds"] = cs.bounds
-        coding = "entropy"
+        coding = code
     else:
         off = 2 ** (fixed_bits - 1)
         stream = pack((z + off).astype(np.int64), fixed_bits)
@@ -193,6 +229,7 @@ def build_result(
         group,
         live,
         rotation_seed,
+        coding,
     )
     nbytes = stream.nbytes + sum(v.nbytes for v in side.values())
     side_bytes = sum(v.nbytes for v in side.values())
@@ -242,7 +279,7 @@ def decode_stored(
     shape : tuple of int
         ``(a, n)``.
     coding : str
-        ``"entropy"`` or ``"fixed:<bits>"``.
+        ``"entropy"``, another column code (``"e8"``) or ``"fixed:<bits>"``.
     group : int or None
         Columns per ``row_scale`` group (``None``: all live columns, one group).
     rotation_seed : int or None
@@ -261,6 +298,17 @@ def decode_stored(
                 stream=stream, std_index=side["std_index"], bounds=side["bounds"], shape=(a, n)
             )
         )
+    elif not coding.startswith("fixed:"):
+        from mmquant.weightonly.columncodes import column_code
+
+        z = column_code(coding).decode(
+            ColumnStream(
+                stream=stream,
+                std_index=side[index_key(coding)],
+                bounds=side["bounds"],
+                shape=(a, n),
+            )
+        )
     else:
         b = int(coding.split(":")[1])
         z = unpack(stream, b, a * n).astype(np.int64).reshape(a, n) - 2 ** (b - 1)
@@ -272,6 +320,7 @@ def decode_stored(
         int(live.sum()) if group is None else group,
         live,
         rotation_seed,
+        coding,
     )
 
 

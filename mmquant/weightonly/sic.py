@@ -58,7 +58,9 @@ class Problem:
     rotation_seed: int | None
 
     def scatter(self, zk: np.ndarray) -> np.ndarray:
-        """Working-basis ``(a, m)`` codes into ``(a, n)`` (zeros for dead inputs)."""
+        """Working-basis ``(a, m)`` codes into ``(a, n)`` (zeros for dead inputs; no copy if none)."""
+        if zk.shape[1] == self.w.shape[1]:
+            return zk
         out = np.zeros((self.w.shape[0], self.w.shape[1]), dtype=zk.dtype)
         out[:, self.live] = zk
         return out
@@ -76,7 +78,7 @@ def setup(
     """Validate, drop dead inputs, optionally rotate, damp and factorise."""
     w64, s64 = check_problem(w, sigma)
     prep = prepare_covariance(s64, damp=damp, dead=dead)
-    wk = w64[:, prep.live]
+    wk = w64 if bool(np.all(prep.live)) else w64[:, prep.live]
     sk = prep.sigma
     chol, delta = prep.chol, prep.damping
     rot_seed = None
@@ -205,6 +207,7 @@ def search_rate(
     log2_step_offset: float,
     x_min: float,
     info: dict[str, float],
+    bits_of: Callable[[np.ndarray], float] | None = None,
 ) -> float:
     """The ``log2`` step at which a quantizer's measured rate hits ``rate`` (GPTQ and WaterSIC).
 
@@ -231,6 +234,9 @@ def search_rate(
         Smallest ``log2`` step tried (codes stay within ±2^30).
     info : dict
         Receives ``target_rate`` and ``search_iterations``.
+    bits_of : callable, optional
+        Ideal code length (bits) of a code matrix; default the scalar coder's
+        (:func:`~mmquant.weightonly.coding.column_code_bits`).
 
     Raises
     ------
@@ -250,10 +256,11 @@ def search_rate(
     info["target_rate"] = r
     target_live = target * n / wk.shape[1]  # codes are spread over the live columns only
     rows = sample_rows(a)
+    bits = column_code_bits if bits_of is None else bits_of
 
     def rate_of(log2_step: float, ww: np.ndarray = wk[rows]) -> float:
         z = codes_at(2.0**log2_step, ww)
-        return column_code_bits(z) / z.size
+        return bits(z) / z.size
 
     x, its = search_step(rate_of, target_live, log2_step_offset - target_live, x_min=x_min)
     info["search_iterations"] = its

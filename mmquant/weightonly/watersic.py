@@ -131,6 +131,7 @@ def _watersic(
     wk, chol = p.wk, p.chol
     d = np.diag(chol)
     info: dict[str, float] = {}
+    cache: dict[float, tuple] = {}
     rows_groups = 1 if rescale == "both" else 0
     side = side_bits(a, n, row_scale_groups=rows_groups, col_scale=True, entropy=True)
     if (rate is None) == (step is None):
@@ -142,11 +143,11 @@ def _watersic(
     else:
         s = np.maximum(np.mean(wk**2, axis=0), 1e-30)
         offset = math.log2(_SQRT_2PIE) + float(np.mean(np.log2(np.sqrt(s) * d)))
-        cache: dict[float, tuple] = {}
 
         def codes_at(cc: float, ww: np.ndarray) -> np.ndarray:
             out = _run(ww, chol, cc, _unit(cc, d), lmmse)
-            if ww is wk:
+            if ww is wk:  # keep the last full-row pass only (memory)
+                cache.clear()
                 cache[cc] = out
             return out[0]
 
@@ -155,7 +156,7 @@ def _watersic(
         c = 2.0**x
     unit = _unit(c, d)
     if step is None and c in cache:
-        z, w_hat, col16, gam = cache[c]
+        z, w_hat, col16, gam = cache.pop(c)
     else:
         z, w_hat, col16, gam = _run(wk, chol, c, unit, lmmse)
     row16 = None
@@ -174,6 +175,9 @@ def _watersic(
             row16 = None if rows16 is None else rows16[:, None]
         else:
             t = g = None
+        del cand
+    del w_hat
+    cache.clear()
     col_full = np.zeros(n, np.float16)
     col_full[p.live] = col16
     steps = np.zeros(n)

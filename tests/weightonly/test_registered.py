@@ -9,7 +9,7 @@ import pytest
 
 import mmquant as mq
 from mmquant.io import FormatError, load_one
-from mmquant.weightonly import gptq, quantize_layer, rtn, watersic
+from mmquant.weightonly import e8sic, gptq, quantize_layer, rtn, watersic
 
 
 def _problem(a: int = 48, n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +33,10 @@ CASES = {
     "watersic:rate=2.5,rescale=both": lambda w, s: watersic(w, s, 2.5, rescale="both"),
     "watersic:rate=None,step=0.4,lmmse=false": lambda w, s: watersic(w, s, step=0.4, lmmse=False),
     "watersic:rate=3.0,rotate=true,seed=2": lambda w, s: watersic(w, s, 3.0, rotate=True, seed=2),
+    "e8sic:rate=3.0": lambda w, s: e8sic(w, s, 3.0),
+    "e8sic:rate=2.5,rescale=both,mmse=0.0": lambda w, s: e8sic(w, s, 2.5, rescale="both", mmse=0),
+    "e8sic:rate=None,step=0.4,lmmse=false": lambda w, s: e8sic(w, s, step=0.4, lmmse=False),
+    "e8sic:rate=3.0,rotate=true,seed=2": lambda w, s: e8sic(w, s, 3.0, rotate=True, seed=2),
 }
 
 
@@ -68,7 +72,7 @@ def test_quantize_layer_goes_through_the_registered_quantizers():
 
 def test_identity_covariance_by_default():
     w, _ = _problem()
-    for spec in ("rtn", "gptq", "watersic"):
+    for spec in ("rtn", "gptq", "watersic", "e8sic"):
         q = mq.get(spec)
         assert q.decode(q.encode(w)).tobytes() == q.decode(q.encode(w, sigma=np.eye(40))).tobytes()
 
@@ -98,7 +102,7 @@ def test_specs_validate_their_parameters():
 
 
 def test_not_in_compare_and_keywords_checked():
-    for name in ("rtn", "gptq", "watersic"):
+    for name in ("rtn", "gptq", "watersic", "e8sic"):
         assert name in mq.available() and mq.registry()[name].variants() == []
     w, s = _problem()
     with pytest.raises(TypeError, match="sigmaa"):
