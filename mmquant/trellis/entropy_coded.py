@@ -60,6 +60,8 @@ POLYS = {
 
 #: Entries of the sample the step Δ is calibrated on.
 CALIBRATION_ENTRIES = 32768
+#: Entries searched and mapped to symbols at a time (bounds the encoder's transient memory).
+CHUNK_ENTRIES = 1 << 16
 
 
 def _parity(v: np.ndarray) -> np.ndarray:
@@ -204,22 +206,33 @@ class TCQEntropyCoded(Quantizer):
         shape = x.shape
         z, side = self._rows(x)
         delta = self._calibrate(z)
-        j = symbols(z, _viterbi(z, delta, self.L), delta, self.L)
-        if int(j.min()) < -(2**30) or int(j.max()) > 2**30:
-            raise ValueError("tcqec symbols must lie within ±2^30")
-        table = int(j.max() - j.min() + 1)
+        # Rows in chunks (the search and the symbols are per row): the int64 windows of
+        # :func:`symbols` and the float64 reconstruction exist for one chunk at a time.
+        rows, T = z.shape
+        step = max(1, CHUNK_ENTRIES // T)
+        j = np.empty((rows, T), np.int32)
+        alpha = np.empty(rows, np.float64)
+        for r0 in range(0, rows, step):
+            zc = z[r0 : r0 + step]
+            jc = symbols(zc, _viterbi(zc, delta, self.L), delta, self.L)
+            if int(jc.min()) < -(2**30) or int(jc.max()) > 2**30:
+                raise ValueError("tcqec symbols must lie within ±2^30")
+            j[r0 : r0 + step] = jc
+            # the row gain α = ⟨z, ẑ⟩/‖ẑ‖² of the reconstruction, folded into the row scale
+            zh = _levels(jc, self.L).astype(np.float64) * np.float64(delta)
+            num = np.einsum("ij,ij->i", zc.astype(np.float64), zh)
+            den = np.einsum("ij,ij->i", zh, zh)
+            alpha[r0 : r0 + step] = np.where(
+                den > 0, np.maximum(num, 0.0) / np.where(den > 0, den, 1.0), 0.0
+            )
+            del jc, zh
+        table = int(j.max()) - int(j.min()) + 1
         if table > max(1 << 16, x.size):
             raise ValueError(
                 f"tcqec would need a model table of {table} symbols for {x.size} entries"
             )
-        # the row gain α = ⟨z, ẑ⟩/‖ẑ‖² of the reconstruction, folded into the stored row scale
-        zh = _levels(j, self.L).astype(np.float64) * np.float64(delta)
-        num = np.einsum("ij,ij->i", z.astype(np.float64), zh)
-        den = np.einsum("ij,ij->i", zh, zh)
-        alpha = np.where(den > 0, np.maximum(num, 0.0) / np.where(den > 0, den, 1.0), 0.0)
         side["norm"] = store_float(side["norm"].astype(np.float64) * alpha)
-        del zh
-        coded = encode_integers(j.astype(np.int32))
+        coded = encode_integers(j)
         side["delta"] = np.array([delta], np.float32)
         for k, v in coded.side.items():
             side[f"model_{k}"] = v
@@ -267,8 +280,12 @@ class TCQEntropyCoded(Quantizer):
         n8 = -(-shape[-1] // 8) * 8
         model = {k[6:]: v for k, v in enc.side.items() if k.startswith("model_")}
         j = decode_integers(enc.codes, model, (rows, T))
-        i = _levels(j, self.L)
-        zh = i[:, :n8].astype(np.float64) * np.float64(enc.side["delta"][0])
+        delta = np.float64(enc.side["delta"][0])
+        zh = np.empty((rows, n8), np.float64)
+        step = max(1, CHUNK_ENTRIES // T)
+        for r0 in range(0, rows, step):  # the int64 levels of one chunk at a time
+            zh[r0 : r0 + step] = _levels(j[r0 : r0 + step], self.L)[:, :n8] * delta
+        del j
         return finish_rows(
             zh.reshape(-1, 8), enc.side, shape, rotate=self.rotate, center=False, seed=self.seed
         )
