@@ -21,6 +21,9 @@ __all__ = ["bundled_bert", "sentence_batches"]
 def bundled_bert(dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
     """The bundled MiniLM as a ``transformers.BertModel`` in eval mode.
 
+    Read from the package's local files (``local_files_only``: nothing is downloaded). The model
+    keeps its pooler layer (unused by the mean-pooled sentence embedding).
+
     Raises
     ------
     FileNotFoundError
@@ -30,20 +33,9 @@ def bundled_bert(dtype: torch.dtype = torch.float32, attn_implementation: str = 
     """
     mdir = files.check_model_dir(files.find_model_dir())
     tr = files.require("transformers")
-    st = files.require("safetensors.torch")
-    config = tr.BertConfig.from_json_file(str(mdir / "config.json"))
-    config._attn_implementation = attn_implementation
-    model = tr.BertModel(config, add_pooling_layer=False)
-    state = st.load_file(str(mdir / "model.safetensors"))
-    state = {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith("pooler.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(
-            f"the bundled checkpoint does not fit BertModel: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
+    model = tr.BertModel.from_pretrained(
+        str(mdir), local_files_only=True, attn_implementation=attn_implementation
+    )
     return model.to(dtype).eval()
 
 
