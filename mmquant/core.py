@@ -36,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from mmquant.layout import Layout, check_layout, check_shape, check_size
-from mmquant.validation import as_real_array
+from mmquant.validation import as_real_array, restore_like
 
 #: Library version (written into every .mmq header).
 VERSION = "0.1.0"
@@ -289,9 +289,12 @@ class Quantizer(abc.ABC):
             )
         return out
 
-    def quantize(self, x: Any) -> np.ndarray:
-        """Shorthand for ``decode(encode(x))`` (the reconstruction, same shape as ``x``)."""
-        return self.decode(self.encode(x))
+    def quantize(self, x: Any) -> Any:
+        """Shorthand for ``decode(encode(x))`` (the reconstruction, same shape as ``x``).
+
+        A torch tensor gives a tensor of its dtype and device; anything else a numpy array.
+        """
+        return restore_like(self.decode(self.encode(x)), x)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable description: ``{"name": ..., "params": {...}, "spec": ...}``."""

@@ -7,16 +7,26 @@ Conventions (documented once, used everywhere):
 * integer inputs are converted to float64 (exact for |x| < 2**53);
 * bool, complex, object and string arrays are rejected with a ``TypeError``;
 * NaN/Inf and empty arrays are rejected with a ``ValueError``;
-* torch tensors (or anything with ``.detach().cpu().numpy()``) are accepted without importing torch.
+* torch tensors (or anything with ``.detach().cpu().numpy()``) are accepted without importing torch;
+  an array computed from one goes back as a tensor of its dtype and device (:func:`restore_like`,
+  which looks torch up in ``sys.modules`` and never imports it).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-__all__ = ["as_real_array", "as_matrix", "check_int", "check_float", "check_choice"]
+__all__ = [
+    "as_real_array",
+    "as_matrix",
+    "restore_like",
+    "check_int",
+    "check_float",
+    "check_choice",
+]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -31,6 +41,20 @@ def _to_numpy(x: Any) -> np.ndarray:
         raise TypeError(
             f"cannot convert input of type {type(x).__name__} to an array: {exc}"
         ) from None
+
+
+def restore_like(out: np.ndarray, like: Any) -> Any:
+    """``out`` as a torch tensor with the dtype and device of ``like`` if ``like`` is one.
+
+    The one place where results go back to torch: torch is looked up in ``sys.modules`` (a
+    tensor exists only if torch was imported), never imported here. Other inputs give ``out``.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(like, torch.Tensor):
+        return out
+    t = torch.from_numpy(np.ascontiguousarray(out))
+    dtype = like.dtype if like.dtype.is_floating_point else t.dtype
+    return t.to(device=like.device, dtype=dtype)
 
 
 def as_real_array(
