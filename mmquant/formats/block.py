@@ -3,7 +3,7 @@
 **MX** (``mxfp4``, ``mxfp6:elem=e2m3|e3m2``, ``mxfp8:elem=e4m3|e5m2``, ``mxint8``): blocks of
 ``k = 32`` consecutive entries along the last axis share one E8M0 scale ``X = 2^E``::
 
-    E = clamp(⌊log2 amax⌋ − emax_elem, −127, 127)      stored as the uint8 E + 127 ("scale")
+    E = clamp(⌊log2 amax⌋ − emax_elem, −127, 127)      stored as the uint8 E + 127 ("e8m0")
     element = Q_elem(x / X)       (round to nearest even, saturating to ±max of the element)
     x̂ = X · value(element)
 
@@ -114,12 +114,12 @@ def mx_encode(x: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
         ``uint8`` E8M0 codes ``E + 127``, shape ``(rows, ceil(n/32))``.
     """
     codes, side, _ = mx_format(elem).encode_codes(x)
-    return codes.reshape(x.shape), side["scale"]
+    return codes.reshape(x.shape), side["e8m0"]
 
 
 def mx_decode(codes: np.ndarray, scale: np.ndarray, elem: str) -> np.ndarray:
     """Inverse of :func:`mx_encode` (float32, shape of ``codes``)."""
-    return mx_format(elem).decode_codes(codes.reshape(-1), {"scale": scale}, codes.shape)
+    return mx_format(elem).decode_codes(codes.reshape(-1), {"e8m0": scale}, codes.shape)
 
 
 def nvfp4_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -133,7 +133,7 @@ def _row_layout(shape: tuple[int, ...], bits: int, scale_dtype: str, points: boo
     """``bits`` per entry packed, one ``rms`` per row (and the float32 ``points``)."""
     from mmquant.packing import packed_nbytes
 
-    side = {"scale": side_array(scale_dtype, math.prod(shape[:-1]))}
+    side = {"rms": side_array(scale_dtype, math.prod(shape[:-1]))}
     if points:
         side["points"] = side_array("float32", 1 << bits)
     return Layout(packed_nbytes(math.prod(shape), bits), side)

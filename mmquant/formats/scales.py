@@ -112,7 +112,7 @@ def round_offset(lo: np.ndarray, scale_dtype: str) -> np.ndarray:
     return lo.astype(scale_dtype)
 
 
-def check_scales(s: np.ndarray, name: str = "scale") -> np.ndarray:
+def check_scales(s: np.ndarray, name: str = "absmax") -> np.ndarray:
     """``s`` if every stored scale is finite and ≥ 0 (what the encoders write), else ValueError."""
     if s.size and not (np.all(np.isfinite(s)) and float(np.min(s)) >= 0):
         raise ValueError(f"corrupt side information: {name!r} holds a negative or non-finite scale")
@@ -158,7 +158,7 @@ class Absmax:
     """``s = fl(amax / unit)`` per group in float16/float32 (side key ``absmax``); ``u = x/s``."""
 
     dtype: str = "float16"
-    key: ClassVar[str] = "scale"
+    key: ClassVar[str] = "absmax"
     work: ClassVar[Any] = None
 
     def side(self, rows: int, groups: int) -> dict[str, SideArray]:
@@ -190,7 +190,7 @@ class MinMax:
     def side(self, rows: int, groups: int) -> dict[str, SideArray]:
         """One step and one offset per group."""
         return {
-            "scale": side_array(self.dtype, rows, groups),
+            "step": side_array(self.dtype, rows, groups),
             "offset": side_array(self.dtype, rows, groups),
         }
 
@@ -213,11 +213,11 @@ class MinMax:
         work = x2.dtype.type
         s = scale.astype(work)
         d = np.where(s > 0, s, work(1))
-        return {"scale": scale, "offset": offset}, d, offset.astype(work), False
+        return {"step": scale, "offset": offset}, d, offset.astype(work), False
 
     def scales(self, side: Any) -> tuple[np.ndarray, np.ndarray]:
         """float32 steps and offsets."""
-        s = check_scales(side["scale"], "scale").astype(np.float32)
+        s = check_scales(side["step"], "step").astype(np.float32)
         return s, side["offset"].astype(np.float32)
 
 
@@ -252,17 +252,17 @@ class E8M0:
 
     def side(self, rows: int, groups: int) -> dict[str, SideArray]:
         """One uint8 code per block."""
-        return {"scale": side_array("uint8", rows, groups)}
+        return {"e8m0": side_array("uint8", rows, groups)}
 
     def fit(self, x2: np.ndarray, g: int, k: Any, fmt: Any) -> tuple:
         """Side arrays, multipliers ``2^−E``, no offsets, ``mul=True``."""
         expo = mx_exponents(block_absmax(x2, g, k), self.emax)
         inv = np.ldexp(np.ones(expo.shape), -expo).astype(x2.dtype)  # 2^−E, exact
-        return {"scale": (expo + E8M0_BIAS).astype(np.uint8)}, inv, None, True
+        return {"e8m0": (expo + E8M0_BIAS).astype(np.uint8)}, inv, None, True
 
     def scales(self, side: Any) -> tuple[np.ndarray, None]:
         """float32 ``2^E`` (ValueError for the NaN code 255)."""
-        e = side["scale"]
+        e = side["e8m0"]
         if e.size and int(e.max()) > 2 * E8M0_BIAS:
             raise ValueError("corrupt side information: an E8M0 code in 'e8m0' is 255 (NaN)")
         return e8m0_values(e), None
@@ -397,18 +397,18 @@ class RowRMS:
 
     def side(self, rows: int, groups: int) -> dict[str, SideArray]:
         """One RMS per row, a 1-D array."""
-        return {"scale": side_array(self.dtype, rows)}
+        return {"rms": side_array(self.dtype, rows)}
 
     def fit(self, x2: np.ndarray, g: int, k: Any, fmt: Any) -> tuple:
         """Side arrays, multipliers ``1/σ`` (float32, ``(rows, 1)``), ``mul=True``."""
         rms = row_rms(x2)
         scales = store_rms(rms, self.dtype)
         _check_precision(fmt, x2, g, self.dtype, [scales], [rms])
-        return {"scale": scales}, rms_multipliers(scales).reshape(-1, 1), None, True
+        return {"rms": scales}, rms_multipliers(scales).reshape(-1, 1), None, True
 
     def scales(self, side: Any) -> tuple[np.ndarray, None]:
         """float32 σ per row, ``(rows, 1)`` (ValueError if negative or not finite)."""
-        s = side["scale"]
+        s = side["rms"]
         if s.size and not (np.all(np.isfinite(s)) and float(np.min(s)) >= 0):
             raise ValueError("corrupt side information: 'rms' holds a negative or non-finite RMS")
         return s.astype(np.float32).reshape(-1, 1), None
