@@ -196,8 +196,7 @@ class BlockFormat:
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Packed codes (``uint8``) and side arrays of ``x`` (finite float32/float64)."""
         codes, side, k = self.encode_codes(x)
-        packed = k.pack(codes, self.bits) if k is not None else pack(codes, self.bits)
-        return packed, side
+        return _pack(k, codes, self.bits), side
 
     def decode(
         self,
@@ -211,11 +210,7 @@ class BlockFormat:
         ``table`` replaces the element map's table (a codebook stored in the record).
         """
         k = kernels()
-        entries = math.prod(shape)
-        if k is not None:
-            codes = k.unpack(packed, self.bits, entries)
-        else:
-            codes = unpack(packed, self.bits, entries)
+        codes = _unpack(k, packed, self.bits, math.prod(shape))
         return self.decode_codes(codes, side, shape, table, k)
 
     def decode_codes(
@@ -277,6 +272,21 @@ class BlockFormat:
             return np.repeat(a, g, axis=1)[:, :n].reshape(w.shape)
 
         return StaticGroups(self, side, per_entry(s), None if off is None else per_entry(off))
+
+
+#: Widths whose numpy (un)packing is whole bytes or shifts of whole arrays: faster than the
+#: kernel's loop (same bytes; the kernels take the others).
+_NUMPY_UNPACK = (1, 2, 4, 8)
+
+
+def _pack(k: Any, codes: np.ndarray, bits: int) -> np.ndarray:
+    return k.pack(codes, bits) if k is not None and bits != 8 else pack(codes, bits)
+
+
+def _unpack(k: Any, packed: np.ndarray, bits: int, entries: int) -> np.ndarray:
+    if k is not None and bits not in _NUMPY_UNPACK:
+        return k.unpack(packed, bits, entries)
+    return unpack(packed, bits, entries)
 
 
 @dataclass(frozen=True, eq=False)
