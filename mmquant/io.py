@@ -11,7 +11,7 @@ arrays are converted to little-endian first) are written as their raw bytes in a
 tensor, with the dtype name and shape kept in the header; their byte count is unchanged. The string
 metadata of the safetensors header holds a single key, ``"mmquant"``, whose value is a JSON header::
 
-    {"magic": "mmquant", "format_version": 3, "library_version": "0.1.0",
+    {"magic": "mmquant", "format_version": 4, "library_version": "0.1.0",
      "matrices": {NAME: {"spec": ..., "shape": [...], "seed": ..., "stats": {...},
                          "arrays": {TENSOR: {"dtype": ..., "shape": [...], "raw": bool,
                                              "crc32": int}}}},
@@ -50,6 +50,7 @@ loads silently, and a crafted one never makes a decoder read outside its buffers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -64,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from mmquant.core import VERSION, Encoded
+from mmquant.layout import LEGACY_SIDE_VERSION, rename_legacy_side
 
 __all__ = [
     "FORMAT_NAME",
@@ -81,11 +83,13 @@ __all__ = [
 ]
 
 FORMAT_NAME = "mmquant"  # the "magic" of the JSON header
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Older versions this library still reads. Version 2 (before the structured rotation of every row
 #: length) is read except for records whose codes were made with the dense random orthogonal
 #: rotation of version 2 (rotated codes with a last dimension that has no Hadamard matrix).
-READABLE_VERSIONS = (2, 3)
+#: Versions ≤ 3 named several side arrays ``scale``; they are renamed on reading
+#: (:data:`mmquant.layout.LEGACY_SIDE_KEYS`), the bytes are the same.
+READABLE_VERSIONS = (2, 3, 4)
 DEFAULT_NAME = "x"  # name of the matrix when save() is given a single Encoded
 _META_KEY = "mmquant"
 #: Largest safetensors header read (the limit safetensors itself applies: 100 MB).
@@ -632,7 +636,9 @@ def load(
         raise FormatError(f"{path}: not a valid safetensors file or truncated ({exc})") from None
     except (KeyError, TypeError) as exc:
         raise FormatError(f"{path}: header is malformed ({exc})") from None
-    for name, enc in out.items():
+    for name, enc in list(out.items()):
+        if header["format_version"] <= LEGACY_SIDE_VERSION:
+            out[name] = enc = _rename_legacy(path, name, enc)
         if header["format_version"] == 2:
             _check_version2_rotation(path, name, enc)
         if verify:
@@ -640,6 +646,18 @@ def load(
         else:
             _check_record(path, name, enc)
     return out
+
+
+def _rename_legacy(path: Path, name: str, enc: Encoded) -> Encoded:
+    """A record of a version ≤ 3 file with its side arrays under today's keys."""
+    q = _check_spec(path, name, enc.spec)
+    try:
+        lay = q.layout(enc.shape)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{path}: matrix {name!r} is malformed: {exc}") from None
+    declared = set(lay.side) if lay is not None else set()
+    side = rename_legacy_side(q.name, enc.side, declared)
+    return dataclasses.replace(enc, side=side)
 
 
 def _check_version2_rotation(path: Path, name: str, enc: Encoded) -> None:

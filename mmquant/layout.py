@@ -24,6 +24,11 @@ made. Before any decoder (and so any kernel that indexes a buffer) runs,
 Checks of stored *values* (indices below the number of scales, codebook sizes, scale codes that
 are not NaN ...) are the decoder's own; they run before any kernel too. Finally ``decode`` checks
 that the reconstruction has the record's shape and is finite.
+
+**Side-information keys keep one meaning each** (:data:`SIDE_KEYS` lists those of the scaled
+scalar formats). Files of format version 3 and older stored the first four under one name,
+``scale``; :data:`LEGACY_SIDE_KEYS` says what each family's old names are now, and
+:func:`rename_legacy_side` translates a record read from such a file (:mod:`mmquant.io`).
 """
 
 from __future__ import annotations
@@ -47,12 +52,73 @@ __all__ = [
     "check_shape",
     "check_size",
     "check_layout",
+    "SIDE_KEYS",
+    "LEGACY_SIDE_KEYS",
+    "LEGACY_SIDE_VERSION",
+    "rename_legacy_side",
 ]
 
 #: Most dimensions a record's shape may have (numpy's own limit is 32 or 64).
 MAX_NDIM = 32
 #: Most entries a record may claim per stored byte (codes + side information): 1/128 bit/entry.
 MAX_ENTRIES_PER_BYTE = 1024
+
+
+#: Side arrays of the block formats (:mod:`mmquant.formats.scales`): key -> meaning.
+SIDE_KEYS: dict[str, str] = {
+    "absmax": "float16|float32 scale from the group's absmax, x̂ = s·element (int, fp, nf4)",
+    "step": "float16|float32 step of an affine grid, x̂ = offset + step·code (int:affine=true)",
+    "offset": "float16|float32 group minimum of an affine grid (int:affine=true)",
+    "e8m0": "uint8 biased exponent E + 127 of the MX block scale 2^E (mxfp4/6/8, mxint8)",
+    "block_scale": "uint8 E4M3 code of an NVFP4 block scale (times tensor_scale)",
+    "tensor_scale": "float32 tensor scale of NVFP4",
+    "rms": "float16|float32 RMS of a row, x̂ = σ·point (compander, lloydmax, uniform, ...)",
+    "points": "float32 codebook stored in the record (datacompander)",
+}
+
+#: Side keys renamed since format version 3: family -> {old key: new key, or the candidates of
+#: which the record's layout declares exactly one}. Files of versions ≤ 3 are translated on
+#: reading (:func:`rename_legacy_side`); their bytes are unchanged.
+LEGACY_SIDE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "int": {"scale": ("absmax", "step")},  # "step" with affine=true
+    "fp": {"scale": ("absmax",)},
+    "nf4": {"scale": ("absmax",)},
+    "mxfp4": {"scale": ("e8m0",)},
+    "mxfp6": {"scale": ("e8m0",)},
+    "mxfp8": {"scale": ("e8m0",)},
+    "mxint8": {"scale": ("e8m0",)},
+    "compander": {"scale": ("rms",)},
+    "lloydmax": {"scale": ("rms",)},
+    "uniform": {"scale": ("rms",)},
+    "datacompander": {"scale": ("rms",)},
+}
+#: The last format version whose files use the old keys of :data:`LEGACY_SIDE_KEYS`.
+LEGACY_SIDE_VERSION = 3
+
+
+def rename_legacy_side(family: str, side: Mapping[str, Any], declared: Any) -> dict[str, Any]:
+    """Side arrays of an old record under today's keys (:data:`LEGACY_SIDE_KEYS`).
+
+    Parameters
+    ----------
+    family : str
+        The record's quantizer family (the spec's name).
+    side : mapping
+        Side arrays as stored.
+    declared : collection of str
+        The keys today's layout declares for the record (picks among several candidates).
+
+    Returns
+    -------
+    dict
+        The same arrays, renamed; keys with no rename are kept (the layout check judges them).
+    """
+    renames = LEGACY_SIDE_KEYS.get(family, {})
+    out: dict[str, Any] = {}
+    for key, arr in side.items():
+        new = [k for k in renames.get(key, ()) if k in declared]
+        out[new[0] if len(new) == 1 else key] = arr
+    return out
 
 
 def _dtype_str(dts: tuple[np.dtype, ...]) -> str:

@@ -328,17 +328,17 @@ def _set(spec: str, key: str, values) -> Encoded:
 
 
 VALUE_CASES = [
-    ("int", "scale", [-1.0], "negative or non-finite"),
-    ("int", "scale", [np.nan], "negative or non-finite"),
+    ("int", "absmax", [-1.0], "negative or non-finite"),
+    ("int", "absmax", [np.nan], "negative or non-finite"),
     ("int:bits=3,group=0,affine=true", "offset", [np.inf], "non-finite"),
-    ("fp", "scale", [np.inf], "negative or non-finite"),
-    ("nf4", "scale", [-2.0], "negative or non-finite"),
-    ("mxfp4", "scale", [255], "E8M0"),
-    ("mxint8", "scale", [255], "E8M0"),
+    ("fp", "absmax", [np.inf], "negative or non-finite"),
+    ("nf4", "absmax", [-2.0], "negative or non-finite"),
+    ("mxfp4", "e8m0", [255], "E8M0"),
+    ("mxint8", "e8m0", [255], "E8M0"),
     ("nvfp4", "block_scale", [0x7F], "E4M3"),
     ("nvfp4", "block_scale", [0x80], "E4M3"),
     ("nvfp4", "tensor_scale", [np.nan], "tensor_scale"),
-    ("compander", "scale", [-1.0], "negative or non-finite"),
+    ("compander", "rms", [-1.0], "negative or non-finite"),
     ("datacompander", "points", [np.nan], "non-finite"),
     ("e8", "betas", [-0.5], "'betas'"),
     ("e8", "norm", [np.inf], "'norm'"),
@@ -507,10 +507,10 @@ def test_truncated_codes_file_is_refused_on_both_backends(int_file):
         (lambda m: m["arrays"]["x/codes"].update(dtype="nonsense"), "unknown dtype"),
         (lambda m: m["arrays"]["x/codes"].update(crc32="1"), "crc32"),
         (lambda m: m["arrays"]["x/codes"].update(raw="yes"), "'raw' must be"),
-        (lambda m: m["arrays"]["x/side/scale"].update(shape=[5, -2]), "invalid shape"),
-        (lambda m: m.update(spec="mxfp4"), "side array 'scale' is float16"),
+        (lambda m: m["arrays"]["x/side/absmax"].update(shape=[5, -2]), "invalid shape"),
+        (lambda m: m.update(spec="mxfp4"), "missing 'e8m0'; unexpected 'absmax'"),
         (lambda m: m.update(spec="int:bits=8"), "codes hold 100 bytes"),
-        (lambda m: m.update(spec="nf4"), "side array 'scale'"),
+        (lambda m: m.update(spec="nf4"), "side array 'absmax'"),
     ],
 )
 def test_edited_header_fields_are_refused(int_file, edit, msg):
@@ -523,14 +523,14 @@ def test_side_dtype_relabelled_in_the_header_is_refused(int_file):
     """float16 scales re-declared as raw bfloat16 (same bytes, CRCs recomputed)."""
 
     def to_raw(t):
-        t["x/side/scale"] = np.ascontiguousarray(t["x/side/scale"]).reshape(-1).view(np.uint8)
+        t["x/side/absmax"] = np.ascontiguousarray(t["x/side/absmax"]).reshape(-1).view(np.uint8)
 
     def declare(h):
-        e = h["matrices"]["x"]["arrays"]["x/side/scale"]
+        e = h["matrices"]["x"]["arrays"]["x/side/absmax"]
         e.update(dtype="bfloat16", shape=[5, 2], raw=True)
 
     rewrite(int_file, header=declare, tensors=to_raw)
-    with pytest.raises(FormatError, match="side array 'scale' is bfloat16"):
+    with pytest.raises(FormatError, match="side array 'absmax' is bfloat16"):
         load_one(int_file, verify=False)
 
 

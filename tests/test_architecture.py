@@ -28,7 +28,6 @@ MAX_LINES = 600
 OVERSIZED = {
     "mmquant.lattices.voronoi",
     "mmquant.kernels.lattice",
-    "mmquant.formats.compander",
     "mmquant.io",
 }
 KNOWN_CYCLES = [

@@ -323,3 +323,63 @@ def test_files_identical_across_processes(tmp_path, x):
     for i, s in enumerate(specs):
         save(tmp_path / "here.mmq", {"A": mq.get(s).encode(x), "B": mq.get(s).encode(2 * x)})
         assert (out / f"{i}.mmq").read_bytes() == (tmp_path / "here.mmq").read_bytes(), s
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_3_file_loads_with_renamed_side_keys():
+    """tests/data/format_v3.mmq was written by the version-3 library (one ``scale`` key for an
+    absmax scale, an affine step, an E8M0 exponent and a row RMS); it loads under today's keys and
+    decodes to the numbers the old library decoded (format_v3_decoded.npz, same commit)."""
+    path = DATA / "format_v3.mmq"
+    assert read_info(path).format_version == 3
+    recs = load(path)
+    want = np.load(DATA / "format_v3_decoded.npz")
+    assert set(recs) == set(want.files)
+    expected_keys = {
+        "int": {"absmax"},
+        "int_affine": {"step", "offset"},
+        "int_f32": {"absmax"},
+        "fp": {"absmax"},
+        "fp_e4m3": {"absmax"},
+        "nf4": {"absmax"},
+        "mxfp4": {"e8m0"},
+        "mxfp6": {"e8m0"},
+        "mxint8": {"e8m0"},
+        "nvfp4": {"block_scale", "tensor_scale"},
+        "compander": {"rms"},
+        "lloydmax": {"rms"},
+        "uniform": {"rms"},
+        "datacompander": {"rms", "points"},
+    }
+    for name, enc in recs.items():
+        assert set(enc.side) == expected_keys[name], name
+        out = mq.get(enc.spec).decode(enc)
+        assert out.dtype == want[name].dtype and out.tobytes() == want[name].tobytes(), name
+
+
+def test_version_3_file_saved_again_is_version_4(tmp_path):
+    recs = load(DATA / "format_v3.mmq")
+    p = tmp_path / "again.mmq"
+    save(p, recs)
+    assert read_info(p).format_version == FORMAT_VERSION == 4
+    again = load(p)
+    for name, enc in recs.items():
+        assert again[name].codes.tobytes() == enc.codes.tobytes()
+        assert {k: v.tobytes() for k, v in again[name].side.items()} == {
+            k: v.tobytes() for k, v in enc.side.items()
+        }
+
+
+def test_old_side_keys_are_refused_in_version_4(small_file, tmp_path):
+    """The renames apply to files of version ≤ 3 only: a version-4 record with ``scale`` is wrong."""
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    enc = mq.get("int").encode(x)
+    old = Encoded(enc.codes, {"scale": enc.side["absmax"]}, enc.shape, enc.spec)
+    p = tmp_path / "v4_old_key.mmq"
+    save(p, old)
+    with pytest.raises(FormatError, match="missing 'absmax'"):
+        load(p)
+    _rewrite(p, lambda h: h.update(format_version=3))
+    assert np.array_equal(mq.get("int").decode(load_one(p)), mq.get("int").decode(enc))

@@ -20,7 +20,9 @@ computed with the stored ``s``), and ``x̂ = s · NF4[code]``: 4 + 16/64 = 4.25 
 Scales at the edges of their dtype follow :mod:`mmquant.formats.limits` (rows too small for float16
 scales and input beyond float32 raise ``ValueError``).
 Per-row (``group=0``) and per-tensor (``group=-1``) scales and padding of a short last block work as
-in :mod:`mmquant.formats.integer`.
+in :mod:`mmquant.formats.integer`. The stored scale is the side array ``absmax``; the grouped
+encode/decode is the block engine's (:mod:`mmquant.formats.engine`, a
+:class:`~mmquant.formats.elements.CodebookElements` element map).
 
 References
 ----------
@@ -30,30 +32,23 @@ References
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.formats.integer import (
-    SCALE_DTYPES,
-    _block_absmax,
-    as_rows,
-    check_scales,
-    group_grid,
-    group_size,
-    group_view,
-    kernels,
-    round_scale,
-    row_shape,
-    ungroup,
+from mmquant.formats.elements import (
+    NF4_LEVELS,
+    CodebookElements,
+    check_points,
+    codebook_thresholds,
+    nf4_levels_from_definition,
 )
-from mmquant.formats.limits import check_float32_range, check_row_precision
-from mmquant.layout import Layout, side_array
-from mmquant.packing import pack, packed_nbytes, unpack
+from mmquant.formats.engine import BlockFormat
+from mmquant.formats.scales import SCALE_DTYPES, Absmax
+from mmquant.layout import Layout
 from mmquant.validation import check_choice, check_int
 
 __all__ = [
@@ -62,59 +57,11 @@ __all__ = [
     "codebook_thresholds",
     "codebook_encode",
     "codebook_decode",
+    "absmax_codebook_format",
     "absmax_codebook_encode",
     "absmax_codebook_decode",
     "NF4",
 ]
-
-#: The 16 NF4 levels as published (QLoRA / bitsandbytes), float32.
-NF4_LEVELS = np.array(
-    [
-        -1.0,
-        -0.6961928009986877,
-        -0.5250730514526367,
-        -0.39491748809814453,
-        -0.28444138169288635,
-        -0.18477343022823334,
-        -0.09105003625154495,
-        0.0,
-        0.07958029955625534,
-        0.16093020141124725,
-        0.24611230194568634,
-        0.33791524171829224,
-        0.44070982933044434,
-        0.5626170039176941,
-        0.7229568362236023,
-        1.0,
-    ],
-    dtype=np.float32,
-)
-NF4_LEVELS.setflags(write=False)
-
-
-def nf4_levels_from_definition(offset: float = 0.9677083) -> np.ndarray:
-    """The NF4 levels computed from their definition (float64; see the module docstring)."""
-    from scipy.stats import norm
-
-    pos = norm.ppf(np.linspace(offset, 0.5, 9)[:-1])
-    neg = -norm.ppf(np.linspace(offset, 0.5, 8)[:-1])
-    v = np.sort(np.concatenate([pos, [0.0], neg]))
-    return v / v.max()
-
-
-def _check_points(points: ArrayLike) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float32).reshape(-1)
-    if p.size < 2 or p.size > 256:
-        raise ValueError(f"a codebook needs 2..256 points, got {p.size}")
-    if not np.all(np.isfinite(p)) or np.any(np.diff(p) <= 0):
-        raise ValueError("codebook points must be finite and strictly increasing")
-    return p
-
-
-def codebook_thresholds(points: ArrayLike) -> np.ndarray:
-    """Midpoints ``(c_i + c_{i+1})/2`` of a strictly increasing codebook (float32, ``K − 1``)."""
-    p = _check_points(points).astype(np.float64)
-    return ((p[:-1] + p[1:]) / 2).astype(np.float32)
 
 
 def codebook_encode(u: ArrayLike, points: ArrayLike) -> np.ndarray:
@@ -131,7 +78,16 @@ def codebook_encode(u: ArrayLike, points: ArrayLike) -> np.ndarray:
 
 def codebook_decode(codes: ArrayLike, points: ArrayLike) -> np.ndarray:
     """``points[codes]`` as float32."""
-    return _check_points(points)[np.asarray(codes)]
+    return check_points(points)[np.asarray(codes)]
+
+
+def absmax_codebook_format(
+    points: ArrayLike, group: int, scale_dtype: str = "float16", what: str | None = None
+) -> BlockFormat:
+    """The block format of a codebook in units of the block absmax (stored as ``absmax``)."""
+    el = CodebookElements(np.asarray(points))
+    name = "absmax codebook"
+    return BlockFormat(el, Absmax(scale_dtype), group, name, name if what is None else what)
 
 
 def absmax_codebook_encode(
@@ -168,54 +124,17 @@ def absmax_codebook_encode(
         Input beyond the float32 range, a float16 scale beyond 65504, or rows too small for their
         scale dtype (see :mod:`mmquant.formats.limits`).
     """
-    thr = codebook_thresholds(points)
-    k = kernels()
-    x2, g = as_rows(x, group)
-    amax = k.block_absmax(x2, g) if k else _block_absmax(x2, g)
-    check_float32_range(float(amax.max()), "absmax codebook")
-    pts = _check_points(points)
-    scale = round_scale(amax, scale_dtype, float(np.abs(pts).max()))
-
-    def rebuild(xr: np.ndarray, s: np.ndarray) -> np.ndarray:
-        blocks, n = group_view(xr, g)
-        u = blocks / np.where(s > 0, s, 1.0)[..., None]
-        vals = pts[np.searchsorted(thr, u, side="right")].astype(np.float64)
-        return ungroup(vals * s[..., None], n, xr.shape)
-
-    check_row_precision(
-        x2,
-        [scale],
-        [amax],
-        rebuild,
-        what="absmax codebook" if what is None else what,
-        scale_dtype=scale_dtype,
-        hint="use scale_dtype=float32" if scale_dtype == "float16" else "rescale the data",
-    )
-    s = scale.astype(x2.dtype)
-    d = np.where(s > 0, s, 1)
-    if k:
-        return k.encode_codebook(x2, g, d, thr), scale
-    blocks, n = group_view(x2, g)
-    u = blocks / d[..., None]
-    codes = np.searchsorted(thr.astype(x2.dtype), u.reshape(-1), side="right").astype(np.uint8)
-    return ungroup(codes.reshape(blocks.shape), n, x2.shape).reshape(-1), scale
+    fmt = absmax_codebook_format(points, group, scale_dtype, what)
+    codes, side, _ = fmt.encode_codes(x)
+    return codes, side[Absmax.key]
 
 
 def absmax_codebook_decode(
     codes: np.ndarray, scale: np.ndarray, points: ArrayLike, shape: tuple[int, ...], group: int
 ) -> np.ndarray:
     """Inverse of :func:`absmax_codebook_encode`: ``s · points[code]`` as float32 of ``shape``."""
-    p = _check_points(points)
-    rows, n = row_shape(shape, group)
-    g = group_size(n, group)
-    s = check_scales(scale).astype(np.float32)
-    k = kernels()
-    if k:
-        return k.decode_table(codes, p, s, g, n).reshape(shape)
-    blocks, _ = group_view(np.asarray(codes).reshape(rows, n), g)
-    vals = p[blocks]
-    vals *= s[..., None]
-    return ungroup(vals, n, (rows, n)).reshape(shape)
+    fmt = absmax_codebook_format(points, group)
+    return fmt.decode_codes(np.asarray(codes).reshape(-1), {Absmax.key: scale}, shape)
 
 
 @register("nf4")
@@ -240,25 +159,27 @@ class NF4(Quantizer):
         check_int(self.group, "group", -1, 1 << 20)
         check_choice(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
 
+    def block_format(self) -> BlockFormat:
+        """The engine's description of this configuration."""
+        return _format(self)
+
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
         """NF4 with blocks of 64 and float16 scales (4.25 bits/entry)."""
         return [cls()] if rate is None or abs(rate - 4.25) <= 0.5 else []
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
-        """4 bits per entry packed, one absmax ``scale`` in ``scale_dtype`` per group."""
-        side = {"scale": side_array(self.scale_dtype, *group_grid(shape, self.group))}
-        return Layout(packed_nbytes(math.prod(shape), 4), side)
+        """4 bits per entry packed, one ``absmax`` scale in ``scale_dtype`` per group."""
+        return self.block_format().layout(shape)
 
     def _encode(self, x: np.ndarray) -> Encoded:
-        codes, scale = absmax_codebook_encode(
-            x, NF4_LEVELS, self.group, self.scale_dtype, self.spec
-        )
-        k: Any = kernels()
-        packed = k.pack(codes, 4) if k else pack(codes, 4)
-        return Encoded(codes=packed, side={"scale": scale}, shape=x.shape, spec=self.spec)
+        codes, side = self.block_format().encode(x)
+        return Encoded(codes=codes, side=side, shape=x.shape, spec=self.spec)
 
     def _decode(self, enc: Encoded) -> np.ndarray:
-        k = kernels()
-        codes = k.unpack(enc.codes, 4, enc.entries) if k else unpack(enc.codes, 4, enc.entries)
-        return absmax_codebook_decode(codes, enc.side["scale"], NF4_LEVELS, enc.shape, self.group)
+        return self.block_format().decode(enc.codes, enc.side, enc.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _format(q: NF4) -> BlockFormat:
+    return absmax_codebook_format(NF4_LEVELS, q.group, q.scale_dtype, q.spec)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmquant.kernels import numba_cache
 
-__all__ = ["encode_rows_fast"]
+__all__ = ["encode_rows_fast", "encode_rows_inv"]
 
 #: Up to this many thresholds (32 levels) a linear count beats the table search.
 _LINEAR_MAX = 31
@@ -102,11 +102,19 @@ def encode_rows_fast(x2: np.ndarray, scales: np.ndarray, thresholds: np.ndarray)
     falls in, so rounding of the bin index cannot overshoot); the exact float32 comparisons
     ``u >= t[idx]`` decide, as in the reference.
     """
-    # float32 input only (one compiled specialisation): u = float32(x)·inv, as the reference
-    x2 = np.ascontiguousarray(x2, np.float32)
     s = scales.astype(np.float32)
     inv = np.zeros_like(s)
     np.divide(np.float32(1.0), s, out=inv, where=s > 0)
+    return encode_rows_inv(x2, inv, thresholds)
+
+
+def encode_rows_inv(x2: np.ndarray, inv: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """uint8 number of thresholds ``≤ fl32(x)·inv_row`` (``inv``: float32 ``1/σ`` per row)."""
+    # float32 input only (one compiled specialisation): u = float32(x)·inv, as the reference
+    x2 = np.ascontiguousarray(x2, np.float32)
+    inv = np.ascontiguousarray(inv, np.float32).reshape(-1)
+    if inv.size != x2.shape[0]:
+        raise ValueError(f"encode_rows_inv: {inv.size} multipliers for {x2.shape[0]} rows")
     t = np.ascontiguousarray(thresholds, np.float32)
     if t.size + 1 > 256:
         raise ValueError(f"at most 256 levels (uint8 codes), got {t.size + 1}")

@@ -1,4 +1,4 @@
-"""Numba kernels of the scalar and block formats (mmquant.formats.integer, .minifloat, .block, .nonuniform).
+"""Numba kernels of the block engine (mmquant.formats.engine: int, fp, MX, NVFP4, NF4, companders).
 
 Each kernel repeats, element by element and in the same floating-point type, the operations of the
 numpy reference, so the codes and reconstructions are bit-exact with it (tests check every format

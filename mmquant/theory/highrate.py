@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import ndtr
 
+from mmquant.formats.elements import FORMATS, MX_ELEMENTS, round_to_format, value_table
 from mmquant.validation import check_choice, check_float, check_int
 
 __all__ = [
@@ -48,8 +49,10 @@ __all__ = [
     "E2M1_LEVELS",
 ]
 
-#: Non-negative magnitudes of the FP4 element format E2M1 (OCP MX v1.0).
-E2M1_LEVELS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_E2M1 = FORMATS["e2m1"]  # the element of MXFP4 and NVFP4
+_E4M3 = FORMATS["e4m3"]  # NVFP4's block scale
+#: Non-negative magnitudes of the FP4 element format E2M1 (OCP MX v1.0), read from its table.
+E2M1_LEVELS = tuple(float(v) for v in value_table(_E2M1)[: 1 << (_E2M1.bits - 1)])
 _LOG2 = math.log(2.0)
 
 
@@ -329,9 +332,8 @@ def _nearest(levels: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def _e4m3_round(x: np.ndarray) -> np.ndarray:
-    import ml_dtypes
-
-    return np.minimum(x, 448.0).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    """``x`` rounded to E4M3 (ties to even, saturating at 448), as float64."""
+    return round_to_format(np.asarray(x, np.float64), _E4M3).astype(np.float64)
 
 
 def block_format_mse(
@@ -390,13 +392,14 @@ def block_format_mse(
     else:
         pos = np.asarray(E2M1_LEVELS)
         levels = np.concatenate([-pos[:0:-1], pos])
+        top = _E2M1.max_normal  # 6
         if kind == "mxfp4":
-            scale = np.exp2(np.floor(np.log2(m)) - 2.0)
+            scale = np.exp2(np.floor(np.log2(m)) - float(MX_ELEMENTS["e2m1"].emax))
         else:
             amax_t = 5.0 if tensor_amax is None else check_float(tensor_amax, "tensor_amax", 0.0)
-            s_t = amax_t / (448.0 * 6.0)
-            scale = s_t * _e4m3_round(m / (6.0 * s_t))
-            scale = np.where(scale > 0, scale, s_t * 2.0**-9)
+            s_t = amax_t / (_E4M3.max_normal * top)
+            scale = s_t * _e4m3_round(m / (top * s_t))
+            scale = np.where(scale > 0, scale, s_t * _E4M3.min_subnormal)
     # inner integral over x in [0, M] for each M (midpoint rule on a per-M grid)
     t = (np.arange(npts) + 0.5) / npts  # fractions of M
     x = m[:, None] * t[None, :]

@@ -9,21 +9,34 @@ lower Cholesky factor of Σ_X instead of the upper factor of Σ_X⁻¹, which is
 At high rate with entropy coding, GPTQ's WMSE exceeds WaterSIC's by the factor AM/GM of
 ``d_j = L_jj²``, i.e. a gap of ``½·log2(AM/GM)`` bits, which a random rotation shrinks
 (arXiv 2601.17187).
+
+**On a block format** (:func:`gptq_on_format`, ``gptq:base=nvfp4``, ``base=mxfp4``, ``base=nf4``,
+``base=int:bits=3;group=64`` ...): the format's scales are computed once from the original weights
+by the format's own rule (*static groups*, as llm-compressor does for NVFP4), then every column's
+target is rounded onto the format's element grid with those scales (``c = Q_elem((t − m)/s)``,
+``ŵ = fl32(s·value(c)) + m``) and its error fed back. The codes are packed at the element width
+beside the scales: the bytes are exactly a record of the base format, decoded by its decoder, at
+exactly its rate.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mmquant.packing import pack
 from mmquant.validation import check_choice
 from mmquant.weightonly.grids import GRIDS, make_grid
 from mmquant.weightonly.result import WeightQuant, build_result
 from mmquant.weightonly.sic import Problem, search_rate, setup, sic
 from mmquant.weightonly.watersic import side_bits
 
-__all__ = ["gptq", "quantize_on_grid"]
+if TYPE_CHECKING:  # pragma: no cover
+    from mmquant.formats.engine import BlockFormat
+
+__all__ = ["gptq", "gptq_on_format", "quantize_on_grid"]
 
 _SQRT_2PIE = math.sqrt(2.0 * math.pi * math.e)
 
@@ -137,4 +150,79 @@ def quantize_on_grid(
         steps=steps,
         damping=p.damping,
         info=info,
+    )
+
+
+def gptq_on_format(
+    w: object,
+    sigma: object,
+    fmt: BlockFormat,
+    *,
+    damp: float = 1e-4,
+    dead: float = 1e-3,
+) -> WeightQuant:
+    """GPTQ/LDLQ on a block format with static groups (see the module docstring).
+
+    Parameters
+    ----------
+    w : array_like
+        ``(a, n)`` weights (float32 or float64; the scales are computed from them as given, so
+        they are exactly the base format's scales of ``w``).
+    sigma : array_like
+        ``(n, n)`` input covariance Σ_X.
+    fmt : mmquant.formats.engine.BlockFormat
+        The base format (``quantizer.block_format()`` of a registered format).
+    damp, dead : float
+        Relative damping and dead-input threshold. Dead inputs carry no weight in the WMSE: they
+        are rounded to the nearest code (no feedback).
+
+    Returns
+    -------
+    WeightQuant
+        ``method = "gptq"``, ``coding = "format:<spec>"``: ``stream`` and ``side`` are a record of
+        the base format (packed element codes, its scale arrays); ``codes`` are the element codes.
+    """
+    from mmquant.entropy import empirical_entropy
+    from mmquant.weightonly.covariance import wmse
+
+    p = setup(w, sigma, damp=damp, dead=dead)
+    x = np.asarray(w)
+    if x.dtype not in (np.float32, np.float64):
+        x = p.w
+    static = fmt.static(x)  # the base format's scales of w: static groups
+    a, n = p.w.shape
+    codes = np.zeros((a, n), np.uint8)
+    for j in np.flatnonzero(~p.live):
+        codes[:, j] = static.quantize(int(j), p.w[:, j])[0]
+    cols = np.flatnonzero(p.live)
+    d = np.diag(p.chol)
+    z, _ = sic(p.wk @ p.chol, p.chol, lambda j, y: static.quantize(int(cols[j]), y / d[j]))
+    codes[:, p.live] = z
+    stream = pack(codes.reshape(-1), fmt.bits)
+    side = dict(static.side)
+    w_hat = fmt.decode(stream, side, (a, n)).astype(np.float64)
+    side_bytes = sum(v.nbytes for v in side.values())
+    z64 = codes.astype(np.int64)
+    zl = z64[:, p.live]
+    return WeightQuant(
+        method="gptq",
+        w_hat=w_hat,
+        codes=z64,
+        steps=np.full(n, np.nan),
+        y_step=float("nan"),
+        gamma=np.ones(n),
+        row_rescale=None,
+        col_rescale=None,
+        side=side,
+        stream=stream,
+        coding=f"format:{fmt.spec}",
+        bits_per_weight=8.0 * (stream.nbytes + side_bytes) / (a * n),
+        side_bits_per_weight=8.0 * side_bytes / (a * n),
+        entropy=empirical_entropy(zl, axis=-1) * zl.size / (a * n),
+        entropy_pooled=empirical_entropy(z64),
+        wmse=wmse(p.w, w_hat, p.sigma),
+        damping=p.damping,
+        live=p.live,
+        rotation_seed=None,
+        group=fmt.group,
     )

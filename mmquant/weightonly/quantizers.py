@@ -372,20 +372,86 @@ class GPTQ(RTN):
 
     Parameters as :class:`RTN`, and ``damp`` (relative damping of Σ_X). ``gptq:rotate=true``
     is GPTQ after a random rotation (QuIP-style incoherence processing).
+
+    ``base`` runs GPTQ on a registered block format with static groups
+    (:func:`~mmquant.weightonly.gptq.gptq_on_format`): ``gptq:base=nvfp4``, ``base=mxfp4``,
+    ``base=nf4``, ``base=int`` or a spec with ``;`` for its commas, ``base=int:bits=3;group=64``.
+    The record holds exactly a record of the base format (same layout, same rate), decoded by the
+    base's decoder; the base fixes the grid, so ``rate``, ``grid``, ``step``, ``bits``, ``group``
+    and ``rotate`` keep their defaults.
     """
 
     description = "weight-only GPTQ/LDLQ (encode(w, sigma=Σ_X)); rotate=true: with a rotation"
 
     damp: float = 1e-4
+    base: str | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.base is None:
+            super().__post_init__()
+        else:
+            self._check_base()
         check_float(self.damp, "damp", 0.0, hi=1.0)
 
-    def _run(self, w: np.ndarray, sigma: Any) -> WeightQuant:
-        from mmquant.weightonly.gptq import gptq
+    def _check_base(self) -> None:
+        """Validate ``base`` (a block format's spec) and store its canonical form."""
+        if not isinstance(self.base, str) or not self.base.strip():
+            raise ValueError(f"gptq: base must be a format spec, got {self.base!r}")
+        fields = type(self).__dataclass_fields__  # type: ignore[attr-defined]
+        for key in ("rate", "grid", "step", "bits", "group", "rotate"):
+            if getattr(self, key) != fields[key].default:
+                raise ValueError(
+                    f"gptq:base={self.base}: {key} is fixed by the base format (the record is "
+                    f"one of {self.base!r}); leave it at its default"
+                )
+        check_int(self.seed, "seed", 0, 2**32 - 1)
+        check_float(self.dead, "dead", 0.0, hi=1.0, hi_open=True)
+        q = _base_quantizer(self.base)
+        object.__setattr__(self, "base", q.spec.replace(",", ";"))
 
+    def base_quantizer(self) -> Quantizer | None:
+        """The base format's quantizer (``None`` without ``base``)."""
+        return None if self.base is None else _base_quantizer(self.base)
+
+    def layout(self, shape: tuple[int, ...]) -> Layout | None:
+        """RTN's layout, or with ``base`` exactly the base format's (2-D shapes only)."""
+        q = self.base_quantizer()
+        if q is None:
+            return super().layout(shape)
+        return q.layout(shape) if len(shape) == 2 else None
+
+    def _check_stored(self, enc: Encoded) -> None:
+        q = self.base_quantizer()
+        if q is None:
+            super()._check_stored(enc)
+        else:
+            q._check_stored(enc)
+
+    def _decode(self, enc: Encoded) -> np.ndarray:
+        q = self.base_quantizer()
+        return super()._decode(enc) if q is None else q._decode(enc)
+
+    def _run(self, w: np.ndarray, sigma: Any) -> WeightQuant:
+        from mmquant.weightonly.gptq import gptq, gptq_on_format
+
+        q = self.base_quantizer()
+        if q is not None:
+            fmt = q.block_format()  # type: ignore[attr-defined]
+            return gptq_on_format(w, sigma, fmt, damp=self.damp, dead=self.dead)
         return gptq(w, sigma, self.rate, damp=self.damp, **self._grid_options())
+
+
+def _base_quantizer(base: str) -> Quantizer:
+    """The registered block format a ``gptq:base=...`` names (``;`` for the commas of its spec)."""
+    from mmquant.core import get
+
+    q = get(base.replace(";", ","))
+    if not callable(getattr(q, "block_format", None)) or isinstance(q, WeightOnlyQuantizer):
+        raise ValueError(
+            f"gptq: base={base!r} is not a block format (int, fp, nf4, mxfp4/6/8, mxint8, "
+            "nvfp4, compander, lloydmax, uniform)"
+        )
+    return q
 
 
 @register("watersic")

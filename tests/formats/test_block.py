@@ -40,7 +40,7 @@ def test_mx_matches_reference(spec):
     q = mq.get(spec)
     enc = q.encode(x)
     want, scale = _mx_reference(x, q.element.name)
-    assert np.array_equal(enc.side["scale"], scale)
+    assert np.array_equal(enc.side["e8m0"], scale)
     assert np.array_equal(q.decode(enc), want.astype(np.float32))
 
 
@@ -98,7 +98,7 @@ def test_short_last_block_and_shapes():
         assert xh.shape == x.shape and xh.dtype == np.float32
         assert np.abs(xh - x).max() <= np.abs(x).max()
     enc = mq.get("mxfp4").encode(x)
-    assert enc.side["scale"].shape == (6, 2)
+    assert enc.side["e8m0"].shape == (6, 2)
     assert enc.code_bytes == 4 * -(-x.size // 8)
 
 
@@ -109,7 +109,7 @@ def test_zero_and_tiny_inputs():
         assert np.array_equal(q.quantize(z), z)
         t = np.full((1, 32), 1e-42, np.float32)  # float32 subnormals
         assert np.all(np.abs(q.quantize(t) - t) <= 1e-42)
-    assert mq.get("mxfp4").encode(np.zeros((1, 32))).side["scale"][0, 0] == 0
+    assert mq.get("mxfp4").encode(np.zeros((1, 32))).side["e8m0"][0, 0] == 0
 
 
 @pytest.mark.parametrize("spec", MX_SPECS)

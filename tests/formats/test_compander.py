@@ -37,9 +37,9 @@ def test_round_trip_rate_and_spec(spec):
     if q.name == "datacompander":
         expected += 4 * k  # float32 codebook points
     assert enc.nbytes == expected
-    assert enc.side["scale"].dtype == np.float16
+    assert enc.side["rms"].dtype == np.float16
     # reconstruction = row scale × a codebook point
-    s = enc.side["scale"].astype(np.float32).reshape(3, 5, 1)
+    s = enc.side["rms"].astype(np.float32).reshape(3, 5, 1)
     pts = enc.side["points"] if "points" in enc.side else q.codebook().points.astype(np.float32)
     ratio = (xh / np.where(s == 0, 1, s)).reshape(-1, 1)
     assert np.max(np.min(np.abs(ratio - pts[None, :]), axis=1)) < 1e-5
@@ -99,7 +99,7 @@ def test_tiny_and_huge_rows():
     with pytest.raises(ValueError, match="float16"):
         q.encode(np.full((1, 8), 1e6))
     q32 = mq.get("lloydmax:bits=3,scale_dtype=float32")
-    assert q32.encode(np.full((1, 8), 1e6)).side["scale"].dtype == np.float32
+    assert q32.encode(np.full((1, 8), 1e6)).side["rms"].dtype == np.float32
     with pytest.raises(ValueError, match="too large"):
         q32.encode(np.full((1, 8), 1e300))
 
@@ -195,8 +195,8 @@ def test_idempotent_and_bits_per_entry(bits, rows, n, scale, seed):
     )
     xh = q.decode(enc)
     # quantizing the reconstruction again with the same scales gives the same codes
-    codes = cp.encode_rows(xh.reshape(rows, n), enc.side["scale"], q.codebook().thresholds)
-    assert np.array_equal(codes, cp.encode_rows(x, enc.side["scale"], q.codebook().thresholds))
+    codes = cp.encode_rows(xh.reshape(rows, n), enc.side["rms"], q.codebook().thresholds)
+    assert np.array_equal(codes, cp.encode_rows(x, enc.side["rms"], q.codebook().thresholds))
 
 
 def test_variants():
@@ -238,7 +238,7 @@ def test_encode_equals_numpy_reference():
         q = mq.get(spec)
         enc = q.encode(x)
         s = cp.row_scales(x)
-        assert np.array_equal(enc.side["scale"], s)
+        assert np.array_equal(enc.side["rms"], s)
         ref = pack(cp.encode_rows(x, s, q.codebook().thresholds), q.bits)
         assert np.array_equal(enc.codes, ref)
         xh = cp.decode_rows(unpack(ref, q.bits, x.size), s, q.codebook().points, 77)

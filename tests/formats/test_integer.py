@@ -25,7 +25,7 @@ def test_measured_rate(spec, rate):
     q = mq.get(spec)
     enc = q.encode(x)
     assert enc.bits_per_entry == pytest.approx(rate, abs=1e-12)
-    assert enc.side["scale"].dtype == np.dtype(q.scale_dtype)
+    assert enc.side["step" if q.affine else "absmax"].dtype == np.dtype(q.scale_dtype)
     assert mq.get(q.spec) == q
 
 
@@ -42,12 +42,12 @@ def test_padding_of_last_group_is_not_stored():
     q = AbsmaxInt(bits=4, group=32)
     enc = q.encode(x)
     # 70 entries per row -> 3 groups (32, 32, 6): codes 4 bits per real entry, 3 scales per row
-    assert enc.side["scale"].shape == (5, 3)
+    assert enc.side["absmax"].shape == (5, 3)
     assert enc.code_bytes == 4 * 8 * (-(-350 // 8)) // 8
     xh = q.decode(enc)
     assert xh.shape == x.shape
     # last group uses its own absmax
-    s = enc.side["scale"].astype(np.float64)
+    s = enc.side["absmax"].astype(np.float64)
     assert np.allclose(s[:, 2], np.abs(x[:, 64:]).max(axis=1) / 7, rtol=1e-3)
 
 
@@ -64,7 +64,7 @@ def test_codes_use_stored_scale_and_levels():
         q = AbsmaxInt(bits=bits, group=16)
         enc = q.encode(x)
         xh = q.decode(enc)
-        s = enc.side["scale"].astype(np.float32).repeat(16, axis=1)
+        s = enc.side["absmax"].astype(np.float32).repeat(16, axis=1)
         c = xh / s
         assert np.array_equal(c, np.rint(c))
         assert np.abs(c).max() <= q.qmax
@@ -86,16 +86,16 @@ def test_zero_groups_and_tiny_scales():
     ok[1, 63] = 1e-9  # a tiny group in a row with a normal group is fine (row-relative error)
     ok[1, 0] = 0.5
     enc = q.encode(ok)
-    assert enc.side["scale"][1, 0] > 0 and enc.side["scale"][1, 1] > 0
+    assert enc.side["absmax"][1, 0] > 0 and enc.side["absmax"][1, 1] > 0
     xh = q.decode(enc)
     assert np.all(np.isfinite(xh))
     assert np.abs(xh - ok).max() <= 0.5 / 14 * 1.001
     # float32 scales hold it: every group within half a step
     q32 = AbsmaxInt(bits=4, group=32, scale_dtype="float32")
     enc = q32.encode(x)
-    assert enc.side["scale"][1, 1] > 0
+    assert enc.side["absmax"][1, 1] > 0
     xh = q32.decode(enc)
-    step = enc.side["scale"].astype(np.float64).repeat(32, axis=1)
+    step = enc.side["absmax"].astype(np.float64).repeat(32, axis=1)
     assert np.all(np.abs(xh - x) <= step / 2 * (1 + 1e-6))
     assert np.array_equal(AbsmaxInt(bits=4).quantize(np.zeros((2, 8))), np.zeros((2, 8)))
 
@@ -163,12 +163,12 @@ def test_properties_fp16_scale(x, bits, group):
         return
     xh = q.decode(enc)
     # rate is the stored bytes
-    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["scale"].nbytes) / x.size
+    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["absmax"].nbytes) / x.size
     # idempotent: the float16 scale times qmax is exact in float32, so Q(Q(x)) == Q(x)
     assert np.array_equal(q.quantize(xh), xh)
     # error within half a step (plus the saturation of the largest entry by the scale rounding)
     b, n = group_view(x.astype(np.float64), group)
-    s = enc.side["scale"].astype(np.float64)[..., None]
+    s = enc.side["absmax"].astype(np.float64)[..., None]
     err = np.abs(x - xh)
     step = ungroup(np.broadcast_to(s, b.shape), n, x.shape)
     amax = ungroup(np.broadcast_to(np.abs(b).max(-1, keepdims=True), b.shape), n, x.shape)

@@ -154,7 +154,7 @@ def test_variants():
 def test_scaled_float_properties(x, fmt, group):
     q = ScaledFloat(fmt=fmt, group=group)
     enc = q.encode(x)
-    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["scale"].nbytes) / x.size
+    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["absmax"].nbytes) / x.size
     xh = q.decode(enc)
     assert np.array_equal(q.quantize(xh), xh)
     # relative error of an element within half an ulp of the format, above the subnormals

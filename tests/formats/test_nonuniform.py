@@ -47,7 +47,7 @@ def test_nf4_rate_error_and_spec():
     q = mq.get("nf4")
     enc = q.encode(x)
     assert enc.bits_per_entry == 4.25
-    assert enc.side["scale"].dtype == np.float16
+    assert enc.side["absmax"].dtype == np.float16
     eps = float(np.mean((q.decode(enc) - x) ** 2) / np.var(x))
     # between INT4 g=32 (9.41e-3 at 4.5 bits) and Lloyd–Max 4 bit (9.50e-3 without scales):
     # measured 8.45e-3 (seed 1)
@@ -61,7 +61,7 @@ def test_nf4_reconstruction_is_scale_times_level():
     q = NF4(group=64)
     enc = q.encode(x)
     xh = q.decode(enc)
-    s = np.repeat(enc.side["scale"].astype(np.float32), 64, axis=1)[:, :100]
+    s = np.repeat(enc.side["absmax"].astype(np.float32), 64, axis=1)[:, :100]
     ratio = xh / s
     assert np.max(np.min(np.abs(ratio.reshape(-1, 1) - NF4_LEVELS[None, :]), axis=1)) < 1e-6
 
@@ -110,7 +110,7 @@ def test_properties(x, group):
         assert rows.max(axis=1).min() < 2.0**-18
         assert np.isfinite(NF4(group=group, scale_dtype="float32").quantize(x)).all()
         return
-    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["scale"].nbytes) / x.size
+    assert enc.bits_per_entry == 8 * (enc.codes.nbytes + enc.side["absmax"].nbytes) / x.size
     xh = q.decode(enc)
     assert np.array_equal(q.quantize(xh), xh)  # idempotent (float16 absmax, levels ±1 exact)
     # within half the largest gap between levels (0.277) times the block scale
