@@ -28,7 +28,6 @@ MAX_LINES = 600
 OVERSIZED = {
     "mmquant.lattices.voronoi",
     "mmquant.kernels.lattice",
-    "mmquant.io",
 }
 KNOWN_CYCLES = [
     ["mmquant.kernels.lattice", "mmquant.lattices.grouping", "mmquant.lattices.voronoi"]

@@ -23,7 +23,7 @@ import pytest
 
 import mmquant as mq
 from mmquant.cli import main
-from mmquant.io import _META_KEY, _canonical
+from mmquant.io.header import _META_KEY, _canonical
 
 SPEC = "int:bits=4"
 
