@@ -25,6 +25,7 @@ EXPERIMENT_MODULES: list[str] = [
     "mmquant.experiments.scalar",
     "mmquant.experiments.weight_only",
     "mmquant.experiments.scalar_qk",
+    "mmquant.experiments.w4a4",
 ]
 
 _EXPERIMENTS: dict[str, tuple[Callable[..., ExperimentResult], str]] = {}
