@@ -26,6 +26,7 @@ EXPERIMENT_MODULES: list[str] = [
     "mmquant.experiments.weight_only",
     "mmquant.experiments.scalar_qk",
     "mmquant.experiments.trellis",
+    "mmquant.experiments.w4a4",
 ]
 
 _EXPERIMENTS: dict[str, tuple[Callable[..., ExperimentResult], str]] = {}

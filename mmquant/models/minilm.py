@@ -260,7 +260,12 @@ class MiniLM:
     def _act(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.act_quantizer is None or name not in self.act_layers:
             return x
-        return np.asarray(self.act_quantizer.quantize(x), dtype=self.dtype)
+        q = self.act_quantizer
+        if isinstance(q, Mapping):  # one quantizer per layer (e.g. covariance-aware codes)
+            q = q.get(name)
+            if q is None:
+                return x
+        return np.asarray(q.quantize(x), dtype=self.dtype)
 
     def _forward(self, ids: list[np.ndarray], hooks: ForwardHooks | None) -> np.ndarray:
         cfg, w, dt = self.config, self.weights, self.dtype
@@ -287,7 +292,7 @@ class MiniLM:
                 qkv.append(self._linear(name, xin).reshape(-1, nh, hd))
             q, k, v = qkv
             if self.qk_quantizer is not None and i in self.qk_layers:
-                q, k = self._quantize_qk(q), self._quantize_qk(k)
+                q, k = self._quantize_qk(q, i, "q"), self._quantize_qk(k, i, "k")
             if hooks is not None:
                 hooks.queries_keys(i, q, k)
             ctx = _attention(q, k, v, lengths, dt).reshape(-1, nh * hd)
@@ -324,11 +329,15 @@ class MiniLM:
             hooks.batch_done(lengths, emb)
         return emb
 
-    def _quantize_qk(self, a: np.ndarray) -> np.ndarray:
-        # each head's [tokens, head_dim] matrix separately, quantized along head_dim
+    def _quantize_qk(self, a: np.ndarray, layer: int = 0, which: str = "q") -> np.ndarray:
+        # each head's [tokens, head_dim] matrix separately, quantized along head_dim; a mapping
+        # (layer, "q"|"k", head) -> quantizer gives each head its own code (missing: unquantized)
         out = np.empty_like(a)
+        qq = self.qk_quantizer
         for h in range(a.shape[1]):
-            out[:, h, :] = self.qk_quantizer.quantize(np.ascontiguousarray(a[:, h, :]))
+            q = qq.get((layer, which, h)) if isinstance(qq, Mapping) else qq
+            x = np.ascontiguousarray(a[:, h, :])
+            out[:, h, :] = x if q is None else q.quantize(x)
         return out
 
 

@@ -51,8 +51,8 @@ def quantize_model(
     model: MiniLM,
     weights: str | Quantizer | Mapping[str, Any] | None = None,
     *,
-    activations: str | Quantizer | None = None,
-    qk: str | Quantizer | None = None,
+    activations: str | Quantizer | Mapping[Any, Any] | None = None,
+    qk: str | Quantizer | Mapping[Any, Any] | None = None,
     layers: Iterable[str] | None = None,
     qk_layers: Iterable[int] | None = None,
 ) -> MiniLM:
@@ -66,11 +66,12 @@ def quantize_model(
         A quantizer applied to the weight of every linear layer in ``layers`` (``q.quantize(W)``,
         along ``in``), or a mapping ``name -> W_hat`` of replacement ``[out, in]`` matrices (any
         array, or a Quantizer for that layer only).
-    activations : str or Quantizer, optional
-        Quantizer for the inputs of the linear layers in ``layers`` (along ``in``).
-    qk : str or Quantizer, optional
+    activations : str, Quantizer or mapping, optional
+        Quantizer for the inputs of the linear layers in ``layers`` (along ``in``), or a mapping
+        ``layer name -> code`` (any object with ``quantize(x)``; layers not in it stay exact).
+    qk : str, Quantizer or mapping, optional
         Quantizer for the queries and keys of the layers in ``qk_layers`` (per head, along the
-        head dimension).
+        head dimension), or a mapping ``(layer, "q" | "k", head) -> code``.
     layers : iterable of str, optional
         Linear-layer names for ``weights`` (when a quantizer) and ``activations``; default all 36.
     qk_layers : iterable of int, optional
@@ -113,10 +114,10 @@ def quantize_model(
             a = np.ascontiguousarray(w_hat, dtype=model.dtype)
             a.flags.writeable = False
             new_w[name + ".weight"] = a
-    act_q = get(activations) if activations is not None else None
+    act_q = _act_code(activations, "activations")
     if act_q is not None:
-        desc.append(f"activations={act_q.spec}")
-    qk_q = get(qk) if qk is not None else None
+        desc.append(f"activations={_code_name(act_q)}")
+    qk_q = _act_code(qk, "qk")
     n_layers = model.config.num_layers
     qk_sel = (
         frozenset(range(n_layers)) if qk_layers is None else frozenset(int(i) for i in qk_layers)
@@ -124,7 +125,7 @@ def quantize_model(
     if any(not 0 <= i < n_layers for i in qk_sel):
         raise ValueError(f"qk_layers must be in [0, {n_layers - 1}], got {sorted(qk_sel)}")
     if qk_q is not None:
-        desc.append(f"qk={qk_q.spec}")
+        desc.append(f"qk={_code_name(qk_q)}")
     out = model.replace(
         weights=new_w,
         act_quantizer=act_q,
@@ -135,6 +136,22 @@ def quantize_model(
         weight_bits=bits,
     )
     return out
+
+
+def _act_code(v: Any, what: str) -> Any:
+    """A registered quantizer from a spec, or a mapping of per-layer codes passed through."""
+    if v is None:
+        return None
+    if isinstance(v, Mapping):
+        bad = [k for k, q in v.items() if not callable(getattr(q, "quantize", None))]
+        if bad:
+            raise TypeError(f"{what}[{bad[0]!r}] has no quantize(x) method")
+        return v
+    return get(v)
+
+
+def _code_name(q: Any) -> str:
+    return f"{len(q)} per-layer codes" if isinstance(q, Mapping) else q.spec
 
 
 def embedding_cosine(reference: Any, approx: Any) -> np.ndarray:

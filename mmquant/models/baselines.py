@@ -1,0 +1,86 @@
+"""The registered codes of issue 18's table as :class:`~mmquant.models.recipes.Recipe` records.
+
+Weights by a registered spec or WaterSIC (Σ_X from calibration), activations and queries/keys by
+one registered spec; the measured rates of the activation and Q/K codes are taken on the
+calibration inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mmquant.models.capture import Capture, calibration_capture
+from mmquant.models.minilm import MiniLM
+from mmquant.models.quantized import quantize_model
+from mmquant.models.recipes import Recipe, _mean_bits, watersic_weights
+
+__all__ = ["baseline_recipe"]
+
+
+def _spec_bits(spec: str, cap: Capture, kind: str) -> float:
+    """Measured bits per entry of a registered code on the calibration activations or Q/K."""
+    from mmquant.core import get
+
+    q = get(spec)
+    total = 0.0
+    count = 0
+    if kind == "act":
+        seen: set[int] = set()
+        for x in cap.inputs.values():
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            enc = q.encode(np.asarray(x))
+            total += enc.bits_per_entry * x.size
+            count += x.size
+    else:
+        for i in range(len(cap.queries)):
+            for h in range(cap.queries[i].shape[1]):
+                for a in cap.head(i, h):
+                    enc = q.encode(np.ascontiguousarray(a))
+                    total += enc.bits_per_entry * a.size
+                    count += a.size
+    return total / count
+
+
+def baseline_recipe(
+    model: MiniLM,
+    weights: str | None,
+    activations: str | None,
+    *,
+    weight_rate: float = 4.0,
+    n_sentences: int = 64,
+    damp: float = 1e-2,
+) -> Recipe:
+    """A recipe of registered codes: weights by a spec or ``"watersic"``, activations and Q/K.
+
+    Parameters
+    ----------
+    weights : str or None
+        A registered spec applied to every weight, ``"watersic"`` (at ``weight_rate``, Σ_X from
+        calibration) or None (unquantized).
+    activations : str or None
+        Spec of the code for the linear-layer inputs and the queries/keys (None: unquantized).
+    """
+    cap = calibration_capture(n_sentences, model.dtype.name, model.max_length)
+    w_arg: Any = None
+    w_bits: dict[str, float] = {}
+    if weights == "watersic":
+        w_arg, w_bits = watersic_weights(model, cap.covariances, weight_rate, damp=damp)
+    elif weights is not None:
+        w_arg = weights
+    qm = quantize_model(model, weights=w_arg, activations=activations, qk=activations)
+    if weights not in (None, "watersic"):
+        w_bits = dict(qm.weight_bits)
+    wlabel = "none" if weights is None else weights
+    alabel = "none" if activations is None else activations
+    label = f"{wlabel} / {alabel}"
+    return Recipe(
+        name=label,
+        model=qm.replace(weight_bits=w_bits, description=label),
+        weight_bits=_mean_bits(w_bits, model),
+        act_bits=float("nan") if activations is None else _spec_bits(activations, cap, "act"),
+        qk_bits=float("nan") if activations is None else _spec_bits(activations, cap, "qk"),
+    )

@@ -1,0 +1,545 @@
+"""Covariance-aware codes for MiniLM's activations and queries/keys, and the W4A4 recipes.
+
+What reaches the output of a layer ``y = Wx`` is ``W(x − x̂)``, not ``x − x̂``: the activation
+code should minimise ``(x − x̂)ᵀ Σ_W (x − x̂)`` (``Σ_W = WᵀW/rows``), and for queries and keys
+the logit error, ``(q − q̂)ᵀ Σ_K (q − q̂)`` and ``(k − k̂)ᵀ Σ_Q (k − k̂)``. This module builds such
+codes from the two covariances, offline:
+
+1. **Transforms folded into the weights** where the algebra allows it, chosen by the theory:
+   for a pair ``(Σ_A, Σ_B)`` (vector ``a`` coded with its error weighted by ``Σ_B``),
+   :func:`balance` returns ``T`` with ``TᵀΣ_A T = T⁻¹Σ_B T⁻ᵀ = diag(√μ)`` (``μ`` the
+   eigenvalues of ``Σ_A Σ_B``): coordinates of ``aT`` are uncorrelated and each carries its own
+   error weight ``√μ_i``, so a scalar code per coordinate with waterfilled rates reaches the
+   covariance-aware limit of :mod:`mmquant.models.limits` up to the scalar code's own loss.
+
+   * queries/keys of head ``h``: ``q' = qT``, ``k' = kT⁻ᵀ`` (``q'k'ᵀ = qkᵀ``), folded into the
+     rows of ``W_q``, ``b_q`` (``Tᵀ``) and ``W_k``, ``b_k`` (``T⁻¹``) of that head: free;
+   * context of head ``h`` (input of ``attention.output.dense``): ``c' = cT``, folded into
+     ``W_v``, ``b_v`` (``Tᵀ``, the attention rows sum to 1) and the head's columns of ``W_o``
+     (``T⁻ᵀ``): free;
+   * LayerNorm outputs (input of query/key/value and ``intermediate.dense``) and GELU outputs
+     (input of ``output.dense``): nothing folds through the LayerNorm (post-LN: its output is
+     also the residual) or the GELU, and a dense online transform would cost as much as the
+     layer, so these keep their basis; only the per-channel code (step 2) sees ``Σ_W``.
+
+2. **Rate allocation by waterfilling on the real data**: :class:`ChannelCode`, a static uniform
+   scalar code per channel (offset, clipping range and 0–8 bits per channel fitted on the
+   calibration inputs, no per-token side information), with the bits given greedily to the
+   channel whose *weighted* error (weight ``Σ_W[i, i]``, or ``√μ_i`` after a balancing
+   transform) drops most: the integer, measured form of reverse waterfilling. Massive
+   activation channels get 8 bits, channels that meet small weights get few or none.
+
+3. **Weights by WaterSIC** against the covariance of the (transformed, quantized) inputs.
+
+:func:`aware_recipe` builds the whole quantized model;
+:func:`mmquant.models.baselines.baseline_recipe` the registered codes of the issue's table on the
+same footing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmquant.models.capture import Capture, calibration_capture, capture
+from mmquant.models.limits import weight_covariance
+from mmquant.models.minilm import MiniLM
+from mmquant.models.quantized import quantize_model
+from mmquant.validation import check_float, check_int
+
+__all__ = [
+    "ChannelCode",
+    "allocate_bits",
+    "balance",
+    "fold_transforms",
+    "watersic_weights",
+    "Recipe",
+    "aware_recipe",
+]
+
+#: Most bits a channel may get.
+MAX_BITS = 8
+#: Clipping ranges tried per channel and bit count, as fractions of the channel's largest
+#: deviation from its mean on the calibration data.
+CLIP_FRACTIONS = tuple(float(f) for f in np.geomspace(1.0, 0.15, 10))
+
+
+def _uniform(z: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Midrise uniform code of ``z`` (centred) on ``[−c, c]`` with ``2^b`` levels per column."""
+    levels = np.exp2(b).astype(np.float64)
+    step = 2.0 * c / levels
+    safe = np.where(step > 0, step, 1.0)
+    idx = np.clip(np.floor((z + c) / safe), 0.0, levels - 1.0)
+    out = -c + (idx + 0.5) * safe
+    return np.where(b > 0, out, 0.0)
+
+
+def _curves(z: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel and bit count, the least MSE over the clipping ranges and its range."""
+    n = z.shape[1]
+    amax = np.abs(z).max(axis=0)
+    mse = np.empty((max_bits + 1, n))
+    clip = np.zeros((max_bits + 1, n))
+    mse[0] = np.mean(z * z, axis=0)
+    for b in range(1, max_bits + 1):
+        best = np.full(n, np.inf)
+        bc = amax.copy()
+        bb = np.full(n, b)
+        for f in CLIP_FRACTIONS:
+            c = f * amax
+            e = np.mean((z - _uniform(z, c, bb)) ** 2, axis=0)
+            better = e < best
+            best = np.where(better, e, best)
+            bc = np.where(better, c, bc)
+        mse[b] = np.minimum(best, mse[b - 1])  # more bits never hurt (keep the smaller range)
+        clip[b] = np.where(best <= mse[b - 1], bc, clip[b - 1])
+    return mse, clip
+
+
+def allocate_bits(curves: Sequence[np.ndarray], weights: Sequence[np.ndarray], budget: int) -> list:
+    """Greedy integer waterfilling: bits per channel minimising ``Σ wᵢ·mseᵢ(bᵢ)`` for ``Σ bᵢ ≤ budget``.
+
+    Parameters
+    ----------
+    curves : sequence of numpy.ndarray
+        Per code, ``[max_bits + 1, channels]`` error of each channel at 0..max_bits bits
+        (non-increasing in the bit count).
+    weights : sequence of numpy.ndarray
+        Per code, the weight of each channel's error (≥ 0).
+    budget : int
+        Total bits over all channels of all codes.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Bits per channel (int64), one array per code.
+    """
+    budget = check_int(budget, "budget", 0)
+    bits = [np.zeros(c.shape[1], dtype=np.int64) for c in curves]
+    heap: list[tuple[float, int, int]] = []
+    for k, (c, w) in enumerate(zip(curves, weights)):
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (c.shape[1],) or np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError(f"weights[{k}] must be {c.shape[1]} finite values ≥ 0")
+        gain = w * (c[0] - c[1])
+        heap.extend((-float(g), k, i) for i, g in enumerate(gain))
+    heapq.heapify(heap)
+    left = budget
+    while left > 0 and heap:
+        g, k, i = heapq.heappop(heap)
+        if -g <= 0:
+            break
+        bits[k][i] += 1
+        left -= 1
+        b = bits[k][i]
+        c = curves[k]
+        if b < c.shape[0] - 1:
+            w = float(np.asarray(weights[k])[i])
+            heapq.heappush(heap, (-w * float(c[b, i] - c[b + 1, i]), k, i))
+    return bits
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelCode:
+    """Static per-channel uniform code: offset, clipping range and bits of each channel.
+
+    ``quantize(x)`` codes each column ``j`` of ``x`` (``[tokens, channels]``) with ``bits[j]``
+    bits on ``[mean[j] − clip[j], mean[j] + clip[j]]`` (midrise levels; 0 bits: the mean). All
+    parameters are constants of the layer, fitted once on calibration data, so the stored size
+    of a token is exactly ``Σ bits`` bits (no side information per token).
+
+    Build it with :meth:`fit`.
+    """
+
+    mean: np.ndarray
+    clip: np.ndarray
+    bits: np.ndarray
+    curve: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+
+    @property
+    def bits_per_entry(self) -> float:
+        """Measured rate: stored bits per activation entry."""
+        return float(np.mean(self.bits))
+
+    @staticmethod
+    def curves(x: Any, max_bits: int = MAX_BITS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, mse[b, j], clip[b, j])`` of each column of calibration data ``x``."""
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] < 2:
+            raise ValueError(f"calibration data must be [tokens ≥ 2, channels], got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("calibration data contain NaN or Inf")
+        mu = a.mean(axis=0)
+        mse, clip = _curves(a - mu, check_int(max_bits, "max_bits", 1, 16))
+        return mu, mse, clip
+
+    @classmethod
+    def fit(cls, x: Any, weights: Any, rate: float, *, max_bits: int = MAX_BITS) -> ChannelCode:
+        """Fit the code to calibration data ``x`` at ``rate`` bits per entry (waterfilled bits).
+
+        Parameters
+        ----------
+        x : array_like
+            ``[tokens, channels]`` calibration inputs.
+        weights : array_like
+            ``(channels,)`` weight of each channel's squared error (e.g. ``diag Σ_W``).
+        rate : float
+            Mean bits per channel (the budget is ``⌊channels·rate⌋`` bits).
+        """
+        r = check_float(rate, "rate", 0.0, hi=float(max_bits))
+        mu, mse, clip = cls.curves(x, max_bits)
+        (bits,) = allocate_bits([mse], [np.asarray(weights, np.float64)], int(mse.shape[1] * r))
+        return cls.from_curves(mu, mse, clip, bits)
+
+    @classmethod
+    def from_curves(
+        cls, mu: np.ndarray, mse: np.ndarray, clip: np.ndarray, bits: np.ndarray
+    ) -> ChannelCode:
+        """The code of the allocation ``bits`` on curves from :meth:`curves`."""
+        cols = np.arange(mse.shape[1])
+        return cls(mean=mu, clip=clip[bits, cols], bits=bits, curve=mse)
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """Code and decode ``x`` (``[tokens, channels]``), in its dtype."""
+        a = np.asarray(x)
+        if a.ndim != 2 or a.shape[1] != self.bits.size:
+            raise ValueError(f"expected [tokens, {self.bits.size}], got shape {a.shape}")
+        z = a.astype(np.float64) - self.mean
+        return (self.mean + _uniform(z, self.clip, self.bits)).astype(a.dtype, copy=False)
+
+
+def balance(cov_a: np.ndarray, cov_b: np.ndarray, *, damp: float = 1e-9) -> tuple:
+    """``T`` with ``TᵀΣ_A T = T⁻¹Σ_B T⁻ᵀ = diag(√μ)``, ``μ`` = eig(Σ_A Σ_B) (descending).
+
+    ``a' = aT`` and ``b' = bT⁻ᵀ`` (row vectors) keep every product: ``a'b'ᵀ = abᵀ``.
+
+    Parameters
+    ----------
+    cov_a, cov_b : numpy.ndarray
+        ``n×n`` covariances (damped by ``damp·mean diag`` so that both are invertible).
+
+    Returns
+    -------
+    (T, T_inv, mu) : tuple of numpy.ndarray
+    """
+    a = np.asarray(cov_a, np.float64)
+    b = np.asarray(cov_b, np.float64)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] != a.shape[1]:
+        raise ValueError(f"need two n×n covariances, got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    a = 0.5 * (a + a.T) + damp * max(np.trace(a) / n, 1e-300) * np.eye(n)
+    b = 0.5 * (b + b.T) + damp * max(np.trace(b) / n, 1e-300) * np.eye(n)
+    la, ua = np.linalg.eigh(a)
+    s = (ua * np.sqrt(la)) @ ua.T
+    s_inv = (ua / np.sqrt(la)) @ ua.T
+    mu, u = np.linalg.eigh(s @ b @ s)
+    order = np.argsort(mu)[::-1]
+    mu, u = np.clip(mu[order], 1e-300, None), u[:, order]
+    t = s_inv @ u * mu**0.25
+    t_inv = (u.T * mu[:, None] ** -0.25) @ s
+    return t, t_inv, mu
+
+
+def _heads(model: MiniLM) -> tuple[int, int]:
+    return model.config.num_heads, model.config.head_dim
+
+
+def fold_transforms(model: MiniLM, cap: Capture, *, damp: float = 1e-9) -> MiniLM:
+    """The same function as ``model`` with the balancing transforms folded into its weights.
+
+    Per layer and head: ``T_qk = balance(Σ_Q, Σ_K)`` into the head's rows of ``W_q, b_q``
+    (``Tᵀ``) and ``W_k, b_k`` (``T⁻¹``); ``T_c = balance(Σ_C, Σ_{W_o})`` into the rows of
+    ``W_v, b_v`` (``Tᵀ``) and the head's columns of ``W_o`` (``T⁻ᵀ``). Covariances come from
+    ``cap`` (a capture of ``model``). The result computes the same embeddings up to rounding.
+    """
+    nh, hd = _heads(model)
+    w = {k: np.asarray(v, np.float64).copy() for k, v in model.weights.items()}
+    for i in range(model.config.num_layers):
+        p = f"encoder.layer.{i}."
+        sq, sk = p + "attention.self.query", p + "attention.self.key"
+        sv, so = p + "attention.self.value", p + "attention.output.dense"
+        ctx = np.asarray(cap.inputs[so], np.float64)
+        for h in range(nh):
+            rows = slice(h * hd, (h + 1) * hd)
+            qh, kh = (np.asarray(a, np.float64) for a in cap.head(i, h))
+            t, ti, _ = balance(qh.T @ qh / len(qh), kh.T @ kh / len(kh), damp=damp)
+            w[sq + ".weight"][rows] = t.T @ w[sq + ".weight"][rows]
+            w[sq + ".bias"][rows] = t.T @ w[sq + ".bias"][rows]
+            w[sk + ".weight"][rows] = ti @ w[sk + ".weight"][rows]
+            w[sk + ".bias"][rows] = ti @ w[sk + ".bias"][rows]
+            c = ctx[:, rows]
+            wo = w[so + ".weight"][:, rows]
+            t, ti, _ = balance(c.T @ c / len(c), wo.T @ wo / wo.shape[0], damp=damp)
+            w[sv + ".weight"][rows] = t.T @ w[sv + ".weight"][rows]
+            w[sv + ".bias"][rows] = t.T @ w[sv + ".bias"][rows]
+            w[so + ".weight"][:, rows] = wo @ ti.T
+    out = {}
+    for k, v in w.items():
+        a = np.ascontiguousarray(v, dtype=model.dtype)
+        a.flags.writeable = False
+        out[k] = a
+    return model.replace(weights=out, description="fp, balancing transforms folded")
+
+
+def watersic_weights(
+    model: MiniLM,
+    covariances: Mapping[str, np.ndarray],
+    rate: float,
+    *,
+    damp: float = 1e-2,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """WaterSIC of every linear layer of ``model`` against ``covariances[name]`` (Σ_X).
+
+    Returns the reconstructions ``name -> Ŵ`` and the measured bits per weight of each layer
+    (bitstream and side information).
+    """
+    from mmquant.weightonly import quantize_layer
+
+    r = check_float(rate, "rate", 0.0, lo_open=True)
+    w_hat: dict[str, np.ndarray] = {}
+    bits: dict[str, float] = {}
+    for name in model.linear_names:
+        w = np.asarray(model.weights[name + ".weight"], np.float64)
+        q = quantize_layer("watersic", w, np.asarray(covariances[name], np.float64), r, damp=damp)
+        w_hat[name] = q.w_hat
+        bits[name] = float(q.bits_per_weight)
+    return w_hat, bits
+
+
+@dataclass(frozen=True, eq=False)
+class Recipe:
+    """A quantized model and the measured rates of its three kinds of codes.
+
+    Attributes
+    ----------
+    name : str
+        Label of the recipe (``"weights / activations + Q/K"``).
+    model : MiniLM
+        The quantized model (run it with :func:`~mmquant.models.quantized.evaluate`).
+    weight_bits, act_bits, qk_bits : float
+        Measured bits per weight, per activation entry and per query/key entry (means over all
+        entries; NaN where that part is not quantized).
+    act_codes, qk_codes : mapping
+        The per-layer codes (empty for registered quantizers).
+    reference : MiniLM or None
+        The unquantized model in the recipe's basis (transforms folded), if it has one.
+    """
+
+    name: str
+    model: MiniLM
+    weight_bits: float
+    act_bits: float
+    qk_bits: float
+    act_codes: Mapping[str, Any] = field(default_factory=dict)
+    qk_codes: Mapping[Any, Any] = field(default_factory=dict)
+    reference: MiniLM | None = None
+
+
+def _mean_bits(bits: Mapping[str, float], model: MiniLM) -> float:
+    if not bits:
+        return float("nan")
+    sizes = {n: model.weights[n + ".weight"].size for n in bits}
+    return float(sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values()))
+
+
+@dataclass(frozen=True, eq=False)
+class ScaledCode:
+    """A registered code on per-channel scaled data: ``x̂ = Q(x·d) / d``.
+
+    ``d`` is chosen offline from the covariances (:func:`aware_scales`); the multiplication is
+    elementwise (fused with the quantizer's own pass) and ``1/d`` folds into the columns of the
+    layer's weight. ``bits_per_entry`` is the code's measured rate on calibration data.
+    """
+
+    scale: np.ndarray
+    spec: str
+    bits_per_entry: float
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """Code and decode ``x`` (``[tokens, channels]``), in its dtype."""
+        from mmquant.core import get
+
+        a = np.asarray(x)
+        y = get(self.spec).quantize((a * self.scale).astype(np.float32))
+        return (np.asarray(y, np.float64) / self.scale).astype(a.dtype, copy=False)
+
+
+@dataclass(frozen=True, eq=False)
+class OnlineTransformCode:
+    """``x̂ = Q(x T) T⁻¹`` with a dense ``T`` applied online (not folded: costs ``n²`` per token)."""
+
+    t: np.ndarray
+    t_inv: np.ndarray
+    inner: Any
+
+    @property
+    def bits_per_entry(self) -> float:
+        """Measured rate of the inner code."""
+        return float(self.inner.bits_per_entry)
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """Code and decode ``x`` (``[tokens, channels]``), in its dtype."""
+        a = np.asarray(x)
+        z = self.inner.quantize(np.asarray(a, np.float64) @ self.t)
+        return (np.asarray(z, np.float64) @ self.t_inv).astype(a.dtype, copy=False)
+
+
+def aware_scales(w_weights: np.ndarray, x_var: np.ndarray) -> np.ndarray:
+    """``d_i = (w_i / v_i)^{1/4}`` (geometric mean 1): the best diagonal scaling for a code whose
+    error is white with the data's mean power (Cauchy–Schwarz: ``(Σ d²v)(Σ w/d²) ≥ (Σ√(vw))²``).
+    """
+    w = np.clip(np.asarray(w_weights, np.float64), 1e-30, None)
+    v = np.clip(np.asarray(x_var, np.float64), 1e-30, None)
+    d = (w / v) ** 0.25
+    return d / np.exp(np.mean(np.log(d)))
+
+
+#: E8 codes with shipped designs (no design search at first use), highest rate first.
+E8_SPECS = ("e8:group=32", "e8:q=13,group=32", "e8:q=7,group=32")
+
+
+def e8_spec(rate: float, sample: np.ndarray) -> tuple[str, float]:
+    """The E8 code of :data:`E8_SPECS` with the most bits per entry ``≤ rate`` on ``sample``."""
+    from mmquant.core import get
+
+    x = np.asarray(sample, np.float32)
+    for spec in E8_SPECS:
+        bits = get(spec).encode(x).bits_per_entry
+        if bits <= rate:
+            return spec, float(bits)
+    raise ValueError(f"no E8 code of at most {rate} bits per entry (the least is {bits:.3f})")
+
+
+def _weighted_error(x: np.ndarray, x_hat: np.ndarray, sigma_w: np.ndarray) -> float:
+    e = np.asarray(x_hat, np.float64) - x
+    return float(np.sum((e @ sigma_w) * e))
+
+
+def _fit_act_code(
+    x: np.ndarray, sigma_w: np.ndarray, rate: float, split: int, *, static: bool
+) -> Any:
+    """The better (on held-out calibration tokens) of scaled e8 and the static channel code."""
+    w = np.clip(np.diag(sigma_w), 0.0, None)
+    cands: list[tuple[float, Any]] = []
+    spec, bits = e8_spec(rate, x[:split])
+    sc = ScaledCode(aware_scales(w, np.mean(x * x, axis=0)), spec, bits)
+    cands.append((_weighted_error(x[split:], sc.quantize(x[split:]), sigma_w), sc))
+    if static:
+        cc = ChannelCode.fit(x[:split], w, rate)
+        cands.append((_weighted_error(x[split:], cc.quantize(x[split:]), sigma_w), "channel"))
+    best = min(cands, key=lambda c: c[0])[1]
+    return ChannelCode.fit(x, w, rate) if best == "channel" else best
+
+
+def aware_recipe(
+    model: MiniLM,
+    rate: float = 4.5,
+    *,
+    act_rate: float | None = None,
+    qk_rate: float | None = None,
+    n_sentences: int = 64,
+    damp: float = 1e-2,
+    weights: bool = True,
+    online: bool = False,
+) -> Recipe:
+    """The covariance-aware recipe: folded transforms, waterfilled/scaled codes, WaterSIC.
+
+    Parameters
+    ----------
+    model : MiniLM
+        Unquantized model.
+    rate : float
+        Target bits per weight (WaterSIC's measured rate); also the default of the others.
+    act_rate, qk_rate : float, optional
+        Bits per activation entry and per query/key entry (measured, never above).
+    n_sentences : int
+        Calibration sentences (``"calibration"`` half of the pool); the codes of each layer
+        input are chosen on the tokens of the second half of them and fitted on all.
+    damp : float
+        WaterSIC's relative damping of Σ_X.
+    weights : bool
+        Quantize the weights (False: activations and Q/K only).
+    online : bool
+        Also transform the LayerNorm outputs (inputs of query/key/value and
+        ``intermediate.dense``) by the dense balancing ``T`` of ``(Σ_X, Σ_W)`` *online*
+        (``n²`` multiply-adds per token: a third of the QKV projection, a quarter of
+        ``intermediate.dense``), which nothing folds in this post-LN model.
+    """
+    r = check_float(rate, "rate", 0.0, lo_open=True)
+    ra = r if act_rate is None else check_float(act_rate, "act_rate", 0.0, lo_open=True)
+    rq = r if qk_rate is None else check_float(qk_rate, "qk_rate", 0.0, lo_open=True)
+    cap0 = calibration_capture(n_sentences, model.dtype.name, model.max_length)
+    mt = fold_transforms(model, cap0)
+    cap = capture(mt, cap0.sentences)
+    split = int(cap.offsets[len(cap.lengths) // 2])
+    nh, hd = _heads(model)
+    act: dict[str, Any] = {}
+    act_total = 0.0
+    act_entries = 0
+    for name in mt.linear_names:
+        x = np.asarray(cap.inputs[name], np.float64)
+        if name.endswith(("attention.self.key", "attention.self.value")):
+            act[name] = act[name.rsplit(".", 1)[0] + ".query"]  # one input, one code
+            continue
+        if name.endswith("attention.self.query"):
+            p = name.rsplit(".", 1)[0]
+            w = np.concatenate([mt.weight(p + "." + s) for s in ("query", "key", "value")])
+        else:
+            w = mt.weight(name)
+        sw = weight_covariance(w)
+        ln_out = name.endswith(("attention.self.query", "intermediate.dense"))
+        if online and ln_out:
+            t, ti, mu = balance(x.T @ x / len(x), sw)
+            z = x @ t
+            inner = _fit_act_code(z, np.diag(mu**0.5), ra, split, static=True)
+            act[name] = OnlineTransformCode(t, ti, inner)
+        else:
+            # static per-channel ranges cannot follow the token-to-token range of GELU outputs
+            static = not name.endswith("layer." + name.split(".")[2] + ".output.dense")
+            act[name] = _fit_act_code(x, sw, ra, split, static=static)
+        act_total += act[name].bits_per_entry * x.shape[1]
+        act_entries += x.shape[1]
+    qk: dict[tuple[int, str, int], ChannelCode] = {}
+    qk_total = 0
+    qk_entries = 0
+    for i in range(mt.config.num_layers):
+        curves, wts, keys, params = [], [], [], []
+        for h in range(nh):
+            qh, kh = (np.asarray(a, np.float64) for a in cap.head(i, h))
+            sq, sk = qh.T @ qh / len(qh), kh.T @ kh / len(kh)
+            for which, data, other in (("q", qh, sk), ("k", kh, sq)):
+                mu, mse, clip = ChannelCode.curves(data)
+                curves.append(mse)
+                wts.append(np.clip(np.diag(other), 0.0, None))
+                keys.append((i, which, h))
+                params.append((mu, mse, clip))
+        alloc = allocate_bits(curves, wts, int(len(keys) * hd * rq))
+        for key, (mu, mse, clip), b in zip(keys, params, alloc):
+            qk[key] = ChannelCode.from_curves(mu, mse, clip, b)
+            qk_total += int(b.sum())
+            qk_entries += b.size
+    w_bits: dict[str, float] = {}
+    w_hat: dict[str, np.ndarray] | None = None
+    if weights:
+        # Σ of the inputs the weights will actually meet: the coded activations
+        covs = {}
+        for name in mt.linear_names:
+            xq = np.asarray(act[name].quantize(np.asarray(cap.inputs[name], np.float64)))
+            covs[name] = xq.T @ xq / len(xq)
+        w_hat, w_bits = watersic_weights(mt, covs, r, damp=damp)
+    qm = quantize_model(mt, weights=w_hat, activations=act, qk=qk)
+    label = ("WaterSIC" if weights else "none") + (" / aware+online" if online else " / aware")
+    return Recipe(
+        name=label,
+        model=qm.replace(weight_bits=w_bits, description=label),
+        weight_bits=_mean_bits(w_bits, mt),
+        act_bits=act_total / act_entries,
+        qk_bits=qk_total / qk_entries,
+        act_codes=act,
+        qk_codes=qk,
+        reference=mt,
+    )
