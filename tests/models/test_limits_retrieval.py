@@ -115,13 +115,14 @@ def test_retrieval_pairs_disjoint_from_calibration() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MODEL, reason="bundled model not installed")
 def test_layer_limits_below_measured_minilm() -> None:
-    """For every linear layer (8 calibration sentences), NVFP4 on W and X stays above the limit."""
+    """For linear layers across the depth (8 calibration sentences), NVFP4 on W and X stays above
+    the limit; and for heads of the first and last layer."""
     from mmquant.models import MiniLM, calibration_capture
 
     model = MiniLM.load()
     cap = calibration_capture(8)
     q = mq.get("nvfp4")
-    for name in model.linear_names[::5]:
+    for name in model.linear_names[::12]:
         w = np.asarray(model.weight(name), np.float64)
         x = np.asarray(cap.inputs[name], np.float64)
         ew, ex = q.encode(w), q.encode(x)
@@ -130,7 +131,7 @@ def test_layer_limits_below_measured_minilm() -> None:
             weight_covariance(w), x.T @ x / len(x), ew.bits_per_entry, ex.bits_per_entry
         )
         assert lim.aware <= lim.generic <= err, name
-    for layer, head in ((0, 0), (3, 7), (5, 11)):
+    for layer, head in ((0, 0), (5, 11)):
         qh, kh = (np.asarray(a, np.float64) for a in cap.head(layer, head))
         eq, ek = q.encode(qh), q.encode(kh)
         err = product_error(qh, kh, q.decode(eq), q.decode(ek))
