@@ -11,7 +11,7 @@ activations decoded). Targets: 4-bit block codes ≥ 3× float32 at b = 1 and �
 (kernel compilation and the record's check are not timed: a weight's view is cached).
 
     python benchmarks/bench_matmul.py [--shapes 4096x4096,4096x11008] [--batches 1,16]
-        [--specs int:bits=4,mxfp4,...] [--repeat 5] [--numpy]
+        [--specs int:bits=4 mxfp4 ...] [--repeat 5] [--numpy]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="4096x4096,4096x11008")
     ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--specs", default=",".join(SPECS), help="comma-separated (W4A4 included)")
+    ap.add_argument("--specs", nargs="+", default=SPECS, help="spec strings (W4A4 included)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--numpy", action="store_true", help="force the numpy reference path")
     args = ap.parse_args()
@@ -70,7 +70,7 @@ def main() -> None:
         mem = memcpy_rate(w, args.repeat) * 4 / 1e9
         print(f"\n{m}×{n}: float32 memcpy {mem:.1f} GB/s (read + write of {w.nbytes / 1e6:.0f} MB)")
         print(header)
-        for spec in args.specs.split(","):
+        for spec in args.specs:
             codes_spec = "int:bits=4" if spec == "W4A4" else spec
             enc = mq.get(codes_spec).encode(w)
             for b in batches:
