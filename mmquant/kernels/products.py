@@ -1,10 +1,12 @@
 """Numba kernels of the products from the codes (:mod:`mmquant.products`), bit-exact with the
 numpy reference :mod:`mmquant.products.reference` (its docstring defines the accumulation order).
 
-* :func:`block_product` -- fused unpack, table look-up and accumulation of a block-format record
-  times float32 activations: each group's codes are decoded once into a small float32 buffer
-  (in cache), then dotted with every activation in eight float32 lanes; the group's scale is
-  applied once to the lane sum; rows run in parallel (``prange``).
+* :func:`block_product` -- fused unpack, look-up and accumulation of a block-format record times
+  float32 activations, from the row-tiled layout (:mod:`mmquant.products.tiles`): one SIMD lane
+  per row, so each row's group sum keeps the reference's order; 4-bit codes through the 16-entry
+  product tables of :mod:`mmquant.kernels.simd` (AVX-512 or AVX2), integer codes decoded
+  arithmetically, other tables one look-up per code; the scale applied once per group; tiles of
+  rows in parallel (``prange``).
 * :func:`lattice_dot` -- the block-ordered float64 inner products of decoded lattice blocks with
   rotated activations, rows in parallel.
 
@@ -18,143 +20,204 @@ import numba
 import numpy as np
 
 from mmquant.kernels import numba_cache
+from mmquant.kernels.simd import TILE, lut4_group8, lut4_group16, simd_width
 
 __all__ = ["block_product", "lattice_dot"]
 
-_opts = {"parallel": True, "cache": numba_cache(), "fastmath": False, "nogil": True}
+_opts = {
+    "parallel": True,
+    "cache": numba_cache(),
+    "fastmath": False,
+    "nogil": True,
+    "boundscheck": False,
+    "error_model": "numpy",
+}
+_helper = {
+    "cache": numba_cache(),
+    "fastmath": False,
+    "boundscheck": False,
+    "error_model": "numpy",
+    "inline": "always",
+}
+_H = TILE // 2
+_F8 = np.float32(8.0)
+
+
+@numba.njit(**_helper)
+def _nib_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compiled
+    """4-bit codes ``c + base``: decoded arithmetically (vectorises without a look-up)."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        p = c0 + jj * _H
+        for r in range(_H):
+            v = codes[p + r]
+            acc[r] += (np.float32(np.int32(v & 15)) + base) * xj
+            acc[r + _H] += (np.float32(np.int32(v >> 4)) + base) * xj
+
+
+@numba.njit(**_helper)
+def _nib_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compiled
+    """4-bit codes through their table, one look-up per code (no SIMD look-up available)."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        p = c0 + jj * _H
+        for r in range(_H):
+            v = codes[p + r]
+            acc[r] += table[v & 15] * xj
+            acc[r + _H] += table[v >> 4] * xj
+
+
+@numba.njit(**_helper)
+def _byte_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compiled
+    """One code per byte, ``c + base``."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        p = c0 + jj * TILE
+        for r in range(TILE):
+            acc[r] += (np.float32(np.int32(codes[p + r])) + base) * xj
+
+
+@numba.njit(**_helper)
+def _byte_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compiled
+    """One code per byte through a 256-entry table."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        p = c0 + jj * TILE
+        for r in range(TILE):
+            acc[r] += table[codes[p + r]] * xj
+
+
+@numba.njit(**_helper)
+def _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum):  # pragma: no cover
+    """Step 3 of the contract for one group of a tile and one activation."""
+    ut = u[t, k]
+    if has_off:
+        vt = vsum[t, k]
+        for r in range(TILE):
+            y[t, r] += (np.float64(scale[ti, k, r]) * ut) * np.float64(acc[r]) + (
+                np.float64(offset[ti, k, r]) * ut
+            ) * vt
+    else:
+        for r in range(TILE):
+            y[t, r] += (np.float64(scale[ti, k, r]) * ut) * np.float64(acc[r])
+
+
+@numba.njit(**_helper)
+def _store(out, y, ti):  # pragma: no cover - compiled
+    rows, b = out.shape
+    for r in range(TILE):
+        i = ti * TILE + r
+        if i < rows:
+            for t in range(b):
+                out[i, t] = y[t, r] + 0.0
 
 
 @numba.njit(**_opts)
-def _gemv4(codes, table, scale, offset, has_off, g, n, xp, vsum, out):  # pragma: no cover
-    """Batch 1, 4-bit codes, groups of a multiple of 8 starting on whole bytes (n and g even):
-    each lane step decodes four bytes straight into the eight lane products."""
-    rows = out.shape[0]
+def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum, out):
+    """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table)."""
+    tiles = codes.shape[0]
+    b, n = x.shape
     ng = scale.shape[1]
-    for i in numba.prange(rows):
-        acc = np.empty(8, np.float32)
-        y = 0.0
-        for k in range(ng):
-            b0 = (i * n + k * g) >> 1
-            for lane in range(8):
-                acc[lane] = 0.0
-            for st in range(0, g, 8):
-                for h in range(4):
-                    c = codes[b0 + (st >> 1) + h]
-                    acc[2 * h] += table[c & 15] * xp[0, k, st + 2 * h]
-                    acc[2 * h + 1] += table[c >> 4] * xp[0, k, st + 2 * h + 1]
-            p = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-            term = np.float64(scale[i, k]) * np.float64(p)
-            if has_off:
-                term = term + np.float64(offset[i, k]) * vsum[0, k]
-            y += term
-        out[i, 0] = y
-
-
-@numba.njit(**_opts)
-def _gemv8(codes, table, scale, offset, has_off, g, n, xp, vsum, out):  # pragma: no cover
-    """Batch 1, 8-bit codes, groups of a multiple of 8: codes read straight into the lanes."""
-    rows = out.shape[0]
-    ng = scale.shape[1]
-    for i in numba.prange(rows):
-        acc = np.empty(8, np.float32)
-        y = 0.0
-        for k in range(ng):
-            e0 = i * n + k * g
-            for lane in range(8):
-                acc[lane] = 0.0
-            for st in range(0, g, 8):
-                for lane in range(8):
-                    acc[lane] += table[codes[e0 + st + lane]] * xp[0, k, st + lane]
-            p = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-            term = np.float64(scale[i, k]) * np.float64(p)
-            if has_off:
-                term = term + np.float64(offset[i, k]) * vsum[0, k]
-            y += term
-        out[i, 0] = y
-
-
-@numba.njit(**_opts)
-def _block(codes, width, table, scale, offset, has_off, g, n, xp, vsum, out):  # pragma: no cover
-    """Any width, group and batch: a group is decoded once into a float32 buffer (in cache),
-    then dotted with every activation in eight lanes."""
-    rows = out.shape[0]
-    b = xp.shape[0]
-    ng = scale.shape[1]
-    gp = xp.shape[2]
-    mask = (1 << width) - 1
-    for i in numba.prange(rows):
-        w = np.zeros(gp, np.float32)
-        acc = np.zeros(8, np.float32)
-        y = np.zeros(b, np.float64)
+    per = _H if mode < 2 else TILE  # bytes per column
+    for ti in numba.prange(tiles):
+        acc = np.empty(TILE, np.float32)
+        y = np.zeros((b, TILE))
+        cf = codes[ti]
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            e0 = i * n + j0
-            if width == 4:
-                for j in range(gl):
-                    e = e0 + j
-                    w[j] = table[(codes[e >> 1] >> ((e & 1) << 2)) & 15]
-            elif width == 8:
-                for j in range(gl):
-                    w[j] = table[codes[e0 + j]]
-            else:
-                for j in range(gl):
-                    bit = (e0 + j) * width
-                    byte = bit >> 3
-                    sh = bit & 7
-                    v = np.int64(codes[byte]) >> sh
-                    if sh + width > 8:
-                        v |= np.int64(codes[byte + 1]) << (8 - sh)
-                    w[j] = table[v & mask]
-            for j in range(gl, gp):
-                w[j] = 0.0
-            s = np.float64(scale[i, k])
             for t in range(b):
-                for lane in range(8):
-                    acc[lane] = 0.0
-                for st in range(0, gp, 8):
-                    for lane in range(8):
-                        acc[lane] += w[st + lane] * xp[t, k, st + lane]
-                p = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (
-                    (acc[4] + acc[5]) + (acc[6] + acc[7])
-                )
-                term = s * np.float64(p)
-                if has_off:
-                    term = term + np.float64(offset[i, k]) * vsum[t, k]
-                y[t] += term
-        for t in range(b):
-            out[i, t] = y[t]
+                if mode == 0:
+                    _nib_int(cf, j0 * per, gl, x[t], j0, base, acc)
+                elif mode == 1:
+                    _nib_table(cf, j0 * per, gl, x[t], j0, table, acc)
+                elif mode == 2:
+                    _byte_int(cf, j0 * per, gl, x[t], j0, base, acc)
+                else:
+                    _byte_table(cf, j0 * per, gl, x[t], j0, table, acc)
+                _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
+        _store(out, y, ti)
 
 
-def block_product(view, xp: np.ndarray, vsum: np.ndarray | None) -> np.ndarray:
-    """Numba version of :func:`mmquant.products.reference.block_product` (same arguments)."""
-    out = np.empty((view.rows, xp.shape[0]))
-    has_off = view.offset is not None
-    off = view.offset if has_off else view.scale
-    vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(xp.shape[:2]), np.float64)
-    xp = np.ascontiguousarray(xp, np.float32)
-    kernel = _block
-    if xp.shape[0] == 1 and view.group % 8 == 0 and view.n % view.group == 0:
-        if view.width == 4 and view.n % 2 == 0:
-            kernel = _gemv4
-        elif view.width == 8:
-            kernel = _gemv8
-    if kernel is not _block:
-        kernel(view.codes, view.table, view.scale, off, has_off, view.group, view.n, xp, vs, out)
-        return out
-    kernel(
-        view.codes,
-        view.width,
-        view.table,
-        view.scale,
-        off,
-        has_off,
-        view.group,
-        view.n,
-        xp,
-        vs,
-        out,
-    )
+@numba.njit(**_opts)
+def _tiles_lut16(codes, table, scale, offset, has_off, g, x, u, vsum, out):
+    """4-bit tiles with the AVX-512 look-up (:func:`mmquant.kernels.simd.lut4_group16`)."""
+    tiles = codes.shape[0]
+    b, n = x.shape
+    ng = scale.shape[1]
+    for ti in numba.prange(tiles):
+        acc = np.empty(TILE, np.float32)
+        y = np.zeros((b, TILE))
+        cf = codes[ti]
+        for k in range(ng):
+            j0 = k * g
+            gl = min(g, n - j0)
+            for t in range(b):
+                lut4_group16(cf, j0 * _H, gl, x[t], j0, table, acc)
+                _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
+        _store(out, y, ti)
+
+
+@numba.njit(**_opts)
+def _tiles_lut8(codes, table, scale, offset, has_off, g, x, u, vsum, out):
+    """4-bit tiles with the AVX2 look-up (:func:`mmquant.kernels.simd.lut4_group8`)."""
+    tiles = codes.shape[0]
+    b, n = x.shape
+    ng = scale.shape[1]
+    for ti in numba.prange(tiles):
+        acc = np.empty(TILE, np.float32)
+        y = np.zeros((b, TILE))
+        cf = codes[ti]
+        for k in range(ng):
+            j0 = k * g
+            gl = min(g, n - j0)
+            for t in range(b):
+                lut4_group8(cf, j0 * _H, gl, x[t], j0, table, acc)
+                _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
+        _store(out, y, ti)
+
+
+def block_product(
+    tv, x: np.ndarray, u: np.ndarray, vsum: np.ndarray | None, simd: int | None = None
+) -> np.ndarray:
+    """Numba version of :func:`mmquant.products.reference.block_product` from the tiled layout.
+
+    Parameters
+    ----------
+    tv : TileView
+        :func:`mmquant.products.tiles.tile_view` of the record's block view.
+    x, u, vsum : numpy.ndarray
+        As in the reference (``vsum`` may be ``None`` without offsets).
+    simd : int, optional
+        Look-up variant for 4-bit codes: 16 (AVX-512), 8 (AVX2) or 0 (plain loops); default
+        :func:`mmquant.kernels.simd.simd_width`. Every variant gives the same numbers.
+    """
+    if simd is None:
+        simd = simd_width()
+    if simd > simd_width():
+        raise ValueError(f"simd={simd} is not available on this CPU (widest: {simd_width()})")
+    b = x.shape[0]
+    out = np.empty((tv.rows, b))
+    x = np.ascontiguousarray(x, np.float32)
+    u = np.ascontiguousarray(u, np.float64)
+    vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
+    args = (tv.scale, tv.offset, tv.has_offset, tv.group, x, u, vs, out)
+    if tv.nibbles and simd == 16:
+        _tiles_lut16(tv.codes, tv.table, *args)
+    elif tv.nibbles and simd == 8:
+        _tiles_lut8(tv.codes, tv.table, *args)
+    else:
+        mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
+        base = np.float32(tv.base if tv.base is not None else 0.0)
+        _tiles_loop(tv.codes, mode, tv.table, base, *args)
     return out
 
 

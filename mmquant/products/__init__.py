@@ -29,8 +29,10 @@ import numpy as np
 
 from mmquant.core import Encoded, get
 from mmquant.kernels import load
+from mmquant.packing import unpack
 from mmquant.products import reference
 from mmquant.products.records import BlockView, LatticeView, block_view, lattice_view
+from mmquant.products.tiles import TileView, integer_base, tile_view
 from mmquant.validation import as_real_array
 
 __all__ = ["times", "linear", "product", "has_kernel"]
@@ -85,25 +87,73 @@ def _activations(x: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def _times_rows(enc: Encoded, xr: np.ndarray, backend: str) -> np.ndarray:
-    """``Ŵ·xrᵀ`` (rows × b, float64) for activations ``xr`` of shape ``(b, n)``."""
-    view = _view(enc)
-    k = load("products", backend)
-    if isinstance(view, BlockView):
-        ng = view.scale.shape[1]
-        xp = reference.pad_groups(xr.astype(np.float32), view.group, ng)
-        vsum = None
-        if view.offset is not None:
-            vsum = reference.lane_sum(xp).astype(np.float64)
-        out = (k or reference).block_product(view, xp, vsum)
-    else:
-        out = _lattice_times(view, xr, k)
+#: Row-tiled layouts of the weights multiplied by the numba kernels (made once per record).
+_TILES: weakref.WeakKeyDictionary[Encoded, TileView] = weakref.WeakKeyDictionary()
+
+
+def _tiles(enc: Encoded, view: BlockView) -> TileView:
+    tv = _TILES.get(enc)
+    if tv is None:
+        tv = _TILES[enc] = tile_view(view)
+    return tv
+
+
+def _block_times(
+    enc: Encoded, view: BlockView, x: np.ndarray, u: np.ndarray | None, k: Any
+) -> np.ndarray:
+    """Block view times float32 activations ``x`` ``(b, n)`` with group scales ``u`` or ones."""
+    x = np.ascontiguousarray(x, np.float32)
+    if u is None:
+        u = np.ones((x.shape[0], view.scale.shape[1]))
+    vsum = None if view.offset is None else reference.activation_sums(x, view.group)
+    if k is None:
+        return reference.block_product(view, x, u, vsum)
+    return k.block_product(_tiles(enc, view), x, u, vsum)
+
+
+def _finite(out: np.ndarray, enc: Encoded) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise ValueError(
             f"the product from the codes of {enc.spec!r} is not finite: the record's codes are "
             "corrupt (a code outside the element format) or the operands overflow"
         )
     return out
+
+
+def _times_rows(enc: Encoded, xr: np.ndarray, backend: str) -> np.ndarray:
+    """``Ŵ·xrᵀ`` (rows × b, float64) for activations ``xr`` of shape ``(b, n)``."""
+    view = _view(enc)
+    k = load("products", backend)
+    if isinstance(view, BlockView):
+        return _finite(_block_times(enc, view, xr, None, k), enc)
+    return _finite(_lattice_times(view, xr, k), enc)
+
+
+#: Largest |value| of a group sum of integer products that float32 adds exactly.
+_EXACT = 2.0**24
+
+
+def _integer_codes(enc_w: Encoded, enc_x: Encoded, backend: str) -> np.ndarray | None:
+    """``Ŵ·X̂ᵀ`` with the activations' integer codes as ``x`` and their scales as ``u``.
+
+    Taken when both records have integer levels (symmetric ``int``; the activations without an
+    offset), the same groups, and every group sum of products of levels is exact in float32: the
+    product is then that of the exact decoded values (W4A4, W8A8, Q·Kᵀ of int codes); ``None``
+    otherwise (the activations are decoded instead).
+    """
+    vw, vx = _view(enc_w), _view(enc_x)
+    if not (isinstance(vw, BlockView) and isinstance(vx, BlockView)):
+        return None
+    if vx.offset is not None or integer_base(vx.table) is None or vx.group != vw.group:
+        return None
+    if integer_base(vw.table) is None:
+        return None
+    tmax = float(np.max(np.abs(vw.table))) * float(np.max(np.abs(vx.table)))
+    if vw.group * tmax >= _EXACT:
+        return None
+    xq = vx.table[unpack(vx.codes, vx.width, vx.rows * vx.n)].reshape(vx.rows, vx.n)
+    u = vx.scale.astype(np.float64)
+    return _finite(_block_times(enc_w, vw, xq, u, load("products", backend)), enc_w)
 
 
 def _lattice_times(view: LatticeView, xr: np.ndarray, k: Any) -> np.ndarray:
@@ -200,5 +250,9 @@ def product(enc_a: Encoded, enc_b: Encoded, *, backend: str = "auto") -> np.ndar
     if not (ka or kb):
         raise ValueError(f"neither {enc_a.spec!r} nor {enc_b.spec!r} has a product path")
     if ka and (not kb or enc_a.shape[0] >= enc_b.shape[0]):
+        if kb and (out := _integer_codes(enc_a, enc_b, backend)) is not None:
+            return out
         return _times_rows(enc_a, get(enc_b.spec).decode(enc_b), backend)
+    if ka and (out := _integer_codes(enc_b, enc_a, backend)) is not None:
+        return out.T
     return _times_rows(enc_b, get(enc_a.spec).decode(enc_a), backend).T

@@ -2,19 +2,22 @@
 
 Accumulation order (the definition both backends follow, so that they agree bit for bit):
 
-**Block formats.** For row ``i``, group ``k`` (entries ``j ∈ [k·g, k·g + g)``, the last group of a
-row possibly shorter) and activation ``t``:
+**Block formats.** For row ``i``, group ``k`` (columns ``j ∈ [k·g, min(n, k·g + g))``) and
+activation ``t`` (a row of ``x``):
 
-1. the group is padded with zeros to ``gp = ⌈g/8⌉·8`` entries (codes and activations);
-2. eight float32 lane sums ``a_l = Σ_s fl32(table[c_{8s+l}] · x_{t, 8s+l})``, each accumulated
-   in increasing ``s`` from 0 (every product and sum rounded to float32);
-3. the group sum ``P = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`` in float32;
-4. the row sum ``y_it = Σ_k (S_ik·P_ikt [+ O_ik·V_kt])`` in float64, in increasing ``k`` from
-   ``+0.0`` (``S``, ``O`` the float32 scale and offset; ``V_kt`` the same lane sum of the
-   activations alone; each product is exact in float64).
+1. the group sum ``P_ikt = Σ_j fl32(T[c_ij] · x_tj)`` in float32, the terms added in increasing
+   ``j`` from ``+0.0`` (every product and every sum rounded to float32, no fused multiply–add);
+2. for affine records, ``V_kt = Σ_j x_tj`` the same way;
+3. the row sum ``y_it = Σ_k ((S_ik·u_kt)·P_ikt [+ (O_ik·u_kt)·V_kt])`` in float64, in increasing
+   ``k`` from ``+0.0`` (``S``, ``O`` the float32 scale and offset as float64; ``u_kt`` a float64
+   scale of the activations' group, 1 for float activations).
 
-The scale is applied once per group, after the element sum: the result differs from
-decode-then-multiply (which rounds ``table[c]·S`` to float32 first) by float32 rounding only.
+One running sum per row and group: a kernel keeps one SIMD lane per *row* (the row-tiled layout
+of :mod:`mmquant.products.tiles`), so nothing is reordered. The scale is applied once per group,
+after the element sum: the result differs from decode-then-multiply (which rounds ``T[c]·S`` to
+float32 first) by float32 rounding only. For codes × codes with integer tables on both sides
+(``int`` records), ``x`` holds the activations' integer values and ``u`` their group scales:
+every ``P`` is then an exact integer sum, and the product is that of the exact decoded values.
 
 **Lattice codes.** The other operand is rotated once (``⟨R⁻¹a, v⟩ = ⟨a, Rv⟩``: the rotation is
 orthogonal) and padded to ``⌈n/8⌉·8``; for every row the 8-block sums ``Σ_l ẑ_l·v_l`` (float64,
@@ -29,68 +32,69 @@ import numpy as np
 from mmquant.packing import unpack
 from mmquant.products.records import BlockView
 
-__all__ = ["LANES", "pad_groups", "lane_sum", "block_product", "lattice_dot", "CHUNK"]
+__all__ = ["group_sums", "block_product", "lattice_dot", "CHUNK"]
 
-#: Lanes of the float32 partial sums of a group.
-LANES = 8
 #: Entries of the float temporaries of the reference, per step (a chunk of rows at a time).
-CHUNK = 1 << 18
+CHUNK = 1 << 20
 
 
-def padded_group(g: int) -> int:
-    """Group length padded to a multiple of :data:`LANES`."""
-    return -(-g // LANES) * LANES
+def group_sums(vals: np.ndarray, x: np.ndarray, g: int) -> np.ndarray:
+    """Step 1 of the module docstring: ``(r, ng)`` float32 group sums of ``vals·x``.
+
+    ``vals`` is ``(r, n)`` float32 (the decoded table values, or ones for step 2), ``x`` ``(n,)``
+    float32. The last group is padded with zeros: adding ``fl32(0·0) = +0`` changes no sum (a
+    running sum from ``+0.0`` is never ``-0``).
+    """
+    r, n = vals.shape
+    ng = -(-n // g)
+    vp = np.zeros((r, ng * g), np.float32)
+    vp[:, :n] = vals
+    xp = np.zeros(ng * g, np.float32)
+    xp[:n] = x
+    v3, x2 = vp.reshape(r, ng, g), xp.reshape(ng, g)
+    acc = np.zeros((r, ng), np.float32)
+    for jj in range(g):
+        acc += v3[:, :, jj] * x2[:, jj]
+    return acc
 
 
-def pad_groups(x: np.ndarray, g: int, ng: int) -> np.ndarray:
-    """``(b, n)`` float32 → ``(b, ng, gp)`` float32: each group of ``g`` entries zero-padded."""
-    b, n = x.shape
-    full = np.zeros((b, ng * g), np.float32)
-    full[:, :n] = x
-    out = np.zeros((b, ng, padded_group(g)), np.float32)
-    out[:, :, :g] = full.reshape(b, ng, g)
-    return out
+def activation_sums(x: np.ndarray, g: int) -> np.ndarray:
+    """Step 2: ``(b, ng)`` float64 group sums of the float32 activations ``x`` ``(b, n)``."""
+    return np.stack(
+        [group_sums(x[t][None], np.ones(x.shape[1], np.float32), g)[0] for t in range(x.shape[0])]
+    ).astype(np.float64)
 
 
-def lane_sum(prod: np.ndarray) -> np.ndarray:
-    """Steps 2–3 of the module docstring over the last axis (a multiple of 8), in float32."""
-    acc = np.zeros((*prod.shape[:-1], LANES), np.float32)
-    for s in range(0, prod.shape[-1], LANES):
-        acc += prod[..., s : s + LANES]
-    a = acc
-    return ((a[..., 0] + a[..., 1]) + (a[..., 2] + a[..., 3])) + (
-        (a[..., 4] + a[..., 5]) + (a[..., 6] + a[..., 7])
-    )
-
-
-def block_product(view: BlockView, xp: np.ndarray, vsum: np.ndarray | None) -> np.ndarray:
-    """``(rows, b)`` float64 product of a block view with padded activations (numpy reference).
+def block_product(
+    view: BlockView, x: np.ndarray, u: np.ndarray, vsum: np.ndarray | None
+) -> np.ndarray:
+    """``(rows, b)`` float64 product of a block view with activations (numpy reference).
 
     Parameters
     ----------
     view : BlockView
-    xp : numpy.ndarray
-        :func:`pad_groups` of the float32 activations, ``(b, ng, gp)``.
+    x : numpy.ndarray
+        float32 activations ``(b, n)``.
+    u : numpy.ndarray
+        float64 activation group scales ``(b, ng)`` (ones for float activations).
     vsum : numpy.ndarray or None
-        ``lane_sum(xp)`` as float64 ``(b, ng)`` (affine records), else ``None``.
+        :func:`activation_sums` of ``x`` (affine records), else ``None``.
     """
     rows, n, g = view.rows, view.n, view.group
-    b, ng, gp = xp.shape
+    b = x.shape[0]
     codes = unpack(view.codes, view.width, rows * n)  # integer codes, one byte per entry
     out = np.empty((rows, b))
-    step = max(1, CHUNK // (ng * gp))
+    step = max(1, CHUNK // max(n, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        vals = np.zeros((r1 - r0, ng * g), np.float32)
-        vals[:, :n] = view.table[codes[r0 * n : r1 * n].reshape(r1 - r0, n)]
-        vp = np.zeros((r1 - r0, ng, gp), np.float32)
-        vp[:, :, :g] = vals.reshape(r1 - r0, ng, g)
+        vals = view.table[codes[r0 * n : r1 * n].reshape(r1 - r0, n)]
         s64 = view.scale[r0:r1].astype(np.float64)
         o64 = None if view.offset is None else view.offset[r0:r1].astype(np.float64)
         for t in range(b):
-            terms = s64 * lane_sum(vp * xp[t][None]).astype(np.float64)
+            p64 = group_sums(vals, x[t], g).astype(np.float64)
+            terms = (s64 * u[t][None]) * p64
             if o64 is not None and vsum is not None:
-                terms = terms + o64 * vsum[t][None]
+                terms = terms + (o64 * u[t][None]) * vsum[t][None]
             out[r0:r1, t] = np.cumsum(terms, axis=1)[:, -1] + 0.0
     return out
 
