@@ -61,7 +61,12 @@ def main() -> None:
     keep_freed_memory()
     batches = [int(b) for b in args.batches.split(",")]
     print(machine())
-    print(f"backend: {resolve()}")
+    simd = ""
+    if resolve() == "numba":
+        from mmquant.kernels.simd import simd_width
+
+        simd = f", 4-bit look-ups in {simd_width() * 32 or 'no'}-bit SIMD registers"
+    print(f"backend: {resolve()}{simd}")
     rng = np.random.default_rng(0)
     header = f"{'shape':>11} {'spec':26} {'b':>3} {'ms':>8} {'f32 ms':>8} {'×f32':>6} {'GB/s':>6}"
     for shape in args.shapes.split(","):

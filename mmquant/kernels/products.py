@@ -50,9 +50,9 @@ def _nib_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compiled
         acc[r] = 0.0
     for jj in range(ncols):
         xj = x[x0 + jj]
-        p = c0 + jj * _H
+        c = codes[c0 + jj * _H : c0 + jj * _H + _H]  # a slice: LLVM then sees no aliasing
         for r in range(_H):
-            v = codes[p + r]
+            v = c[r]
             acc[r] += (np.float32(np.int32(v & 15)) + base) * xj
             acc[r + _H] += (np.float32(np.int32(v >> 4)) + base) * xj
 
@@ -64,9 +64,9 @@ def _nib_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compi
         acc[r] = 0.0
     for jj in range(ncols):
         xj = x[x0 + jj]
-        p = c0 + jj * _H
+        c = codes[c0 + jj * _H : c0 + jj * _H + _H]  # a slice: LLVM then sees no aliasing
         for r in range(_H):
-            v = codes[p + r]
+            v = c[r]
             acc[r] += table[v & 15] * xj
             acc[r + _H] += table[v >> 4] * xj
 
@@ -78,9 +78,9 @@ def _byte_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compile
         acc[r] = 0.0
     for jj in range(ncols):
         xj = x[x0 + jj]
-        p = c0 + jj * TILE
+        c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
         for r in range(TILE):
-            acc[r] += (np.float32(np.int32(codes[p + r])) + base) * xj
+            acc[r] += (np.float32(np.int32(c[r])) + base) * xj
 
 
 @numba.njit(**_helper)
@@ -90,9 +90,9 @@ def _byte_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - comp
         acc[r] = 0.0
     for jj in range(ncols):
         xj = x[x0 + jj]
-        p = c0 + jj * TILE
+        c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
         for r in range(TILE):
-            acc[r] += table[codes[p + r]] * xj
+            acc[r] += table[c[r]] * xj
 
 
 @numba.njit(**_helper)

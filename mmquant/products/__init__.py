@@ -5,14 +5,17 @@
 * :func:`linear` -- ``x·Ŵᵀ`` for activations ``x`` of shape ``(..., n)`` (the layout of
   ``torch.nn.functional.linear``; float32 out), for inference from the codes;
 * :func:`product` -- codes × codes: ``Â·B̂ᵀ`` from records of ``A`` (a×n) and ``B`` (b×n), as in
-  W4A4/W4A8 or Q·Kᵀ: the operand with fewer rows (the activations) is decoded, the other is
-  multiplied from its codes;
+  W4A4/W4A8 or Q·Kᵀ: the operand with fewer rows (the activations) is decoded -- or, for two
+  ``int`` records with the same groups, read as integers -- the other is multiplied from its codes;
 * :func:`has_kernel` -- whether a record's family has a product path.
 
 Families: the scalar and block formats (``int`` symmetric and affine, ``fp``, ``mxfp4/6/8``,
 ``mxint8``, ``nvfp4``, ``nf4``, the row-RMS codebooks ``compander``, ``lloydmax``, ``uniform``,
-``datacompander``): fused unpack–look-up–accumulate, the scale applied once per group; the
-nested-lattice codes (``e8``, ``d4``, ``zn``): the other operand rotated once, the blocks decoded
+``datacompander``): fused unpack–look-up–accumulate from a row-tiled copy of the codes
+(:mod:`mmquant.products.tiles`, made once per weight; 4-bit codes through 16-entry tables of
+products in SIMD registers), the scale applied once per group; codes × codes of two ``int``
+records as exact integer group sums; the nested-lattice codes (``e8``, ``d4``, ``zn``): the
+other operand rotated once, the blocks decoded
 a chunk of rows at a time and the row factor applied once per row. The numbers are those of
 decode-then-multiply within float32 accumulation error; the numba kernels
 (:mod:`mmquant.kernels.products`) and the numpy reference (:mod:`mmquant.products.reference`) agree
@@ -58,9 +61,10 @@ def has_kernel(enc: Encoded) -> bool:
     return len(enc.shape) == 2 and isinstance(get(enc.spec), kinds)
 
 
-#: Views of the block records seen recently (a weight multiplied again is not checked again; the
-#: view holds float32 copies of the side arrays, and any code byte indexes inside its table).
-_VIEWS: weakref.WeakKeyDictionary[Encoded, BlockView] = weakref.WeakKeyDictionary()
+#: Views of the records seen recently (a weight multiplied again is not checked or unpacked again;
+#: a block view holds float32 copies of the side arrays, and any code byte indexes inside its
+#: table; a lattice view its digits and β indices, one byte each; dithered ones are not kept).
+_VIEWS: weakref.WeakKeyDictionary[Encoded, BlockView | LatticeView] = weakref.WeakKeyDictionary()
 
 
 def _view(enc: Encoded) -> BlockView | LatticeView:
@@ -68,10 +72,10 @@ def _view(enc: Encoded) -> BlockView | LatticeView:
     if v is not None:
         return v
     v = block_view(enc)
-    if v is not None:
-        _VIEWS[enc] = v
-    else:
+    if v is None:
         v = lattice_view(enc)
+    if v is not None and not (isinstance(v, LatticeView) and v.dithered):
+        _VIEWS[enc] = v
     if v is None:
         raise ValueError(
             f"{enc.spec!r} has no product from the codes (has_kernel is false); decode it and "

@@ -96,6 +96,8 @@ class LatticeView:
     blocks : callable
         ``blocks(r0, r1)`` returns the float64 ``(r1 − r0, ⌈n/8⌉·8)`` blocks ``β(y + u)`` of rows
         ``r0..r1-1`` (decoded a chunk of rows at a time, from the index coders of the record).
+    dithered : bool
+        Whether the view holds a float64 dither of every block (then it is not worth keeping).
     """
 
     rows: int
@@ -104,6 +106,7 @@ class LatticeView:
     mean: np.ndarray | None
     rotation: Any
     blocks: Any
+    dithered: bool = False
 
 
 def _quantizer(enc: Encoded) -> Quantizer:
@@ -247,6 +250,9 @@ def lattice_view(enc: Encoded) -> LatticeView | None:
                 raise ValueError(f"corrupt codes: a β index is not below {k}")
         else:
             bi = np.zeros(nb, np.int64)
+    # kept compact (the view of a weight is kept for its next products): one byte per digit
+    digits = digits.astype(np.min_scalar_type(max(int(np.max(qs)) - 1, 0)))
+    bi = np.asarray(bi).astype(np.min_scalar_type(max(k - 1, 0)))
     lat = lattice(q.lattice_name)
     # the dither (dither=true only) is drawn for every block at once, as the decoder does
     u_all = voronoi.dither(nb, lat, int(enc.side["dither_seed"][0])) if q.dither else None
@@ -260,4 +266,4 @@ def lattice_view(enc: Encoded) -> LatticeView | None:
     row_scale = norm.astype(np.float64) * alpha
     mean = enc.side["mean"].astype(np.float64) if q.center else None
     rot = rotation(n, q.seed) if q.rotate else None
-    return LatticeView(rows, n, row_scale, mean, rot, blocks)
+    return LatticeView(rows, n, row_scale, mean, rot, blocks, u_all is not None)
