@@ -20,7 +20,15 @@ import numba
 import numpy as np
 
 from mmquant.kernels import numba_cache
-from mmquant.kernels.simd import TILE, lut4_group8, lut4_group16, simd_width
+from mmquant.kernels.simd import (
+    TB,
+    TILE,
+    lut4_group8,
+    lut4_group8x4,
+    lut4_group16,
+    lut4_group16x4,
+    simd_width,
+)
 
 __all__ = ["block_product", "lattice_dot"]
 
@@ -149,39 +157,52 @@ def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum,
 
 @numba.njit(**_opts)
 def _tiles_lut16(codes, table, scale, offset, has_off, g, x, u, vsum, out):
-    """4-bit tiles with the AVX-512 look-up (:func:`mmquant.kernels.simd.lut4_group16`)."""
+    """4-bit tiles with the AVX-512 look-ups (:mod:`mmquant.kernels.simd`); for a batch, ``x``
+    has a multiple of ``TB`` rows (zero rows past the ``out.shape[1]`` activations)."""
     tiles = codes.shape[0]
-    b, n = x.shape
+    n = x.shape[1]
+    b = out.shape[1]
     ng = scale.shape[1]
     for ti in numba.prange(tiles):
-        acc = np.empty(TILE, np.float32)
+        acc = np.empty((TB, TILE), np.float32)
         y = np.zeros((b, TILE))
         cf = codes[ti]
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            for t in range(b):
-                lut4_group16(cf, j0 * _H, gl, x[t], j0, table, acc)
-                _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
+            if b == 1:
+                lut4_group16(cf, j0 * _H, gl, x, 0, j0, table, acc)
+                _add_group(y, acc[0], scale, offset, has_off, ti, k, 0, u, vsum)
+            else:
+                for t0 in range(0, b, TB):
+                    lut4_group16x4(cf, j0 * _H, gl, x, t0, j0, table, acc)
+                    for s in range(min(TB, b - t0)):
+                        _add_group(y, acc[s], scale, offset, has_off, ti, k, t0 + s, u, vsum)
         _store(out, y, ti)
 
 
 @numba.njit(**_opts)
 def _tiles_lut8(codes, table, scale, offset, has_off, g, x, u, vsum, out):
-    """4-bit tiles with the AVX2 look-up (:func:`mmquant.kernels.simd.lut4_group8`)."""
+    """4-bit tiles with the AVX2 look-ups; as :func:`_tiles_lut16`."""
     tiles = codes.shape[0]
-    b, n = x.shape
+    n = x.shape[1]
+    b = out.shape[1]
     ng = scale.shape[1]
     for ti in numba.prange(tiles):
-        acc = np.empty(TILE, np.float32)
+        acc = np.empty((TB, TILE), np.float32)
         y = np.zeros((b, TILE))
         cf = codes[ti]
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            for t in range(b):
-                lut4_group8(cf, j0 * _H, gl, x[t], j0, table, acc)
-                _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
+            if b == 1:
+                lut4_group8(cf, j0 * _H, gl, x, 0, j0, table, acc)
+                _add_group(y, acc[0], scale, offset, has_off, ti, k, 0, u, vsum)
+            else:
+                for t0 in range(0, b, TB):
+                    lut4_group8x4(cf, j0 * _H, gl, x, t0, j0, table, acc)
+                    for s in range(min(TB, b - t0)):
+                        _add_group(y, acc[s], scale, offset, has_off, ti, k, t0 + s, u, vsum)
         _store(out, y, ti)
 
 
@@ -210,10 +231,11 @@ def block_product(
     u = np.ascontiguousarray(u, np.float64)
     vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
     args = (tv.scale, tv.offset, tv.has_offset, tv.group, x, u, vs, out)
-    if tv.nibbles and simd == 16:
-        _tiles_lut16(tv.codes, tv.table, *args)
-    elif tv.nibbles and simd == 8:
-        _tiles_lut8(tv.codes, tv.table, *args)
+    if tv.nibbles and simd:
+        if b > 1 and b % TB:  # the batched look-ups read TB activations at a time
+            x = np.concatenate([x, np.zeros((TB - b % TB, x.shape[1]), np.float32)])
+        kernel = _tiles_lut16 if simd == 16 else _tiles_lut8
+        kernel(tv.codes, tv.table, tv.scale, tv.offset, tv.has_offset, tv.group, x, u, vs, out)
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)

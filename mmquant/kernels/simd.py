@@ -24,7 +24,15 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["simd_width", "lut4_group16", "lut4_group8", "TILE"]
+__all__ = [
+    "simd_width",
+    "lut4_group16",
+    "lut4_group16x4",
+    "lut4_group8",
+    "lut4_group8x4",
+    "TILE",
+    "TB",
+]
 
 #: Rows per tile (must equal :data:`mmquant.products.tiles.TILE`; 2 rows per byte).
 TILE = 64
@@ -55,25 +63,30 @@ def simd_width() -> int:
     return 0
 
 
-def _make(vec: int):
-    """The intrinsic for ``vec`` float32 lanes per register (16 or 8)."""
+def _make(vec: int, tb: int):
+    """The intrinsic for ``vec`` float32 lanes per register (16 or 8) and ``tb`` activations."""
     name = "llvm.x86.avx512.permvar.sf.512" if vec == 16 else "llvm.x86.avx2.permps"
 
     @intrinsic
-    def lut4_group(typingctx, codes, c0, ncols, x, x0, table, acc):
-        """``acc[r] = Σ_{jj < ncols} fl32(table[code(r, jj)] · x[x0 + jj])`` for the ``TILE``
-        rows of a tile whose column ``jj`` starts at byte ``c0 + jj·H`` of ``codes``."""
-        sig = types.void(codes, c0, ncols, x, x0, table, acc)
+    def lut4_group(typingctx, codes, c0, ncols, x, t0, x0, table, acc):
+        """``acc[s, r] = Σ_{jj < ncols} fl32(table[code(r, jj)] · x[t0 + s, x0 + jj])`` for the
+        ``TILE`` rows ``r`` of a tile whose column ``jj`` starts at byte ``c0 + jj·H`` of
+        ``codes``, and the ``tb`` activations ``s`` (``x`` C-contiguous ``(b, n)``, ``acc``
+        ``(tb, TILE)``)."""
+        sig = types.void(codes, c0, ncols, x, t0, x0, table, acc)
 
         def codegen(context, builder, signature, args):
             a = signature.args
             cptr = context.make_array(a[0])(context, builder, args[0]).data
-            xptr = context.make_array(a[3])(context, builder, args[3]).data
-            tptr = context.make_array(a[5])(context, builder, args[5]).data
-            aptr = context.make_array(a[6])(context, builder, args[6]).data
+            xarr = context.make_array(a[3])(context, builder, args[3])
+            xptr = xarr.data
+            nrow = cgutils.unpack_tuple(builder, xarr.shape, 2)[1]
+            tptr = context.make_array(a[6])(context, builder, args[6]).data
+            aptr = context.make_array(a[7])(context, builder, args[7]).data
             c0v = context.cast(builder, args[1], a[1], types.intp)
             ncv = context.cast(builder, args[2], a[2], types.intp)
-            x0v = context.cast(builder, args[4], a[4], types.intp)
+            t0v = context.cast(builder, args[4], a[4], types.intp)
+            x0v = context.cast(builder, args[5], a[5], types.intp)
             f32, i32, i8, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(8), ir.IntType(64)
             vf, vi, vb = ir.VectorType(f32, vec), ir.VectorType(i32, vec), ir.VectorType(i8, vec)
             perm = cgutils.get_or_insert_function(
@@ -89,11 +102,23 @@ def _make(vec: int):
                 )
                 for p in range(16 // vec)
             ]
+            # the first entry of each activation's row segment
+            xrows = [
+                builder.gep(
+                    xptr,
+                    [builder.add(builder.mul(builder.add(t0v, ir.Constant(i64, s)), nrow), x0v)],
+                )
+                for s in range(tb)
+            ]
             zero = ir.Constant(vf, [0.0] * vec)
             chunks = _H // vec
-            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2 * chunks)]
-            for s in accs:  # (alloca_once_value stores only in the entry block)
-                builder.store(zero, s)
+            accs = [
+                [cgutils.alloca_once_value(builder, zero) for _ in range(2 * chunks)]
+                for _ in range(tb)
+            ]
+            for row in accs:  # (alloca_once_value stores only in the entry block)
+                for slot in row:
+                    builder.store(zero, slot)
             m15 = ir.Constant(vi, [15] * vec)
             m8 = ir.Constant(vi, [8] * vec)
             s4 = ir.Constant(vi, [4] * vec)
@@ -101,35 +126,44 @@ def _make(vec: int):
             undef = ir.Constant(vf, ir.Undefined)
             splat = ir.Constant(vi, [0] * vec)
 
-            def look(prods, idx):
+            def look(prods, idx, upper):
                 if vec == 16:
                     return builder.call(perm, [prods[0], idx])
                 lo = builder.call(perm, [prods[0], idx])
                 hi = builder.call(perm, [prods[1], idx])
-                upper = builder.icmp_unsigned("!=", builder.and_(idx, m8), izero)
                 return builder.select(upper, hi, lo)
 
             with cgutils.for_range(builder, ncv) as loop:
                 jj = loop.index
-                xj = builder.load(builder.gep(xptr, [builder.add(x0v, jj)]))
-                xs = builder.shuffle_vector(
-                    builder.insert_element(undef, xj, ir.Constant(i32, 0)), undef, splat
-                )
-                prods = [builder.fmul(p, xs) for p in parts]
                 base = builder.add(c0v, builder.mul(jj, ir.Constant(i64, _H)))
+                idx = []  # (index, bit-3 mask) of the low and high nibbles of every chunk
                 for q in range(chunks):
                     bp = builder.gep(cptr, [builder.add(base, ir.Constant(i64, vec * q))])
                     byte = builder.load(builder.bitcast(bp, vb.as_pointer()), align=1)
                     b32 = builder.zext(byte, vi)
-                    lo = look(prods, builder.and_(b32, m15))
-                    hi = look(prods, builder.lshr(b32, s4))
-                    builder.store(builder.fadd(builder.load(accs[q]), lo), accs[q])
-                    hq = accs[chunks + q]
-                    builder.store(builder.fadd(builder.load(hq), hi), hq)
-            for q in range(2 * chunks):
-                off = vec * q if q < chunks else _H + vec * (q - chunks)
-                dst = builder.bitcast(builder.gep(aptr, [ir.Constant(i64, off)]), vf.as_pointer())
-                builder.store(builder.load(accs[q]), dst, align=4)
+                    for nib in (builder.and_(b32, m15), builder.lshr(b32, s4)):
+                        up = None
+                        if vec != 16:
+                            up = builder.icmp_unsigned("!=", builder.and_(nib, m8), izero)
+                        idx.append((nib, up))
+                for s in range(tb):
+                    xj = builder.load(builder.gep(xrows[s], [jj]))
+                    xs = builder.shuffle_vector(
+                        builder.insert_element(undef, xj, ir.Constant(i32, 0)), undef, splat
+                    )
+                    prods = [builder.fmul(p, xs) for p in parts]
+                    for q in range(chunks):
+                        for h in range(2):  # low nibbles: rows vec·q.., high: H + vec·q..
+                            nib, up = idx[2 * q + h]
+                            slot = accs[s][h * chunks + q]
+                            val = look(prods, nib, up)
+                            builder.store(builder.fadd(builder.load(slot), val), slot)
+            for s in range(tb):
+                for q in range(2 * chunks):
+                    off = s * TILE + (vec * q if q < chunks else _H + vec * (q - chunks))
+                    dst = builder.gep(aptr, [ir.Constant(i64, off)])
+                    dst = builder.bitcast(dst, vf.as_pointer())
+                    builder.store(builder.load(accs[s][q]), dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -137,7 +171,11 @@ def _make(vec: int):
     return lut4_group
 
 
-#: The AVX-512 variant (16 lanes); compile only where :func:`simd_width` is 16.
-lut4_group16 = _make(16)
-#: The AVX2 variant (8 lanes); compile only where :func:`simd_width` is at least 8.
-lut4_group8 = _make(8)
+#: Activations per call of the batched variants.
+TB = 4
+#: The AVX-512 variants (16 lanes; 1 or :data:`TB` activations); only where simd_width() is 16.
+lut4_group16 = _make(16, 1)
+lut4_group16x4 = _make(16, TB)
+#: The AVX2 variants (8 lanes); only where :func:`simd_width` is at least 8.
+lut4_group8 = _make(8, 1)
+lut4_group8x4 = _make(8, TB)

@@ -58,7 +58,7 @@ def test_tile_layout_holds_every_code():
         "lloydmax:bits=4",
     ],
 )
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 6])
 def test_every_simd_variant_is_bit_exact(spec, batch):
     rng = np.random.default_rng(1)
     rows, n = TILE + 9, 70  # a partial tile and a partial last group
