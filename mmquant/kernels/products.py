@@ -48,7 +48,6 @@ _helper = {
     "inline": "always",
 }
 _H = TILE // 2
-_F8 = np.float32(8.0)
 
 
 @numba.njit(**_helper)
@@ -128,22 +127,63 @@ def _store(out, y, ti):  # pragma: no cover - compiled
                 out[i, t] = y[t, r] + 0.0
 
 
+@numba.njit(**_helper)
+def _decode_group(codes, c0, ncols, nibbles, table, buf):  # pragma: no cover - compiled
+    """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile."""
+    for jj in range(ncols):
+        w = buf[jj]
+        if nibbles:
+            c = codes[c0 + jj * _H : c0 + jj * _H + _H]
+            for r in range(_H):
+                w[r] = table[c[r] & 15]
+                w[r + _H] = table[c[r] >> 4]
+        else:
+            c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
+            for r in range(TILE):
+                w[r] = table[c[r]]
+
+
+@numba.njit(**_helper)
+def _dot_group(buf, ncols, x, x0, acc):  # pragma: no cover - compiled
+    """``acc[r] = Σ_jj fl32(buf[jj, r] · x[x0 + jj])`` in increasing ``jj`` from ``+0.0``."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        w = buf[jj]
+        for r in range(TILE):
+            acc[r] += w[r] * xj
+
+
+#: Largest group decoded once into a buffer for a batch (``BUFFERED · TILE`` float32, in cache).
+BUFFERED = 256
+
+
 @numba.njit(**_opts)
 def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum, out):
-    """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table)."""
+    """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table).
+
+    For a batch with groups of at most :data:`BUFFERED` columns, each group of a tile is decoded
+    once into a float32 buffer, then dotted with every activation."""
     tiles = codes.shape[0]
     b, n = x.shape
     ng = scale.shape[1]
     per = _H if mode < 2 else TILE  # bytes per column
+    buffered = b > 1 and g <= BUFFERED
     for ti in numba.prange(tiles):
         acc = np.empty(TILE, np.float32)
+        buf = np.empty((g if buffered else 1, TILE), np.float32)
         y = np.zeros((b, TILE))
         cf = codes[ti]
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
+            if buffered:
+                _decode_group(cf, j0 * per, gl, mode < 2, table, buf)
             for t in range(b):
-                if mode == 0:
+                if buffered:
+                    _dot_group(buf, gl, x[t], j0, acc)
+                elif mode == 0:
                     _nib_int(cf, j0 * per, gl, x[t], j0, base, acc)
                 elif mode == 1:
                     _nib_table(cf, j0 * per, gl, x[t], j0, table, acc)
