@@ -6,7 +6,7 @@ is timed against numpy's float32 ``W @ x`` in the same run, and the codes' achie
 (stored bytes of the record / time) is printed beside the float32 memcpy bandwidth
 (``np.copyto`` of the weight matrix). ``W4A4`` rows time codes × codes
 (:func:`mmquant.products.product`: an int4 weight record times an int4 activation record, the
-activations decoded). Targets: 4-bit block codes ≥ 3× float32 at b = 1 and ≥ 1.5× at b = 16;
+activations read as integers: exact integer group sums). Targets: 4-bit block codes ≥ 3× float32 at b = 1 and ≥ 1.5× at b = 16;
 ``e8:group=32`` ≥ 1× at b = 1; W4A4 ≥ 2× at b = 1. Best of ``--repeat`` calls after a warm-up, the
 product and numpy's float32 called in turn (kernel compilation, the record's check and the row-tiled
 copy of the codes are not timed: they are made once per weight). On a busy machine, time one

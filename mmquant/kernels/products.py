@@ -196,12 +196,12 @@ def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum,
 
 
 @numba.njit(**_opts)
-def _tiles_lut16(codes, table, scale, offset, has_off, g, x, u, vsum, out):
-    """4-bit tiles with the AVX-512 look-ups (:mod:`mmquant.kernels.simd`); for a batch, ``x``
-    has a multiple of ``TB`` rows (zero rows past the ``out.shape[1]`` activations)."""
+def _tiles_lut16(codes, table, scale, offset, has_off, g, n, xg, u, vsum, out):
+    """4-bit tiles with the AVX-512 look-ups (:mod:`mmquant.kernels.simd`); the activations
+    group-major (:func:`_group_major`: ``xg[k·bp + t]`` is group ``k`` of activation ``t``)."""
     tiles = codes.shape[0]
-    n = x.shape[1]
     b = out.shape[1]
+    bp = xg.shape[0] // scale.shape[1]
     ng = scale.shape[1]
     for ti in numba.prange(tiles):
         acc = np.empty((TB, TILE), np.float32)
@@ -211,22 +211,22 @@ def _tiles_lut16(codes, table, scale, offset, has_off, g, x, u, vsum, out):
             j0 = k * g
             gl = min(g, n - j0)
             if b == 1:
-                lut4_group16(cf, j0 * _H, gl, x, 0, j0, table, acc)
+                lut4_group16(cf, j0 * _H, gl, xg, k * bp, 0, table, acc)
                 _add_group(y, acc[0], scale, offset, has_off, ti, k, 0, u, vsum)
             else:
                 for t0 in range(0, b, TB):
-                    lut4_group16x4(cf, j0 * _H, gl, x, t0, j0, table, acc)
+                    lut4_group16x4(cf, j0 * _H, gl, xg, k * bp + t0, 0, table, acc)
                     for s in range(min(TB, b - t0)):
                         _add_group(y, acc[s], scale, offset, has_off, ti, k, t0 + s, u, vsum)
         _store(out, y, ti)
 
 
 @numba.njit(**_opts)
-def _tiles_lut8(codes, table, scale, offset, has_off, g, x, u, vsum, out):
+def _tiles_lut8(codes, table, scale, offset, has_off, g, n, xg, u, vsum, out):
     """4-bit tiles with the AVX2 look-ups; as :func:`_tiles_lut16`."""
     tiles = codes.shape[0]
-    n = x.shape[1]
     b = out.shape[1]
+    bp = xg.shape[0] // scale.shape[1]
     ng = scale.shape[1]
     for ti in numba.prange(tiles):
         acc = np.empty((TB, TILE), np.float32)
@@ -236,14 +236,25 @@ def _tiles_lut8(codes, table, scale, offset, has_off, g, x, u, vsum, out):
             j0 = k * g
             gl = min(g, n - j0)
             if b == 1:
-                lut4_group8(cf, j0 * _H, gl, x, 0, j0, table, acc)
+                lut4_group8(cf, j0 * _H, gl, xg, k * bp, 0, table, acc)
                 _add_group(y, acc[0], scale, offset, has_off, ti, k, 0, u, vsum)
             else:
                 for t0 in range(0, b, TB):
-                    lut4_group8x4(cf, j0 * _H, gl, x, t0, j0, table, acc)
+                    lut4_group8x4(cf, j0 * _H, gl, xg, k * bp + t0, 0, table, acc)
                     for s in range(min(TB, b - t0)):
                         _add_group(y, acc[s], scale, offset, has_off, ti, k, t0 + s, u, vsum)
         _store(out, y, ti)
+
+
+def _group_major(x: np.ndarray, g: int, ng: int) -> np.ndarray:
+    """``(b, n)`` activations → ``(ng·bp, g)``: row ``k·bp + t`` is group ``k`` of activation
+    ``t`` (zero-padded; ``bp`` is 1, or ``b`` rounded up to a multiple of ``TB``), so that the
+    activations of one group lie together in memory."""
+    b, n = x.shape
+    bp = 1 if b == 1 else -(-b // TB) * TB
+    xp = np.zeros((bp, ng * g), np.float32)
+    xp[:b, :n] = x
+    return np.ascontiguousarray(xp.reshape(bp, ng, g).transpose(1, 0, 2)).reshape(ng * bp, g)
 
 
 def block_product(
@@ -272,10 +283,11 @@ def block_product(
     vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
     args = (tv.scale, tv.offset, tv.has_offset, tv.group, x, u, vs, out)
     if tv.nibbles and simd:
-        if b > 1 and b % TB:  # the batched look-ups read TB activations at a time
-            x = np.concatenate([x, np.zeros((TB - b % TB, x.shape[1]), np.float32)])
+        xg = _group_major(x, tv.group, tv.scale.shape[1])
         kernel = _tiles_lut16 if simd == 16 else _tiles_lut8
-        kernel(tv.codes, tv.table, tv.scale, tv.offset, tv.has_offset, tv.group, x, u, vs, out)
+        kernel(
+            tv.codes, tv.table, tv.scale, tv.offset, tv.has_offset, tv.group, tv.n, xg, u, vs, out
+        )
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)
