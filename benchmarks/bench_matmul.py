@@ -82,7 +82,7 @@ def main() -> None:
     print(machine())
     simd = ""
     if resolve() == "numba":
-        from mmquant.kernels.simd import simd_width
+        from mmquant.kernels.products import simd_width
 
         simd = f", 4-bit look-ups in {simd_width() * 32 or 'no'}-bit SIMD registers"
     print(f"backend: {resolve()}{simd}")

@@ -13,7 +13,7 @@ from mmquant.products.records import block_view
 from mmquant.products.tiles import TILE, integer_base, tile_view
 
 kp = pytest.importorskip("mmquant.kernels.products")
-simd = pytest.importorskip("mmquant.kernels.simd")
+simd = kp
 
 VARIANTS = [w for w in (0, 8, 16) if w <= simd.simd_width()]
 
