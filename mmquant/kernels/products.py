@@ -257,6 +257,18 @@ def _byte_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compile
 
 
 @numba.njit(**_helper)
+def _byte_signed(codes, c0, ncols, x, x0, step, acc):  # pragma: no cover - compiled
+    """One code per byte, ``int8(c) · step`` (``step`` a power of two: exact)."""
+    for r in range(TILE):
+        acc[r] = 0.0
+    for jj in range(ncols):
+        xj = x[x0 + jj]
+        c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
+        for r in range(TILE):
+            acc[r] += (np.float32(np.int32(np.int8(c[r]))) * step) * xj
+
+
+@numba.njit(**_helper)
 def _byte_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compiled
     """One code per byte through a 256-entry table."""
     for r in range(TILE):
@@ -327,7 +339,8 @@ BUFFERED = 256
 
 @numba.njit(**_opts)
 def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum, out):
-    """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table).
+    """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table,
+    4 signed byte; ``base`` is the integer base of modes 0 and 2, the step of mode 4).
 
     For a batch with groups of at most :data:`BUFFERED` columns, each group of a tile is decoded
     once into a float32 buffer, then dotted with every activation."""
@@ -355,6 +368,8 @@ def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum,
                     _nib_table(cf, j0 * per, gl, x[t], j0, table, acc)
                 elif mode == 2:
                     _byte_int(cf, j0 * per, gl, x[t], j0, base, acc)
+                elif mode == 4:
+                    _byte_signed(cf, j0 * per, gl, x[t], j0, base, acc)
                 else:
                     _byte_table(cf, j0 * per, gl, x[t], j0, table, acc)
                 _add_group(y, acc, scale, offset, has_off, ti, k, t, u, vsum)
@@ -457,6 +472,8 @@ def block_product(
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)
+        if mode == 3 and tv.step is not None:
+            mode, base = 4, np.float32(tv.step)
         _tiles_loop(tv.codes, mode, tv.table, base, *args)
     return out
 

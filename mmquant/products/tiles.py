@@ -30,7 +30,7 @@ import numpy as np
 from mmquant.packing import unpack
 from mmquant.products.records import BlockView
 
-__all__ = ["TILE", "TileView", "tile_view", "integer_base"]
+__all__ = ["TILE", "TileView", "tile_view", "integer_base", "signed_step"]
 
 #: Rows per tile (one SIMD lane per row; 4 AVX-512 or 8 AVX2 registers of float32 per column).
 TILE = 64
@@ -51,6 +51,9 @@ class TileView:
     base : float or None
         When every entry of the table is ``code + base`` (integer formats), ``base``: a code
         then decodes arithmetically, without a look-up.
+    step : float or None
+        When the table is ``int8(code) · step`` (256 entries, ``step`` a power of two: MX INT8),
+        ``step``: a code then decodes arithmetically, as a signed byte.
     scale, offset : numpy.ndarray
         float32 ``(tiles, groups, TILE)``; ``offset`` is all zeros for formats without one.
     has_offset : bool
@@ -63,6 +66,7 @@ class TileView:
     nibbles: bool
     table: np.ndarray
     base: float | None
+    step: float | None
     scale: np.ndarray
     offset: np.ndarray
     has_offset: bool
@@ -78,6 +82,18 @@ def integer_base(table: np.ndarray) -> float | None:
     if b == round(b) and np.array_equal(t, np.arange(t.size) + b):
         return b
     return None
+
+
+def signed_step(table: np.ndarray) -> float | None:
+    """``s`` when ``table[c] == int8(c) · s`` for all 256 codes with ``s`` a power of two."""
+    t = np.asarray(table, np.float64)
+    if t.size != 256:
+        return None
+    s = float(t[1])
+    if not (s > 0 and np.frexp(s)[0] == 0.5):
+        return None
+    signed = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64)
+    return s if np.array_equal(t, signed * s) else None
 
 
 def _tiled(a: np.ndarray, tiles: int) -> np.ndarray:
@@ -108,6 +124,7 @@ def tile_view(view: BlockView) -> TileView:
         nibbles=nibbles,
         table=table,
         base=integer_base(view.table),
+        step=signed_step(view.table),
         scale=scale,
         offset=offset,
         has_offset=has_offset,

@@ -10,7 +10,7 @@ import mmquant as mq
 from mmquant.packing import unpack
 from mmquant.products import product, reference, times
 from mmquant.products.records import block_view
-from mmquant.products.tiles import TILE, integer_base, tile_view
+from mmquant.products.tiles import TILE, integer_base, signed_step, tile_view
 
 kp = pytest.importorskip("mmquant.kernels.products")
 simd = kp
@@ -27,6 +27,14 @@ def test_integer_base():
     assert integer_base(np.arange(256, dtype=np.float32)) == 0.0
     assert integer_base(np.arange(16, dtype=np.float32) * 0.5) is None
     assert integer_base(np.arange(16, dtype=np.float32) + 0.5) is None
+
+
+def test_signed_step():
+    signed = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
+    assert signed_step(signed / 64) == 1 / 64
+    assert signed_step(signed * 0.3) is None  # not a power of two
+    assert signed_step(np.arange(256, dtype=np.float32)) is None
+    assert signed_step(signed[:16]) is None
 
 
 def test_tile_layout_holds_every_code():
@@ -56,6 +64,8 @@ def test_tile_layout_holds_every_code():
         "fp:fmt=e2m1",
         "int:bits=4,affine=true,group=24",
         "lloydmax:bits=4",
+        "mxint8",
+        "int:bits=8",
     ],
 )
 @pytest.mark.parametrize("batch", [1, 3, 6])
