@@ -306,19 +306,32 @@ def _store(out, y, ti):  # pragma: no cover - compiled
 
 
 @numba.njit(**_helper)
-def _decode_group(codes, c0, ncols, nibbles, table, buf):  # pragma: no cover - compiled
-    """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile."""
+def _decode_group(codes, c0, ncols, mode, table, base, buf):  # pragma: no cover - compiled
+    """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile (``mode`` and
+    ``base`` as in :func:`_tiles_loop`: arithmetic where the table allows it)."""
     for jj in range(ncols):
         w = buf[jj]
-        if nibbles:
+        if mode < 2:
             c = codes[c0 + jj * _H : c0 + jj * _H + _H]
-            for r in range(_H):
-                w[r] = table[c[r] & 15]
-                w[r + _H] = table[c[r] >> 4]
+            if mode == 0:
+                for r in range(_H):
+                    w[r] = np.float32(np.int32(c[r] & 15)) + base
+                    w[r + _H] = np.float32(np.int32(c[r] >> 4)) + base
+            else:
+                for r in range(_H):
+                    w[r] = table[c[r] & 15]
+                    w[r + _H] = table[c[r] >> 4]
         else:
             c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
-            for r in range(TILE):
-                w[r] = table[c[r]]
+            if mode == 2:
+                for r in range(TILE):
+                    w[r] = np.float32(np.int32(c[r])) + base
+            elif mode == 4:
+                for r in range(TILE):
+                    w[r] = np.float32(np.int32(np.int8(c[r]))) * base
+            else:
+                for r in range(TILE):
+                    w[r] = table[c[r]]
 
 
 @numba.njit(**_helper)
@@ -347,7 +360,7 @@ def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum,
     tiles = codes.shape[0]
     b, n = x.shape
     ng = scale.shape[1]
-    per = _H if mode < 2 else TILE  # bytes per column
+    per = _H if mode < 2 else TILE  # bytes per column (modes 2, 3 and 4: one code per byte)
     buffered = b > 1 and g <= BUFFERED
     for ti in numba.prange(tiles):
         acc = np.empty(TILE, np.float32)
@@ -358,7 +371,7 @@ def _tiles_loop(codes, mode, table, base, scale, offset, has_off, g, x, u, vsum,
             j0 = k * g
             gl = min(g, n - j0)
             if buffered:
-                _decode_group(cf, j0 * per, gl, mode < 2, table, buf)
+                _decode_group(cf, j0 * per, gl, mode, table, base, buf)
             for t in range(b):
                 if buffered:
                     _dot_group(buf, gl, x[t], j0, acc)
