@@ -167,6 +167,13 @@ def matmul(enc_a: Encoded, enc_b: Encoded) -> np.ndarray:
     -------
     numpy.ndarray
         The a×b estimate ``Âᵀ B̂`` in float64.
+
+    Notes
+    -----
+    When either family has a product path (:func:`mmquant.products.has_kernel`: the block formats
+    and the lattice codes), the larger record is multiplied straight from its codes
+    (:func:`mmquant.products.product`: equal to decode-then-multiply within float32 accumulation
+    error); otherwise both are decoded and multiplied in float64.
     """
     for nm, e in (("enc_a", enc_a), ("enc_b", enc_b)):
         if not isinstance(e, Encoded):
@@ -177,6 +184,10 @@ def matmul(enc_a: Encoded, enc_b: Encoded) -> np.ndarray:
         raise ValueError(
             f"inner dimensions differ: Aᵀ is {enc_a.shape}, Bᵀ is {enc_b.shape} (need equal n)"
         )
+    from mmquant.products import has_kernel, product
+
+    if has_kernel(enc_a) or has_kernel(enc_b):
+        return product(enc_a, enc_b)
     at = get(enc_a.spec).decode(enc_a).astype(np.float64)
     bt = get(enc_b.spec).decode(enc_b).astype(np.float64)
     return at @ bt.T

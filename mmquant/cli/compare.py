@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +28,15 @@ def rows_table(rows: list[CompareRow], title: str) -> Table:
     """A rich table of compare rows."""
     t = Table(title=title)
     t.add_column("quantizer", style="cyan")
-    for col in ("bits/entry", "product error", "SQNR dB", "gap dB", "gap bits", "encode M/s"):
+    for col in (
+        "bits/entry",
+        "product error",
+        "SQNR dB",
+        "gap dB",
+        "gap bits",
+        "encode M/s",
+        "product ×f32",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -38,6 +47,7 @@ def rows_table(rows: list[CompareRow], title: str) -> Table:
             f"{r.gap_db:.2f}",
             f"{r.gap_bits:.3f}",
             f"{r.encode_meps:.1f}",
+            "—" if math.isnan(r.product_speed) else f"{r.product_speed:.2f}",
         )
     return t
 

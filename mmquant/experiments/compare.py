@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from mmquant.core import Quantizer, get, registry
+from mmquant.core import Encoded, Quantizer, get, registry
 from mmquant.data import MatrixPair
 from mmquant.experiments.plots import plot_gamma
 from mmquant.metrics import exact_product, gap_bits, gap_db, product_error_of
+from mmquant.products import has_kernel, times
 
-__all__ = ["CompareRow", "compare", "default_quantizers", "plot_compare"]
+__all__ = ["CompareRow", "compare", "default_quantizers", "plot_compare", "product_speed"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class CompareRow:
         after one warm-up encode (JIT compilation and cached designs are not counted).
     pairs : int
         Number of matrix pairs averaged.
+    product_speed : float
+        Speed of the product from the codes relative to float32: the time of a numpy float32
+        GEMV ``Aᵀv`` divided by that of :func:`mmquant.products.times` on the record of ``Aᵀ``
+        (first pair; best of a few calls; > 1 is faster than float32). NaN for families without
+        a product from the codes.
     """
 
     spec: str
@@ -52,6 +58,7 @@ class CompareRow:
     gap_bits: float
     encode_meps: float
     pairs: int
+    product_speed: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-dict form."""
@@ -101,6 +108,7 @@ def compare(
         errs, sqnrs, rates = [], [], []
         t_enc = 0.0
         n_entries = 0
+        ea0: Encoded | None = None
         # warm-up outside the timing: JIT compilation and per-process designs (cached β lists,
         # codebooks) are paid once, not per matrix
         q.encode(pairs[0].a.T[:2])
@@ -110,11 +118,14 @@ def compare(
             ea = q.encode(at)
             eb = q.encode(bt)
             t_enc += time.perf_counter() - t0
+            if ea0 is None:
+                ea0 = ea
             n_entries += at.size + bt.size
             rep = product_error_of(p.a, p.b, ea, eb, exact=exact)
             errs.append(rep.error)
             sqnrs.append(rep.sqnr_db)
             rates.append(rep.rate)
+        speed = product_speed(ea0, pairs[0].a.T) if ea0 is not None else float("nan")
         err = float(np.mean(errs))
         rate = float(np.mean(rates))
         rows.append(
@@ -128,12 +139,36 @@ def compare(
                 gap_bits=gap_bits(err, rate),
                 encode_meps=n_entries / max(t_enc, 1e-12) / 1e6,
                 pairs=len(pairs),
+                product_speed=speed,
             )
         )
         if progress is not None:
             progress(q.spec)
     rows.sort(key=lambda r: r.gap_db)
     return rows
+
+
+def product_speed(enc: Encoded, at: np.ndarray, repeat: int = 5) -> float:
+    """float32 GEMV time over the time of the GEMV from the codes of ``enc`` (a record of ``at``).
+
+    One vector, best of ``repeat`` calls each after a warm-up call (kernel compilation and the
+    record's check are not timed). NaN when the family has no product from the codes.
+    """
+    if not has_kernel(enc):
+        return float("nan")
+    a32 = np.ascontiguousarray(at, np.float32)
+    v = np.random.default_rng(0).standard_normal(a32.shape[1]).astype(np.float32)
+
+    def best(fn: Callable[[], object]) -> float:
+        fn()
+        out = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            out = min(out, time.perf_counter() - t0)
+        return max(out, 1e-9)
+
+    return best(lambda: a32 @ v) / best(lambda: times(enc, v))
 
 
 def plot_compare(rows: Sequence[CompareRow], path: str | Path, title: str = "") -> None:

@@ -38,7 +38,7 @@ BACKENDS = ("auto", "numpy", "numba")
 #: Environment variable read when the backend asked for is ``"auto"``.
 ENV_VAR = "MMQUANT_KERNELS"
 #: The kernel modules of this package (:func:`load` takes one of these names).
-MODULES = ("formats", "compander", "lattice", "trellis")
+MODULES = ("formats", "compander", "lattice", "trellis", "products")
 
 
 def resolve(backend: str = "auto") -> str:
@@ -95,7 +95,7 @@ def load(name: str, backend: str = "auto") -> ModuleType | None:
 
     Parameters
     ----------
-    name : {"formats", "compander", "lattice", "trellis"}
+    name : {"formats", "compander", "lattice", "trellis", "products"}
         Which kernel module.
     backend : {"auto", "numpy", "numba"}
         Passed to :func:`resolve`.

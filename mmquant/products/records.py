@@ -1,0 +1,269 @@
+"""What the product kernels need to know about each family's records, in one place.
+
+The product kernels never see an :class:`~mmquant.core.Encoded` record: this adapter turns a
+checked record into a plain view of its codes (:class:`BlockView` for the scalar and block
+formats, :class:`LatticeView` for the nested-lattice codes). **All** knowledge of side-information
+key names, of where element tables live and of lattice internals is here, so that a change of the
+record layouts (renamed side keys, formats moved into a shared block engine, the lattice code split
+into modules) is followed by editing this one module.
+
+Every view is made from a record that passed its quantizer's :meth:`~mmquant.core.Quantizer.check`
+(exact code length, side arrays of the declared dtypes and shapes) and the checks of stored
+values that the family's decoder makes (negative or non-finite scales, E8M0 NaN, E4M3 NaN block
+scales, β lists), so a kernel indexing the views reads inside its buffers.
+
+Block view (every scalar and block family): entry ``j`` of row ``i`` has the code at bits
+``[(i·n + j)·w, (i·n + j + 1)·w)`` of ``codes`` (:mod:`mmquant.packing`), and decodes to
+``fl32(table[code] · scale[i, j // g])`` (``+ offset[i, j // g]`` for affine INT), exactly what the
+family's decoder computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmquant.core import Encoded, Quantizer, get
+
+__all__ = ["BlockView", "LatticeView", "block_view", "lattice_view", "IMPORTED"]
+
+#: The internals of other subpackages this adapter uses (reported for the integrator).
+IMPORTED = (
+    "mmquant.formats.integer: AbsmaxInt, group_size",
+    "mmquant.formats.minifloat: ScaledFloat, value_table",
+    "mmquant.formats.block: _MXQuantizer, NVFP4, _mx_table, _e8m0_values, _block_scale, "
+    "E8M0_BIAS, NVFP4_BLOCK, MX_BLOCK",
+    "mmquant.formats.nonuniform: NF4, NF4_LEVELS",
+    "mmquant.formats.compander: _RowCodebookQuantizer, DataCompander",
+    "mmquant.lattices.voronoi: _VoronoiQuantizer (._stored_qs, ._stored_grouping, .k, .union), "
+    "unpack_base_q, unpack_union, voronoi_decode_blocks, dither, _check_consumed",
+    "mmquant.lattices.grouping: unpack, unrank",
+    "mmquant.lattices.closest: lattice",
+    "mmquant.packing: unpack",
+    "mmquant.rotations: rotation",
+)
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """Codes of a scalar or block format as the product kernels read them.
+
+    Attributes
+    ----------
+    codes : numpy.ndarray
+        The record's packed codes (uint8, :mod:`mmquant.packing` layout over the whole matrix).
+    width : int
+        Bits per code, 1..8.
+    table : numpy.ndarray
+        float32 value of each of the ``2**width`` codes (in units of the scale).
+    scale : numpy.ndarray
+        float32 scale of every group, shape ``(rows, groups)``.
+    offset : numpy.ndarray or None
+        float32 offset of every group (affine INT), same shape; ``None`` otherwise.
+    group : int
+        Entries per group along a row (the last group of a row may be shorter).
+    rows, n : int
+        The matrix shape.
+    """
+
+    codes: np.ndarray
+    width: int
+    table: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray | None
+    group: int
+    rows: int
+    n: int
+
+
+@dataclass(frozen=True)
+class LatticeView:
+    """A nested-lattice record as the product path reads it.
+
+    Attributes
+    ----------
+    rows, n : int
+        The matrix shape.
+    row_scale : numpy.ndarray
+        float64 factor of every row, ``norm · α`` (the per-row RMS times the MMSE factor).
+    mean : numpy.ndarray or None
+        float64 row means (``center=true``), else ``None``.
+    rotation : object or None
+        The seeded rotation (``apply`` rotates rows of the other operand), ``None`` without one.
+    blocks : callable
+        ``blocks(r0, r1)`` returns the float64 ``(r1 − r0, ⌈n/8⌉·8)`` blocks ``β(y + u)`` of rows
+        ``r0..r1-1`` (decoded a chunk of rows at a time, from the index coders of the record).
+    dithered : bool
+        Whether the view holds a float64 dither of every block (then it is not worth keeping).
+    """
+
+    rows: int
+    n: int
+    row_scale: np.ndarray
+    mean: np.ndarray | None
+    rotation: Any
+    blocks: Any
+    dithered: bool = False
+
+
+def _quantizer(enc: Encoded) -> Quantizer:
+    if not isinstance(enc, Encoded):
+        raise TypeError(f"expected an Encoded record, got {type(enc).__name__}")
+    q = get(enc.spec)
+    q.check(enc)  # sizes, dtypes and shapes before anything indexes the buffers
+    if len(enc.shape) != 2:
+        raise ValueError(f"a product needs a record of a 2-D matrix, got shape {enc.shape}")
+    return q
+
+
+def _scales(s: np.ndarray, name: str) -> np.ndarray:
+    """Stored scales as float32 (exact from float16), refused if negative or not finite."""
+    s32 = np.asarray(s).astype(np.float32)  # (float16 checks are slow in numpy: check float32)
+    if s32.size and not (np.isfinite(s32.max()) and float(s32.min()) >= 0):
+        raise ValueError(f"corrupt side information: {name!r} holds a negative or non-finite scale")
+    return s32
+
+
+def block_view(enc: Encoded) -> BlockView | None:
+    """The :class:`BlockView` of a record, or ``None`` for a family without one.
+
+    Raises
+    ------
+    TypeError
+        ``enc`` is not an :class:`Encoded`.
+    ValueError
+        The record is malformed (its quantizer's :meth:`check`), not 2-D, or its stored scales
+        are corrupt (negative, non-finite, NaN codes).
+    """
+    from mmquant.formats import block, compander, integer, minifloat, nonuniform
+
+    q = _quantizer(enc)
+    rows, n = enc.shape
+    offset = None
+    if isinstance(q, (integer.AbsmaxInt, minifloat.ScaledFloat, nonuniform.NF4)):
+        scale = _scales(enc.side["scale"], "scale")
+        if isinstance(q, integer.AbsmaxInt):
+            width = q.bits
+            table = np.arange(2**width, dtype=np.float32)
+            if q.affine:
+                offset = enc.side["offset"].astype(np.float32)
+            else:
+                table -= np.float32(q.qmax)
+        elif isinstance(q, minifloat.ScaledFloat):
+            width, table = q.format.bits, minifloat.value_table(q.format)
+        else:
+            width, table = 4, nonuniform.NF4_LEVELS
+        group = q.group
+        if group == -1:  # one scale for the tensor: the same scale on every row
+            scale = np.full((rows, 1), scale.reshape(-1)[0], np.float32)
+            if offset is not None:
+                offset = np.full((rows, 1), offset.reshape(-1)[0], np.float32)
+        group = integer.group_size(n, group)
+    elif isinstance(q, block._MXQuantizer):
+        s = enc.side["scale"]
+        if s.size and int(s.max()) > 2 * block.E8M0_BIAS:
+            raise ValueError("corrupt side information: an E8M0 'scale' is 255 (NaN)")
+        width, table = q.element.bits, block._mx_table(q.element)
+        scale, group = block._e8m0_values(s), block.MX_BLOCK
+    elif isinstance(q, block.NVFP4):
+        b, s_t = enc.side["block_scale"], enc.side["tensor_scale"]
+        if (b.size and int(b.max()) >= 0x7F) or not (np.isfinite(s_t[0]) and s_t[0] >= 0):
+            raise ValueError(
+                "corrupt side information: an E4M3 'block_scale' is negative or NaN, or "
+                "'tensor_scale' is negative or not finite"
+            )
+        width, table = 4, minifloat.value_table("e2m1")
+        scale, group = block._block_scale(b, np.float32(s_t[0])), block.NVFP4_BLOCK
+    elif isinstance(q, compander._RowCodebookQuantizer) or isinstance(q, compander.DataCompander):
+        s = _scales(enc.side["scale"], "scale")
+        points = enc.side["points"] if "points" in enc.side else q.codebook().points
+        width, table = q.bits, np.asarray(points).astype(np.float32)
+        if table.size != 2**width or not np.all(np.isfinite(table)):
+            raise ValueError("corrupt side information: 'points' must be 2^bits finite values")
+        scale, group = s.reshape(rows, 1), n
+    else:
+        return None
+    group = max(1, min(group, n))
+    ng = -(-n // group)
+    scale = np.ascontiguousarray(scale, np.float32).reshape(rows, ng)
+    if offset is not None:
+        offset = np.ascontiguousarray(offset, np.float32).reshape(rows, ng)
+    table = np.ascontiguousarray(table, np.float32)
+    return BlockView(enc.codes, int(width), table, scale, offset, group, rows, n)
+
+
+def lattice_view(enc: Encoded) -> LatticeView | None:
+    """The :class:`LatticeView` of a nested-lattice record, or ``None`` for other families.
+
+    The index coders (base-q digits, β indices, union and group codes) are decoded here with the
+    lattice package's own functions, a chunk of rows at a time, inside :attr:`LatticeView.blocks`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`block_view` (corrupt β lists, norms, β indices, code lengths).
+    """
+    from mmquant.lattices import grouping, voronoi
+    from mmquant.lattices.closest import lattice
+    from mmquant.packing import unpack
+    from mmquant.rotations import rotation
+
+    q = _quantizer(enc)
+    if not isinstance(q, voronoi._VoronoiQuantizer):
+        return None
+    rows, n = enc.shape
+    n8 = -(-n // 8) * 8
+    bpr = n8 // 8  # blocks per row
+    nb = rows * bpr
+    k = q.k
+    betas = np.asarray(enc.side["betas"], dtype=np.float64)
+    if betas.shape != (k,) or not np.all(np.isfinite(betas)) or np.any(betas <= 0):
+        raise ValueError(
+            f"corrupt side information: 'betas' must hold {k} positive finite scales, "
+            f"got {betas.tolist()}"
+        )
+    norm = enc.side["norm"]
+    if norm.size and not (np.all(np.isfinite(norm)) and float(np.min(norm)) >= 0):
+        raise ValueError("corrupt side information: 'norm' holds a negative or non-finite RMS")
+    alpha = float(enc.side["alpha"][0])
+    if not math.isfinite(alpha):
+        raise ValueError("corrupt side information: 'alpha' is not finite")
+    # the index coders: digits (nb, 8) uint8 and β indices (nb,), integers (not floats)
+    if q.union:
+        qs = q._stored_qs(enc)
+        digits, bi, pos = voronoi.unpack_union(enc.codes, qs, nb)
+        voronoi._check_consumed(pos, enc.codes.size)
+    else:
+        qs = np.full(k, int(q.q), np.int64)
+        digits, pos = voronoi.unpack_base_q(enc.codes, int(q.q), nb)
+        if q.group > 1:
+            w, budget = q._stored_grouping(enc)
+            ranks, used = grouping.unpack(enc.codes[pos:], w, q.group, budget, nb)
+            voronoi._check_consumed(pos + used, enc.codes.size)
+            bi = grouping.unrank(ranks, w, q.group, budget, nb)
+        elif k > 1:
+            bi = unpack(enc.codes[pos:], math.ceil(math.log2(k)), nb).astype(np.int64)
+            if np.any(bi >= k):
+                raise ValueError(f"corrupt codes: a β index is not below {k}")
+        else:
+            bi = np.zeros(nb, np.int64)
+    # kept compact (the view of a weight is kept for its next products): one byte per digit
+    digits = digits.astype(np.min_scalar_type(max(int(np.max(qs)) - 1, 0)))
+    bi = np.asarray(bi).astype(np.min_scalar_type(max(k - 1, 0)))
+    lat = lattice(q.lattice_name)
+    # the dither (dither=true only) is drawn for every block at once, as the decoder does
+    u_all = voronoi.dither(nb, lat, int(enc.side["dither_seed"][0])) if q.dither else None
+
+    def blocks(r0: int, r1: int) -> np.ndarray:
+        b0, b1 = r0 * bpr, r1 * bpr
+        u = None if u_all is None else u_all[b0:b1]
+        zh = voronoi.voronoi_decode_blocks(digits[b0:b1], bi[b0:b1], lat, qs, betas, u)
+        return zh.reshape(r1 - r0, n8)
+
+    row_scale = norm.astype(np.float64) * alpha
+    mean = enc.side["mean"].astype(np.float64) if q.center else None
+    rot = rotation(n, q.seed) if q.rotate else None
+    return LatticeView(rows, n, row_scale, mean, rot, blocks, u_all is not None)
