@@ -34,7 +34,7 @@ from mmquant.core import Encoded, get
 from mmquant.kernels import load
 from mmquant.packing import unpack
 from mmquant.products import reference
-from mmquant.products.records import BlockView, LatticeView, block_view, lattice_view
+from mmquant.products.records import BlockView, LatticeView, block_view, has_view, lattice_view
 from mmquant.products.tiles import TileView, integer_base, tile_view
 from mmquant.validation import as_real_array
 
@@ -43,22 +43,9 @@ __all__ = ["times", "linear", "product", "has_kernel"]
 
 def has_kernel(enc: Encoded) -> bool:
     """Whether the family of ``enc`` has a product path (without checking the record)."""
-    from mmquant.formats import block, compander, integer, minifloat, nonuniform
-    from mmquant.lattices import voronoi
-
     if not isinstance(enc, Encoded):
         raise TypeError(f"expected an Encoded record, got {type(enc).__name__}")
-    kinds = (
-        integer.AbsmaxInt,
-        minifloat.ScaledFloat,
-        nonuniform.NF4,
-        block._MXQuantizer,
-        block.NVFP4,
-        compander._RowCodebookQuantizer,
-        compander.DataCompander,
-        voronoi._VoronoiQuantizer,
-    )
-    return len(enc.shape) == 2 and isinstance(get(enc.spec), kinds)
+    return len(enc.shape) == 2 and has_view(get(enc.spec))
 
 
 #: Views of the records seen recently (a weight multiplied again is not checked or unpacked again;

@@ -28,16 +28,13 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, get
 
-__all__ = ["BlockView", "LatticeView", "block_view", "lattice_view", "IMPORTED"]
+__all__ = ["BlockView", "LatticeView", "block_view", "has_view", "lattice_view", "IMPORTED"]
 
 #: The internals of other subpackages this adapter uses (reported for the integrator).
 IMPORTED = (
-    "mmquant.formats.integer: AbsmaxInt, group_size",
-    "mmquant.formats.minifloat: ScaledFloat, value_table",
-    "mmquant.formats.block: _MXQuantizer, NVFP4, _mx_table, _e8m0_values, _block_scale, "
-    "E8M0_BIAS, NVFP4_BLOCK, MX_BLOCK",
-    "mmquant.formats.nonuniform: NF4, NF4_LEVELS",
-    "mmquant.formats.compander: _RowCodebookQuantizer, DataCompander",
+    "mmquant.formats: Quantizer.block_format() (engine.BlockFormat: elements.table, bits, group, "
+    "scale.scales(side)), engine.group_size, compander.DataCompander, elements.CodebookElements, "
+    "scales.RowRMS",
     "mmquant.lattices.voronoi: _VoronoiQuantizer (._stored_qs, ._stored_grouping, .k, .union), "
     "unpack_base_q, unpack_union, voronoi_decode_blocks, dither, _check_consumed",
     "mmquant.lattices.grouping: unpack, unrank",
@@ -119,16 +116,33 @@ def _quantizer(enc: Encoded) -> Quantizer:
     return q
 
 
-def _scales(s: np.ndarray, name: str) -> np.ndarray:
-    """Stored scales as float32 (exact from float16), refused if negative or not finite."""
-    s32 = np.asarray(s).astype(np.float32)  # (float16 checks are slow in numpy: check float32)
-    if s32.size and not (np.isfinite(s32.max()) and float(s32.min()) >= 0):
-        raise ValueError(f"corrupt side information: {name!r} holds a negative or non-finite scale")
-    return s32
+def _block_format(q: Quantizer) -> Any:
+    """The engine's :class:`~mmquant.formats.engine.BlockFormat` of a scalar/block family."""
+    from mmquant.formats import compander
+    from mmquant.formats.elements import CodebookElements
+    from mmquant.formats.engine import BlockFormat
+    from mmquant.formats.scales import RowRMS
+
+    if isinstance(q, compander.DataCompander):  # its table is the record's 'points'
+        el = CodebookElements(np.zeros(2**q.bits, np.float32), np.zeros(2**q.bits - 1, np.float32))
+        return BlockFormat(el, RowRMS(q.scale_dtype), 0, "compander", q.spec)
+    make = getattr(q, "block_format", None)
+    return make() if callable(make) else None
+
+
+def has_view(q: Quantizer) -> bool:
+    """Whether records of ``q`` have a :class:`BlockView` or a :class:`LatticeView`."""
+    from mmquant.lattices import voronoi
+
+    return _block_format(q) is not None or isinstance(q, voronoi._VoronoiQuantizer)
 
 
 def block_view(enc: Encoded) -> BlockView | None:
     """The :class:`BlockView` of a record, or ``None`` for a family without one.
+
+    Every family built on the block engine (:mod:`mmquant.formats.engine`: int, fp, MX, NVFP4,
+    NF4, the row-RMS codebooks) has one: its element table, and the scales (and offsets) its scale
+    rule reads back from the side arrays, with that rule's checks of stored values.
 
     Raises
     ------
@@ -138,61 +152,34 @@ def block_view(enc: Encoded) -> BlockView | None:
         The record is malformed (its quantizer's :meth:`check`), not 2-D, or its stored scales
         are corrupt (negative, non-finite, NaN codes).
     """
-    from mmquant.formats import block, compander, integer, minifloat, nonuniform
+    from mmquant.formats.engine import group_size
 
     q = _quantizer(enc)
-    rows, n = enc.shape
-    offset = None
-    if isinstance(q, (integer.AbsmaxInt, minifloat.ScaledFloat, nonuniform.NF4)):
-        scale = _scales(enc.side["scale"], "scale")
-        if isinstance(q, integer.AbsmaxInt):
-            width = q.bits
-            table = np.arange(2**width, dtype=np.float32)
-            if q.affine:
-                offset = enc.side["offset"].astype(np.float32)
-            else:
-                table -= np.float32(q.qmax)
-        elif isinstance(q, minifloat.ScaledFloat):
-            width, table = q.format.bits, minifloat.value_table(q.format)
-        else:
-            width, table = 4, nonuniform.NF4_LEVELS
-        group = q.group
-        if group == -1:  # one scale for the tensor: the same scale on every row
-            scale = np.full((rows, 1), scale.reshape(-1)[0], np.float32)
-            if offset is not None:
-                offset = np.full((rows, 1), offset.reshape(-1)[0], np.float32)
-        group = integer.group_size(n, group)
-    elif isinstance(q, block._MXQuantizer):
-        s = enc.side["scale"]
-        if s.size and int(s.max()) > 2 * block.E8M0_BIAS:
-            raise ValueError("corrupt side information: an E8M0 'scale' is 255 (NaN)")
-        width, table = q.element.bits, block._mx_table(q.element)
-        scale, group = block._e8m0_values(s), block.MX_BLOCK
-    elif isinstance(q, block.NVFP4):
-        b, s_t = enc.side["block_scale"], enc.side["tensor_scale"]
-        if (b.size and int(b.max()) >= 0x7F) or not (np.isfinite(s_t[0]) and s_t[0] >= 0):
-            raise ValueError(
-                "corrupt side information: an E4M3 'block_scale' is negative or NaN, or "
-                "'tensor_scale' is negative or not finite"
-            )
-        width, table = 4, minifloat.value_table("e2m1")
-        scale, group = block._block_scale(b, np.float32(s_t[0])), block.NVFP4_BLOCK
-    elif isinstance(q, compander._RowCodebookQuantizer) or isinstance(q, compander.DataCompander):
-        s = _scales(enc.side["scale"], "scale")
-        points = enc.side["points"] if "points" in enc.side else q.codebook().points
-        width, table = q.bits, np.asarray(points).astype(np.float32)
-        if table.size != 2**width or not np.all(np.isfinite(table)):
-            raise ValueError("corrupt side information: 'points' must be 2^bits finite values")
-        scale, group = s.reshape(rows, 1), n
-    else:
+    bf = _block_format(q)
+    if bf is None:
         return None
+    rows, n = enc.shape
+    scale, offset = bf.scale.scales(enc.side)
+    if "points" in enc.side:  # a codebook stored in the record
+        table = np.asarray(enc.side["points"]).astype(np.float32)
+        if table.size != 2**bf.bits or not np.all(np.isfinite(table)):
+            raise ValueError("corrupt side information: 'points' must be 2^bits finite values")
+    else:
+        table = bf.elements.table
+    if bf.group == -1:  # one scale for the tensor: the same scale on every row
+        scale = np.full((rows, 1), scale.reshape(-1)[0], np.float32)
+        if offset is not None:
+            offset = np.full((rows, 1), offset.reshape(-1)[0], np.float32)
+        group = n
+    else:
+        group = group_size(n, bf.group)
     group = max(1, min(group, n))
     ng = -(-n // group)
     scale = np.ascontiguousarray(scale, np.float32).reshape(rows, ng)
     if offset is not None:
         offset = np.ascontiguousarray(offset, np.float32).reshape(rows, ng)
     table = np.ascontiguousarray(table, np.float32)
-    return BlockView(enc.codes, int(width), table, scale, offset, group, rows, n)
+    return BlockView(enc.codes, int(bf.bits), table, scale, offset, group, rows, n)
 
 
 def lattice_view(enc: Encoded) -> LatticeView | None:

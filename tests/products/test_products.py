@@ -119,15 +119,15 @@ def test_hostile_records_are_refused():
     with pytest.raises(ValueError, match="codes"):
         times(_replace(enc, codes=enc.codes[:-1]), x)
     side = dict(enc.side)
-    side["scale"] = side["scale"].copy()
-    side["scale"][0, 0] = np.nan
+    side["absmax"] = side["absmax"].copy()
+    side["absmax"][0, 0] = np.nan
     with pytest.raises(ValueError, match="corrupt side information"):
         times(_replace(enc, side=side), x)
     with pytest.raises(ValueError, match="shape"):
-        times(_replace(enc, side={"scale": enc.side["scale"][:4]}), x)
+        times(_replace(enc, side={"absmax": enc.side["absmax"][:4]}), x)
     mx = mq.get("mxfp4").encode(w)
     with pytest.raises(ValueError, match="255"):
-        times(_replace(mx, side={"scale": np.full_like(mx.side["scale"], 255)}), x)
+        times(_replace(mx, side={"e8m0": np.full_like(mx.side["e8m0"], 255)}), x)
     nv = mq.get("nvfp4").encode(w)
     bad = dict(nv.side, block_scale=np.full_like(nv.side["block_scale"], 0x7F))
     with pytest.raises(ValueError, match="E4M3"):
