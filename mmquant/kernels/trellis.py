@@ -34,42 +34,119 @@ _F32 = np.float32
 
 
 @numba.njit(cache=_CACHE, fastmath=False, nogil=True)
-def _step(x, off, V, L, kV, d, dn, m, bpt, mode, table, labels, dl, inv, cv):  # pragma: no cover
-    P = 1 << kV
-    G = 1 << (L - kV)
-    N = 1 << L
+def _group_min(d, m, bpt, G, P):  # pragma: no cover
+    """m[g] = min_j d[j·G + g], bpt[g] = the first such j (uint8); returns min_g m[g].
+
+    The runs ``d[j·G : (j+1)·G]`` are taken as slices: indexing ``d[j·G + g]`` directly makes
+    numba wrap negative indices, which stops LLVM from vectorising the loop."""
+    d0 = d[:G]
     for g in range(G):
-        m[g] = d[g]
+        m[g] = d0[g]
         bpt[g] = 0
-    for j in range(1, P):  # contiguous runs: the loop vectorises (min, and a select of j)
+    for j in range(1, P):
         jj = np.uint8(j)
         dj = d[j * G : (j + 1) * G]
         for g in range(G):
             v = dj[g]
             mg = m[g]
-            bpt[g] = jj if v < mg else bpt[g]
-            m[g] = min(v, mg)
+            lt = v < mg
+            bpt[g] = jj if lt else bpt[g]
+            m[g] = v if lt else mg
+    # the minimum over g in 16 lanes (exact in any order), then over the lanes
+    n16 = G // 16
     mn = m[0]
-    for g in range(1, G):
-        mn = min(mn, m[g])
+    if n16 > 0:
+        acc = m[:16].copy()
+        for i in range(1, n16):
+            mi = m[i * 16 : (i + 1) * 16]
+            for lane in range(16):
+                v = mi[lane]
+                a = acc[lane]
+                acc[lane] = v if v < a else a
+        for lane in range(16):
+            v = acc[lane]
+            mn = v if v < mn else mn
+    for g in range(n16 * 16, G):
+        v = m[g]
+        mn = v if v < mn else mn
+    return mn
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _expand(m, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
+    """dn[s] = m[s >> kV] + Σ_v (x_v − t_v[s])², s = g·P + p (P = 2^kV): loops with a constant
+    inner count for P ≤ 8 (LLVM vectorises them; P = 16 so written is slower), slices otherwise."""
+    if V == 1:
+        if P == 2:
+            for g in range(G):
+                mg = m[g]
+                for p in range(2):
+                    e = x0 - t0[g * 2 + p]
+                    dn[g * 2 + p] = mg + e * e
+        elif P == 4:
+            for g in range(G):
+                mg = m[g]
+                for p in range(4):
+                    e = x0 - t0[g * 4 + p]
+                    dn[g * 4 + p] = mg + e * e
+        elif P == 8:
+            for g in range(G):
+                mg = m[g]
+                for p in range(8):
+                    e = x0 - t0[g * 8 + p]
+                    dn[g * 8 + p] = mg + e * e
+        else:
+            for g in range(G):
+                mg = m[g]
+                tb = t0[g * P : (g + 1) * P]
+                db = dn[g * P : (g + 1) * P]
+                for p in range(P):
+                    e = x0 - tb[p]
+                    db[p] = mg + e * e
+    else:
+        if P == 4:
+            for g in range(G):
+                mg = m[g]
+                for p in range(4):
+                    e = x0 - t0[g * 4 + p]
+                    c = e * e
+                    e = x1 - t1[g * 4 + p]
+                    dn[g * 4 + p] = mg + (c + e * e)
+        elif P == 8:
+            for g in range(G):
+                mg = m[g]
+                for p in range(8):
+                    e = x0 - t0[g * 8 + p]
+                    c = e * e
+                    e = x1 - t1[g * 8 + p]
+                    dn[g * 8 + p] = mg + (c + e * e)
+        else:
+            for g in range(G):
+                mg = m[g]
+                tb0 = t0[g * P : (g + 1) * P]
+                tb1 = t1[g * P : (g + 1) * P]
+                db = dn[g * P : (g + 1) * P]
+                for p in range(P):
+                    e = x0 - tb0[p]
+                    c = e * e
+                    e = x1 - tb1[p]
+                    db[p] = mg + (c + e * e)
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _step(x, off, V, L, kV, d, dn, m, bpt, mode, table, labels, dl, inv, cv):  # pragma: no cover
+    P = 1 << kV
+    G = 1 << (L - kV)
+    N = 1 << L
+    mn = _group_min(d, m, bpt, G, P)
     for g in range(G):
         m[g] = m[g] - mn
     x0 = x[off]
     if mode == 0:
-        t0 = table[0]
         if V == 1:
-            for s in range(N):
-                e = x0 - t0[s]
-                dn[s] = m[s >> kV] + e * e
+            _expand(m, x0, x0, table[0], table[0], 1, dn, G, P)
         else:
-            x1 = x[off + 1]
-            t1 = table[1]
-            for s in range(N):
-                e = x0 - t0[s]
-                c = e * e
-                e = x1 - t1[s]
-                c = c + e * e
-                dn[s] = m[s >> kV] + c
+            _expand(m, x0, x[off + 1], table[0], table[1], 2, dn, G, P)
     else:
         y = x0 * inv
         for c in range(4):
