@@ -349,14 +349,23 @@ def _decode_fixed(u, table, L, kV, out):  # pragma: no cover
     V = table.shape[0]
     mask = (1 << L) - 1
     n0 = (L + kV - 1) // kV
+    t0 = table[0]
+    t1 = table[V - 1]
     for r in numba.prange(R):
+        ur = u[r]
+        orow = out[r]
         s = 0
         for t in range(S - n0, S):
-            s = ((s << kV) | np.int64(u[r, t])) & mask
-        for t in range(S):
-            s = ((s << kV) | np.int64(u[r, t])) & mask
-            for v in range(V):
-                out[r, t * V + v] = table[v, s]
+            s = ((s << kV) | np.int64(ur[t])) & mask
+        if V == 1:
+            for t in range(S):
+                s = ((s << kV) | np.int64(ur[t])) & mask
+                orow[t] = t0[s]
+        else:
+            for t in range(S):
+                s = ((s << kV) | np.int64(ur[t])) & mask
+                orow[2 * t] = t0[s]
+                orow[2 * t + 1] = t1[s]
 
 
 def decode_fixed(u: np.ndarray, table: np.ndarray, L: int, kV: int) -> np.ndarray:
