@@ -97,7 +97,7 @@ class TrellisCoded(Quantizer):
         State bits: ``2^L`` states, ``k·V < L ≤`` :data:`L_MAX`.
     V : int
         Entries per trellis step, 1 or 2.
-    code : {"1mad", "3inst", "lut"}
+    code : {"1mad", "3inst", "strat", "lut"}
         Reconstruction code of a state (:mod:`mmquant.trellis.codes`).
     mmse : bool
         Store the row scale times the row's least-squares gain (see the module docstring).
