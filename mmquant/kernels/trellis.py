@@ -33,71 +33,83 @@ _CACHE = numba_cache()
 _F32 = np.float32
 
 
+#: Groups whose minimum is taken together (their m and back-pointers stay in the L1 cache over
+#: the 2^kV runs).
+_BLOCK = 2048
+
+
 @numba.njit(cache=_CACHE, fastmath=False, nogil=True)
 def _group_min(d, m, bpt, G, P):  # pragma: no cover
     """m[g] = min_j d[j·G + g], bpt[g] = the first such j (uint8); returns min_g m[g].
 
-    The runs ``d[j·G : (j+1)·G]`` are taken as slices: indexing ``d[j·G + g]`` directly makes
-    numba wrap negative indices, which stops LLVM from vectorising the loop."""
-    d0 = d[:G]
-    for g in range(G):
-        m[g] = d0[g]
-        bpt[g] = 0
-    for j in range(1, P):
-        jj = np.uint8(j)
-        dj = d[j * G : (j + 1) * G]
-        for g in range(G):
-            v = dj[g]
-            mg = m[g]
-            lt = v < mg
-            bpt[g] = jj if lt else bpt[g]
-            m[g] = v if lt else mg
-    # the minimum over g in 16 lanes (exact in any order), then over the lanes
-    n16 = G // 16
-    mn = m[0]
-    if n16 > 0:
-        acc = m[:16].copy()
-        for i in range(1, n16):
-            mi = m[i * 16 : (i + 1) * 16]
+    In blocks of :data:`_BLOCK` groups. The runs ``d[j·G + b0 : j·G + b1]`` are taken as slices:
+    indexing ``d[j·G + g]`` directly makes numba wrap negative indices, which stops LLVM from
+    vectorising the loop. The minimum over the groups is taken in 16 lanes (exact in any
+    order)."""
+    acc = np.empty(16, np.float32)
+    mn = d[0]
+    for b0 in range(0, G, _BLOCK):
+        b1 = min(G, b0 + _BLOCK)
+        n = b1 - b0
+        mb = m[b0:b1]
+        bb = bpt[b0:b1]
+        d0 = d[b0:b1]
+        for g in range(n):
+            mb[g] = d0[g]
+            bb[g] = 0
+        for j in range(1, P):
+            jj = np.uint8(j)
+            dj = d[j * G + b0 : j * G + b1]
+            for g in range(n):
+                v = dj[g]
+                mg = mb[g]
+                lt = v < mg
+                bb[g] = jj if lt else bb[g]
+                mb[g] = v if lt else mg
+        n16 = n // 16
+        if n16 > 0:
+            acc[:] = mb[:16]
+            for i in range(1, n16):
+                mi = mb[i * 16 : (i + 1) * 16]
+                for lane in range(16):
+                    v = mi[lane]
+                    a = acc[lane]
+                    acc[lane] = v if v < a else a
             for lane in range(16):
-                v = mi[lane]
-                a = acc[lane]
-                acc[lane] = v if v < a else a
-        for lane in range(16):
-            v = acc[lane]
+                v = acc[lane]
+                mn = v if v < mn else mn
+        for g in range(n16 * 16, n):
+            v = mb[g]
             mn = v if v < mn else mn
-    for g in range(n16 * 16, G):
-        v = m[g]
-        mn = v if v < mn else mn
     return mn
 
 
 @numba.njit(cache=_CACHE, fastmath=False, nogil=True)
-def _expand(m, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
-    """dn[s] = m[s >> kV] + Σ_v (x_v − t_v[s])², s = g·P + p (P = 2^kV): loops with a constant
+def _expand(m, mn, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
+    """dn[s] = (m[s >> kV] − mn) + Σ_v (x_v − t_v[s])², s = g·P + p (P = 2^kV): loops with a constant
     inner count for P ≤ 8 (LLVM vectorises them; P = 16 so written is slower), slices otherwise."""
     if V == 1:
         if P == 2:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 for p in range(2):
                     e = x0 - t0[g * 2 + p]
                     dn[g * 2 + p] = mg + e * e
         elif P == 4:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 for p in range(4):
                     e = x0 - t0[g * 4 + p]
                     dn[g * 4 + p] = mg + e * e
         elif P == 8:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 for p in range(8):
                     e = x0 - t0[g * 8 + p]
                     dn[g * 8 + p] = mg + e * e
         else:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 tb = t0[g * P : (g + 1) * P]
                 db = dn[g * P : (g + 1) * P]
                 for p in range(P):
@@ -106,7 +118,7 @@ def _expand(m, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
     else:
         if P == 4:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 for p in range(4):
                     e = x0 - t0[g * 4 + p]
                     c = e * e
@@ -114,7 +126,7 @@ def _expand(m, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
                     dn[g * 4 + p] = mg + (c + e * e)
         elif P == 8:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 for p in range(8):
                     e = x0 - t0[g * 8 + p]
                     c = e * e
@@ -122,7 +134,7 @@ def _expand(m, x0, x1, t0, t1, V, dn, G, P):  # pragma: no cover
                     dn[g * 8 + p] = mg + (c + e * e)
         else:
             for g in range(G):
-                mg = m[g]
+                mg = m[g] - mn
                 tb0 = t0[g * P : (g + 1) * P]
                 tb1 = t1[g * P : (g + 1) * P]
                 db = dn[g * P : (g + 1) * P]
@@ -139,15 +151,15 @@ def _step(x, off, V, L, kV, d, dn, m, bpt, mode, table, labels, dl, inv, cv):  #
     G = 1 << (L - kV)
     N = 1 << L
     mn = _group_min(d, m, bpt, G, P)
-    for g in range(G):
-        m[g] = m[g] - mn
     x0 = x[off]
     if mode == 0:
         if V == 1:
-            _expand(m, x0, x0, table[0], table[0], 1, dn, G, P)
+            _expand(m, mn, x0, x0, table[0], table[0], 1, dn, G, P)
         else:
-            _expand(m, x0, x[off + 1], table[0], table[1], 2, dn, G, P)
+            _expand(m, mn, x0, x[off + 1], table[0], table[1], 2, dn, G, P)
     else:
+        for g in range(G):
+            m[g] = m[g] - mn
         y = x0 * inv
         for c in range(4):
             cf = _F32(c)

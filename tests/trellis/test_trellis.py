@@ -49,6 +49,15 @@ def test_kernel_matches_reference_and_checkpoints(L, k, V, code):
     )
 
 
+def test_kernel_matches_reference_over_several_blocks():
+    """2^(L−kV) groups above the kernel's block of groups (several blocks per step)."""
+    L, kv = 13, 1
+    assert (1 << (L - kv)) > kt._BLOCK
+    z = _z(2, 48, 5)
+    table = code_table("strat", L, 1, kv)
+    assert np.array_equal(kt.viterbi_fixed(z, table, L, kv), viterbi.viterbi_fixed(z, table, L, kv))
+
+
 def test_tail_biting_path_is_a_viterbi_optimum():
     """The path metric the search minimises is the squared error of the decoded row, and no
     single-symbol change of the path (which keeps it tail-biting) lowers it."""
