@@ -226,5 +226,10 @@ def test_reproduce_experiment_runs_small():
     from mmquant.experiments import run_experiment
 
     res = run_experiment("trellis-gap", ls=(6, 8), bits=(2,), n=256, cols=4)
-    assert [r[1] for r in res.rows] == [6, 8]
+    assert [r[1] for r in res.rows] == [6, 8, 6, 8]
+    assert [r[0] for r in res.rows][2:] == [
+        "tcq:bits=2,L=6,code=strat",
+        "tcq:bits=2,L=8,code=strat",
+    ]
     assert all(abs(r[3] - 2.0) < 0.1 for r in res.rows)
+    assert all(r[5] > 0 and r[6] > 0 for r in res.rows)
