@@ -6,6 +6,14 @@ of the minimum, the squared errors accumulated over the V entries of a step), wi
 Rows run in parallel (``prange`` over workers, each with its own buffers, taking every
 ``workers``-th row).
 
+A step is written for LLVM's vectoriser (checked with ``inspect_asm``: AVX-512/AVX2 min, compare
+and blend on the float32 runs): the group minimum over contiguous slices of the path metrics (the
+back-pointer is a select of the byte ``j`` on the strict ``<``, so the first minimum wins, as in
+the reference), taken in blocks of :data:`_BLOCK` groups so the running minima stay in L1; the
+expansion ``D'[s] = (m[s >> kV] − min) + cost(s)`` with a constant inner count for ``2^kV ≤ 8``
+(slices otherwise). About 0.2–0.3 ns per state and step on one core of the development machine
+(``L = 12``: 1.2 M entries/s per core; ``L = 16``: 55–78 k entries/s per core).
+
 Memory per worker: the path metrics (2 · 2^L float32), one byte of back-pointer per group and step
 for at most ``BP_BUDGET`` bytes, and, when a row needs more steps than that holds, checkpoints of
 the path metrics every ``C = BP_BUDGET / 2^(L−kV)`` steps: the forward pass then keeps only the
