@@ -12,6 +12,9 @@ entries/s at L = 12 and ≥ 50 k entries/s at L = 16, decode ≥ 200 M entries/s
 on the load of the machine. ``--cols 256`` is ``mmquant compare``'s data (slow at L = 16; the
 default 64 columns leave about ±0.1 dB of noise on the gaps).
 
+``--mse`` prints instead the MSE gap to D(R) = 2^(−2R) on N(0, 1) rows (16 × 4096 entries): the
+same ranking with less noise for the time.
+
     python benchmarks/bench_trellis.py [--ls 8,10,12,14,16] [--bits 2,3,4,5] [--codes 1mad,strat]
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,23 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
 
+def mse_rows(specs: list[str], rows: int = 16, n: int = 4096) -> list[list]:
+    """Per spec: the MSE gap to D(R) (dB, the spec's integer bits) on N(0, 1) rows, and the encode
+    speed in k entries/s of wall time and per CPU second."""
+    x = np.random.default_rng(3).standard_normal((rows, n))
+    out = []
+    for spec in specs:
+        q = mq.get(spec)
+        q.encode(x[:1, :64])
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc = q.encode(x)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        mse = float(np.mean((x - q.decode(enc)) ** 2) / np.mean(x * x))
+        gap = 10 * np.log10(mse / 2.0 ** (-2 * q.bits))
+        out.append([q.spec, 8 * enc.code_bytes / x.size, gap, x.size / dt / 1e3, x.size / dc / 1e3])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ls", default="8,10,12,14,16")
@@ -44,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cols", type=int, default=64)
     ap.add_argument("--extra", default="tcq:bits=2,L=16,V=2,code=strat;tcqec:rate=2;tcqec:rate=4")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--mse", action="store_true", help="MSE gap on N(0, 1) rows (tcq specs)")
     args = ap.parse_args(argv)
     keep_freed_memory()
     print(machine())
@@ -56,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         if L > k
     ]
     specs += [s for s in args.extra.split(";") if s]
+    if args.mse:
+        print(f"{'spec':32s} {'code bits':>9s} {'MSE gap':>7s} {'enc k/s':>9s} {'k/CPU s':>9s}")
+        for spec in (s for s in specs if s.startswith("tcq:")):
+            for r in mse_rows([spec]):
+                print(f"{r[0]:32s} {r[1]:9.3f} {r[2]:7.3f} {r[3]:9.1f} {r[4]:9.1f}", flush=True)
+        return 0
     print(f"{'spec':32s} {'rate':>7s} {'gap dB':>7s} {'enc k/s':>9s} {'k/CPU s':>9s}")
     for spec in specs:
         for row in trellis_rows([spec], n=args.n, cols=args.cols):
