@@ -1,18 +1,28 @@
 """Trellis-coded quantization (issue 16): the L × k table of gaps and speeds, and decode speed.
 
-For every L and k: the product-error gap to Γ(R) on a Gaussian pair (n × cols, both sides coded,
-rate measured) and the encode speed of ``tcq:bits=k,L=L`` (k entries/s); then decode speed in
-M entries/s and as a ratio to the float32 memcpy rate, and the same for ``tcqec``. Targets
-(issue 16): encode ≥ 1 M entries/s at L = 12 and ≥ 50 k entries/s at L = 16, decode ≥ 200 M
-entries/s; the numbers depend on the load of the machine.
+For every code, L and k: the product-error gap to Γ(R) on a Gaussian pair (n × cols, both sides
+coded, rate measured) and the encode speed of ``tcq:bits=k,L=L,code=c`` in k entries/s of wall
+time and per CPU second (the speed of one core; steadier on a loaded machine, the wall-time speed
+of an idle 2-core machine is up to twice it). Then decode speed: the trellis decoder alone (symbols
+to reconstruction, :mod:`mmquant.kernels.trellis`, as the lattice benchmark times its decoder) and
+the whole ``decode`` (which adds the inverse Hadamard rotation in float64, shared with the lattice
+codes), in M entries/s (best wall time of many calls: the CPU time of the parallel kernels counts
+the threads' waiting) and as a ratio to the float32 memcpy rate. Targets (issue 16): encode ≥ 1 M
+entries/s at L = 12 and ≥ 50 k entries/s at L = 16, decode ≥ 200 M entries/s; the numbers depend
+on the load of the machine. ``--cols 256`` is ``mmquant compare``'s data (slow at L = 16; the
+default 64 columns leave about ±0.1 dB of noise on the gaps).
 
-    python benchmarks/bench_trellis.py [--ls 8,10,12,14,16] [--bits 2,3,4,5] [--cols 16]
+``--mse`` prints instead the MSE gap to D(R) = 2^(−2R) on N(0, 1) rows (16 × 4096 entries): the
+same ranking with less noise for the time.
+
+    python benchmarks/bench_trellis.py [--ls 8,10,12,14,16] [--bits 2,3,4,5] [--codes 1mad,strat]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +30,85 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmquant as mq
-from benchmarks.common import best_time, machine, memcpy_rate
+from benchmarks.common import best_time, keep_freed_memory, machine, memcpy_rate
 from mmquant.experiments.trellis import trellis_rows
+from mmquant.kernels import load
 
 
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
 
+def mse_rows(specs: list[str], rows: int = 16, n: int = 4096) -> list[list]:
+    """Per spec: the MSE gap to D(R) (dB, the spec's integer bits) on N(0, 1) rows, and the encode
+    speed in k entries/s of wall time and per CPU second."""
+    x = np.random.default_rng(3).standard_normal((rows, n))
+    out = []
+    for spec in specs:
+        q = mq.get(spec)
+        q.encode(x[:1, :64])
+        t0, c0 = time.perf_counter(), time.process_time()
+        enc = q.encode(x)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        mse = float(np.mean((x - q.decode(enc)) ** 2) / np.mean(x * x))
+        gap = 10 * np.log10(mse / 2.0 ** (-2 * q.bits))
+        out.append([q.spec, 8 * enc.code_bytes / x.size, gap, x.size / dt / 1e3, x.size / dc / 1e3])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ls", default="8,10,12,14,16")
     ap.add_argument("--bits", default="2,3,4,5")
+    ap.add_argument("--codes", default="1mad,strat")
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--cols", type=int, default=64)
-    ap.add_argument("--extra", default="tcq:bits=2,L=16,V=2;tcqec:rate=2;tcqec:rate=3;tcqec:rate=4")
+    ap.add_argument("--extra", default="tcq:bits=2,L=16,V=2,code=strat;tcqec:rate=2;tcqec:rate=4")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--mse", action="store_true", help="MSE gap on N(0, 1) rows (tcq specs)")
     args = ap.parse_args(argv)
+    keep_freed_memory()
     print(machine())
-    specs = [f"tcq:bits={k},L={L}" for k in _ints(args.bits) for L in _ints(args.ls) if L > k]
+    specs = [
+        f"tcq:bits={k},L={L},code={c}"
+        for c in args.codes.split(",")
+        if c
+        for k in _ints(args.bits)
+        for L in _ints(args.ls)
+        if L > k
+    ]
     specs += [s for s in args.extra.split(";") if s]
-    print(f"{'spec':28s} {'rate':>7s} {'gap dB':>7s} {'enc k/s':>9s}")
-    for row in trellis_rows(specs, n=args.n, cols=args.cols):
-        print(f"{row[0]:28s} {row[3]:7.3f} {row[4]:7.3f} {row[5]:9.1f}")
-    x = np.random.default_rng(0).standard_normal((1024, 4096)).astype(np.float32)
+    if args.mse:
+        print(f"{'spec':32s} {'code bits':>9s} {'MSE gap':>7s} {'enc k/s':>9s} {'k/CPU s':>9s}")
+        for spec in (s for s in specs if s.startswith("tcq:")):
+            for r in mse_rows([spec]):
+                print(f"{r[0]:32s} {r[1]:9.3f} {r[2]:7.3f} {r[3]:9.1f} {r[4]:9.1f}", flush=True)
+        return 0
+    print(f"{'spec':32s} {'rate':>7s} {'gap dB':>7s} {'enc k/s':>9s} {'k/CPU s':>9s}")
+    for spec in specs:
+        for row in trellis_rows([spec], n=args.n, cols=args.cols):
+            print(
+                f"{row[0]:32s} {row[3]:7.3f} {row[4]:7.3f} {row[5]:9.1f} {row[6]:9.1f}", flush=True
+            )
+    x = np.random.default_rng(0).standard_normal((256, 4096)).astype(np.float32)
     mc = memcpy_rate(x)
-    print(f"decode of 1024x4096, memcpy {mc / 1e6:.0f} M entries/s")
-    for spec in ("tcq:bits=2,L=12", "tcq:bits=4,L=16,V=2", "tcqec:rate=4"):
+    print(f"decode of 256x4096 entries; float32 memcpy {mc / 1e6:.0f} M entries/s")
+    print(f"{'':44s} {'M/s':>8s} {'/memcpy':>8s}")
+    kern = load("trellis")
+    for spec in ("tcq:bits=2,L=12,code=strat", "tcq:bits=4,L=16,code=strat", "tcqec:rate=4"):
         q = mq.get(spec)
-        enc = q.encode(x[:64])
-        q.decode(enc)
-        big = q.encode(x[:256])
-        td = best_time(lambda q=q, e=big: q.decode(e), 3)
-        rd = big.entries / td
-        print(f"{spec:28s} decode {rd / 1e6:8.1f} M/s {100 * rd / mc:6.1f}% of memcpy")
+        enc = q.encode(x)
+        cases = [("decode", lambda q=q, e=enc: q.decode(e))]
+        if kern is not None and spec.startswith("tcq:"):
+            u = np.random.default_rng(1).integers(0, 1 << q.kv, (256, 4096 // q.V), np.uint8)
+            t = q.table()
+            cases.insert(
+                0, ("trellis decoder", lambda u=u, t=t, q=q: kern.decode_fixed(u, t, q.L, q.kv))
+            )
+        for name, fn in cases:
+            rd = x.size / best_time(fn, 4 * args.repeat)
+            label = f"{spec} {name}"
+            print(f"{label:44s} {rd / 1e6:8.1f} {rd / mc:8.3f}", flush=True)
     return 0
 
 

@@ -48,6 +48,7 @@ EXTRA_SPECS = [
     "rtn:rate=8.0",
     "gptq:rate=8.0",
     "watersic:rate=8.0",
+    "tcq",
     "tcq:bits=2,L=8,V=2,code=3inst",
     "tcq:bits=3,L=10,code=lut",
     "tcqec:rate=2.5,L=5",

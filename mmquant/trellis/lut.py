@@ -5,8 +5,8 @@ A table holds ``2^Q`` V-vectors; the trellis state ``s`` reads entry
 entry k, entries per step V), trained by ``tools/train_trellis_lut.py``: alternate Viterbi
 encoding of N(0, 1) sequences with the current table and centroid updates (every entry becomes
 the mean of the data vectors coded by the states that read it), from the 1MAD code's values.
-The file records how each table was made; ``tests/trellis/test_lut.py`` retrains one and checks
-that it matches.
+The file records how each table was made; ``tests/trellis/test_trellis.py`` retrains one and
+checks that it matches. The stratified code (:mod:`mmquant.trellis.codes`) is better at every rate.
 """
 
 from __future__ import annotations
