@@ -47,6 +47,9 @@ LAYOUT_SPECS = [
     "e8ec",
     "timeshare",
     "timeshare:rate=0.0078125",
+    "tcq:L=8",
+    "tcq:bits=2,L=10,V=2,code=3inst",
+    "tcqec:L=4,rate=2.5",
 ]
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 17), (4, 64), (1, 129), (5, 33)]
 # weight-only families: (a, n) matrices only (Σ_X = I when encode gets no sigma)
@@ -59,6 +62,8 @@ WEIGHT_ONLY_SPECS = [
     "watersic",
     "watersic:rescale=both,rate=2",
     "watersic:rescale=none,lmmse=false,step=0.5",
+    "e8sic",
+    "e8sic:rate=3,rotate=true",
 ]
 
 
