@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,8 +123,13 @@ class IndexCoder(abc.ABC):
 
     # -- rate and layout -----------------------------------------------------------------------
     @abc.abstractmethod
-    def nominal_bits(self, design: Design) -> float:
-        """Bits per entry of the codes of ``design`` (no side information or byte padding)."""
+    def nominal_bits(self, design: Callable[[], Design]) -> float:
+        """Bits per entry of the codes (no side information or byte padding).
+
+        ``design()`` gives the code's design; it is called only by coders whose rate depends on
+        it (an optimised union code's sizes, a group code's weights and budget), since computing
+        a design that is not shipped takes seconds.
+        """
 
     def side_layout(self) -> dict[str, SideArray]:
         """The side arrays this coder stores (:mod:`mmquant.layout`)."""
@@ -206,8 +211,8 @@ class PlainIndex(IndexCoder):
         """Bits of one block's scale index."""
         return math.ceil(math.log2(self.k)) if self.k > 1 else 0
 
-    def nominal_bits(self, design: Design) -> float:
-        """``a + W/J + ⌈log2 k⌉/8``."""
+    def nominal_bits(self, design: Callable[[], Design]) -> float:
+        """``a + W/J + ⌈log2 k⌉/8`` (whatever the scales)."""
         return digit_bits(int(self.q)) + (self.index_bits / 8 if self.k > 1 else 0.0)
 
     def codes_layout(self, n_blocks: int) -> int:
@@ -280,9 +285,9 @@ class UnionIndex(IndexCoder):
     def rate_factor(self, qs: list[int]) -> float:
         return 4.0 ** (math.log2(union_size(qs)) / 8) if self.mixed else 1.0
 
-    def nominal_bits(self, design: Design) -> float:
-        """:func:`~mmquant.lattices.indexpack.union_bits` / 8."""
-        return union_bits(design.qs) / 8
+    def nominal_bits(self, design: Callable[[], Design]) -> float:
+        """:func:`~mmquant.lattices.indexpack.union_bits` / 8 of the given or optimised sizes."""
+        return union_bits(self.q if isinstance(self.q, tuple) else design().qs) / 8
 
     def side_layout(self) -> dict[str, SideArray]:
         return {"qs": side_array("uint16", self.k)}
@@ -369,12 +374,10 @@ class GroupedIndex(IndexCoder):
         """The weights and budget, fitted with the scales (:func:`mmquant.lattices.grouping.fit`)."""
         return grouping.fit(sel, grids, errs, self.group)
 
-    def nominal_bits(self, design: Design) -> float:
-        """``a + W/J + ⌈log2 |A(G, W)|⌉/(8G)``."""
-        g = self.group
-        return digit_bits(int(self.q)) + grouping.group_bits(
-            design.weights, g, design.budget, g
-        ) / (8 * g)
+    def nominal_bits(self, design: Callable[[], Design]) -> float:
+        """``a + W/J + ⌈log2 |A(G, W)|⌉/(8G)`` with the design's weights and budget."""
+        g, d = self.group, design()
+        return digit_bits(int(self.q)) + grouping.group_bits(d.weights, g, d.budget, g) / (8 * g)
 
     def side_layout(self) -> dict[str, SideArray]:
         return {"weights": side_array("uint8", self.k), "budget": side_array("uint16", 1)}

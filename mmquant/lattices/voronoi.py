@@ -230,7 +230,7 @@ class _VoronoiQuantizer(Quantizer):
         ``a + W/J + ⌈log2 |A(G, W)|⌉/(8G)`` with groups of G blocks
         (:meth:`mmquant.lattices.indexcoders.IndexCoder.nominal_bits`).
         """
-        return self.coder.nominal_bits(self.design)
+        return self.coder.nominal_bits(lambda: self.design)
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
