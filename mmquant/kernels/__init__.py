@@ -131,7 +131,7 @@ def on_compile(
     Parameters
     ----------
     start : callable
-        Called with the kernel's qualified name, e.g. ``"lattice._encode_all"``.
+        Called with the kernel's qualified name, e.g. ``"lattice_block._encode_all"``.
     end : callable, optional
         Called with the name and the compilation's wall time in seconds.
     """
