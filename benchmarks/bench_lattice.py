@@ -27,13 +27,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import best_time, keep_freed_memory, machine, memcpy_rate
 
 from mmquant.lattices import grouping
-from mmquant.lattices.closest import closest_e8, lattice
-from mmquant.lattices.voronoi import (
-    optimal_design,
+from mmquant.lattices.blockcode import (
     voronoi_decode_blocks,
     voronoi_encode_blocks,
     voronoi_encode_grouped,
 )
+from mmquant.lattices.closest import closest_e8, lattice
+from mmquant.lattices.scales import optimal_design
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     kept = keep_freed_memory()
     import numba
 
-    from mmquant.kernels.lattice import closest_kernel
+    from mmquant.kernels.lattice_closest import closest_kernel
 
     n = args.entries // 8 * 8
     rng = np.random.default_rng(0)

@@ -703,7 +703,7 @@ def test_fuzz_crafted_records(family, kern, data):
 def test_kernel_entry_points_check_sizes():
     pytest.importorskip("numba")
     from mmquant.kernels import formats as kf
-    from mmquant.lattices.voronoi import voronoi_decode_blocks
+    from mmquant.lattices.blockcode import voronoi_decode_blocks
 
     with pytest.raises(ValueError, match="too short"):
         kf.unpack(np.zeros(3, np.uint8), 4, 512)

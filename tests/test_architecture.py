@@ -23,15 +23,10 @@ README = PACKAGE.parent / "README.md"
 MAX_LINES = 600
 
 # Known debt, pinned so that it shows until it is paid (xfail, strict: a fixed entry must leave the
-# list). The lattice code and its kernels are to be split along their seams (block code, index
-# coders, scale design), which also ends the kernels ↔ lattices cycle (constants as arguments).
+# list).
 OVERSIZED = {
-    "mmquant.lattices.voronoi",
-    "mmquant.kernels.lattice",
 }
-KNOWN_CYCLES = [
-    ["mmquant.kernels.lattice", "mmquant.lattices.grouping", "mmquant.lattices.voronoi"]
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def _modules() -> dict[str, Path]:
@@ -159,7 +154,6 @@ def test_no_new_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="kernels.lattice ↔ lattices: the lattice split is pending")
 def test_no_import_cycles():
     cycles = _cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)

@@ -5,7 +5,7 @@
 
 The table holds the designs of every nested-lattice configuration that ``mmquant compare`` runs
 by default and with ``--rates 2,3,4`` (:func:`needed`), computed by
-:func:`mmquant.lattices.voronoi.optimal_design` with ``shipped=False``. Run it after changing
+:func:`mmquant.lattices.scales.optimal_design` with ``shipped=False``. Run it after changing
 the optimiser (fit_design), its sample or the encoder; the tests recompute entries and fail
 when the table is stale. About 2 CPU-minutes with the numba kernels.
 """
@@ -20,7 +20,8 @@ from typing import Any
 
 from mmquant.experiments.compare import default_quantizers
 from mmquant.lattices.designs import DESIGNS_FILE, TABLE_VERSION, design_key
-from mmquant.lattices.voronoi import _VoronoiQuantizer, optimal_design
+from mmquant.lattices.scales import optimal_design
+from mmquant.lattices.voronoi import _VoronoiQuantizer
 
 #: Target rates whose configurations get shipped designs besides the defaults (README example).
 RATES = (2.0, 3.0, 4.0)

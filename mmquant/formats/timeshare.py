@@ -36,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
-from mmquant.lattices.voronoi import store_float
+from mmquant.lattices.rows import store_float
 from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.packing import pack, packed_nbytes, unpack
 from mmquant.rotations import rotation

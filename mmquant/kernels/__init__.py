@@ -13,8 +13,11 @@ which backend to use:
 An explicit ``"numpy"`` or ``"numba"`` given to a function (the ``backend=`` arguments of
 :mod:`mmquant.lattices`) wins over the environment variable.
 
-The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`,
-:mod:`~mmquant.kernels.lattice`, :mod:`~mmquant.kernels.trellis`) are imported only when a kernel of theirs runs; each compiles its
+The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`, for
+the lattice codes :mod:`~mmquant.kernels.lattice_closest`, :mod:`~mmquant.kernels.lattice_block`,
+:mod:`~mmquant.kernels.lattice_groups`, :mod:`~mmquant.kernels.trellis` and
+:mod:`~mmquant.kernels.products`) are imported only when a kernel of theirs runs; they import
+nothing from the rest of the package (what they need is passed in as arguments); each compiles its
 functions on their first call and keeps the machine code in numba's on-disk cache when one can be
 written (:func:`numba_cache`); in a read-only install without a writable cache folder they compile
 in every process instead of failing.
@@ -38,7 +41,15 @@ BACKENDS = ("auto", "numpy", "numba")
 #: Environment variable read when the backend asked for is ``"auto"``.
 ENV_VAR = "MMQUANT_KERNELS"
 #: The kernel modules of this package (:func:`load` takes one of these names).
-MODULES = ("formats", "compander", "lattice", "trellis", "products")
+MODULES = (
+    "formats",
+    "compander",
+    "lattice_closest",
+    "lattice_block",
+    "lattice_groups",
+    "trellis",
+    "products",
+)
 
 
 def resolve(backend: str = "auto") -> str:
@@ -95,7 +106,8 @@ def load(name: str, backend: str = "auto") -> ModuleType | None:
 
     Parameters
     ----------
-    name : {"formats", "compander", "lattice", "trellis", "products"}
+    name : str
+        One of :data:`MODULES`.
         Which kernel module.
     backend : {"auto", "numpy", "numba"}
         Passed to :func:`resolve`.
@@ -128,7 +140,7 @@ def on_compile(
     Parameters
     ----------
     start : callable
-        Called with the kernel's qualified name, e.g. ``"lattice._encode_all"``.
+        Called with the kernel's qualified name, e.g. ``"lattice_block._encode_all"``.
     end : callable, optional
         Called with the name and the compilation's wall time in seconds.
     """

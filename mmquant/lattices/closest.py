@@ -14,7 +14,7 @@ Algorithms (one pass of vectorised numpy over the blocks, the last axis being th
   ``⌊x⌋ + ½`` with the same parity fix (identical in exact arithmetic, one rounding less in float).
 
 Deterministic tie rule (it decides overload at the Voronoi boundary, and the numba kernels in
-:mod:`mmquant.kernels.lattice` follow it bit for bit):
+:mod:`mmquant.kernels.lattice_closest` follow it bit for bit):
 
 1. scalar rounding ties go **up**: ``⌊x + ½⌋`` (2.5 → 3, −2.5 → −2);
 2. in Dₙ, among coordinates with equal largest rounding error the **lowest index** is re-rounded,
@@ -25,7 +25,7 @@ Steps 1 and 2 are invariant under translation by Dₙ vectors, so ``Q(x + λ) = 
 Dₙ (exact arithmetic). Step 3 is not invariant under the half-integer coset of E8 (it swaps the
 cosets), so a point equidistant from two E8 points is resolved by where it lies; the Voronoi codes
 therefore decide whether a point on the boundary of qV is a codeword with the decoder's own
-reduction, never by assuming invariance (:mod:`mmquant.lattices.voronoi`).
+reduction, never by assuming invariance (:mod:`mmquant.lattices.blockcode`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def max_relevant(p: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     * Z⁸ (±e_i, ‖v‖² = 1): the largest magnitude.
 
     Ties between coordinates go to the lowest index; the sign of 0 is +. The numba kernels in
-    :mod:`mmquant.kernels.lattice` do the same operations in the same order (bit-identical).
+    :mod:`mmquant.kernels.lattice_closest` do the same operations in the same order (bit-identical).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """The shipped table of N(0, 1) Voronoi code designs (``designs.json``, package data).
 
-:func:`mmquant.lattices.voronoi.optimal_design` is deterministic (a fixed-seed N(0, 1) sample and
+:func:`mmquant.lattices.scales.optimal_design` is deterministic (a fixed-seed N(0, 1) sample and
 a deterministic optimiser whose numba and numpy paths agree bit for bit) but costs seconds to
 minutes per design (the grouped designs most). The designs of the configurations that
 ``mmquant compare`` runs (its defaults, and those of ``--rates 2,3,4``) are computed once and
@@ -39,7 +39,7 @@ def design_key(
     mixed: bool,
     group: int,
 ) -> str:
-    """Canonical text of the arguments of :func:`~mmquant.lattices.voronoi.optimal_design`."""
+    """Canonical text of the arguments of :func:`~mmquant.lattices.scales.optimal_design`."""
     qs = ";".join(str(int(v)) for v in q) if isinstance(q, tuple) else str(int(q))
     flags = f"dithered={bool(dithered)},search={bool(search)},mixed={bool(mixed)}"
     return f"{lattice_name}:q={qs},k={int(k)},rule={rule},{flags},group={int(group)}".lower()

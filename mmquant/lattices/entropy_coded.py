@@ -1,7 +1,7 @@
 """Entropy-coded (dithered) E8 lattice quantizer: no coarse lattice, a real rANS bitstream.
 
 After the same preprocessing as the Voronoi codes (optional centring, seeded randomized Hadamard
-rotation, row RMS normalisation; :func:`mmquant.lattices.voronoi.prepare_rows`), every 8-block ``z``
+rotation, row RMS normalisation; :func:`mmquant.lattices.rows.prepare_rows`), every 8-block ``z``
 is quantized to the scaled lattice βE8 with a subtractive dither ``u`` (uniform over the Voronoi
 cell of E8, from a stored 32-bit seed)::
 
@@ -50,8 +50,10 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.entropy import check_histograms, decode_integers, empirical_entropy, encode_integers
+from mmquant.lattices.blockcode import dither
+from mmquant.lattices.chunks import pairwise_blocks
 from mmquant.lattices.closest import closest_e8, lattice
-from mmquant.lattices.voronoi import dither, finish_rows, pairwise_blocks, prepare_rows
+from mmquant.lattices.rows import finish_rows, prepare_rows
 from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.validation import check_float, check_int
 

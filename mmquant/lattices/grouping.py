@@ -13,7 +13,8 @@ The sequence is sent as its rank in lexicographic order among the |A(G, W)| allo
 encoder picks, among the allowed sequences, the one of least total error (exact dynamic
 programming over the budget, :func:`choose`); blocks whose best scale is expensive are moved
 to a cheaper one only where that costs least. The weights and the budget are part of the
-design, chosen by the optimiser (:func:`mmquant.lattices.voronoi.fit_design`).
+design, chosen by the optimiser (:func:`mmquant.lattices.scales.fit_design`, which calls :func:`fit`
+through the grouped index coder of :mod:`mmquant.lattices.indexcoders`).
 
 Counting: ``C(n, r)``, the number of sequences of n indices of total weight ≤ r, obeys
 ``C(0, r) = 1`` and ``C(n, r) = Σ_j C(n − 1, r − w_j)`` (terms with a negative budget are 0).
@@ -24,6 +25,7 @@ is the weight of its first b indices; unranking walks the same sums. All counts 
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
 
@@ -43,6 +45,11 @@ __all__ = [
     "pack",
     "unpack",
     "packed_nbytes",
+    "GROUP_MAX_SCALES",
+    "GROUP_BITS_MAX",
+    "WEIGHT_MAX",
+    "group_max",
+    "fit",
 ]
 
 #: Largest number of allowed sequences per group (ranks are uint64).
@@ -113,14 +120,14 @@ def choose(
         ``int64`` scale index of every block. Exact minimum by dynamic programming over the
         budget used; ties go to the smaller scale index at the latest block, then to the
         smaller total weight. ``backend="numba"`` gives the same choices from
-        :mod:`mmquant.kernels.lattice`.
+        :mod:`mmquant.kernels.lattice_groups`.
     """
     weights = tuple(int(w) for w in weights)
     _check(weights, group, budget)
     err = _errors(err, weights)
     n, k = err.shape
     if use_numba(backend):
-        from mmquant.kernels.lattice import group_choose_kernel
+        from mmquant.kernels.lattice_groups import group_choose_kernel
 
         return group_choose_kernel(err, weights, group, budget)
     out = np.empty(n, np.int64)
@@ -200,7 +207,7 @@ def least_error(
 ) -> float:
     """Total error of :func:`choose`'s choice (without computing the choice itself).
 
-    ``backend="numba"`` runs the forward pass in :mod:`mmquant.kernels.lattice` (bit-identical:
+    ``backend="numba"`` runs the forward pass in :mod:`mmquant.kernels.lattice_groups` (bit-identical:
     the per-group minima are the same floats, summed here in the same order).
     """
     weights = tuple(int(w) for w in weights)
@@ -208,7 +215,7 @@ def least_error(
     err = _errors(err, weights)
     n, k = err.shape
     if use_numba(backend):
-        from mmquant.kernels.lattice import group_minima_kernel
+        from mmquant.kernels.lattice_groups import group_minima_kernel
 
         minima = group_minima_kernel(err, weights, group, budget)
     else:
@@ -332,3 +339,121 @@ def unpack(
         out.append(v)
         pos += used
     return (np.concatenate(out) if out else np.zeros(0, np.uint64)), pos
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits of a group code, and the fit of its weights and budget (used by the scale optimiser)
+# ---------------------------------------------------------------------------------------------
+#: Largest number of scales whose indices are coded in groups.
+GROUP_MAX_SCALES = 8
+
+#: Groups of G blocks with k scales need ``G·⌈log2 k⌉ ≤ GROUP_BITS_MAX``: beyond it no budget
+#: the optimiser tries keeps the count of a group's index sequences below 2^63 (k = 4: G ≤ 32).
+GROUP_BITS_MAX = 64
+
+#: Largest weight of a scale in a group's budget.
+WEIGHT_MAX = 4
+
+
+def group_max(k: int) -> int:
+    """Largest group of blocks whose scale indices are coded jointly with ``k`` scales."""
+    return min(64, GROUP_BITS_MAX // max(1, math.ceil(math.log2(k))))
+
+
+def _weight_candidates(k: int) -> list[tuple[int, ...]]:
+    """Scale weights the optimiser tries: 0 for the smallest scale, non-decreasing, ≤ WEIGHT_MAX."""
+    return [
+        (0, *t)
+        for t in itertools.combinations_with_replacement(range(WEIGHT_MAX + 1), k - 1)
+        if t[-1]
+    ]
+
+
+def fit(
+    sel: list[tuple[int, int]],
+    grids: dict[int, np.ndarray],
+    errs: dict[int, np.ndarray],
+    group: int,
+) -> tuple[list[tuple[int, int]], tuple[int, ...], int]:
+    """Weights and budget of a group code, fitted jointly with the scales: (scales, weights, budget).
+
+    Steps (i) and (ii) of :func:`mmquant.lattices.scales.fit_design` for ``group > 1``. ``sel``
+    holds the (code size, grid index) of every scale, increasing; ``grids[q]`` the scales of the
+    optimiser's grid for code size q and ``errs[q]`` the error of every sample block at each of
+    them, shape (grid size, N).
+    """
+    k = len(sel)
+    nb = errs[sel[0][0]].shape[1]
+
+    def merit(sel: list[tuple[int, int]], w: tuple[int, ...], budget: int, m: int = nb) -> float:
+        e = np.stack([errs[v][g][:m] for v, g in sel], axis=1)
+        bits = group_bits(w, group, budget, m)
+        return least_error(e, w, group, budget) / m * 4.0 ** (bits / (8 * m))
+
+    sub = min(nb, max(group, nb // 4 // group * group))  # a quarter of the sample
+
+    def scan(
+        sel: list[tuple[int, int]], candidates: list[tuple[int, ...]]
+    ) -> list[tuple[float, tuple[int, ...], int]]:
+        """Best budget of every weight tuple on the sub-sample, best first."""
+        free = np.argmin(np.stack([errs[v][g][:sub] for v, g in sel]), axis=0)  # unconstrained
+        found = []
+        for w in candidates:
+            mean = group * float(np.mean(np.asarray(w)[free]))
+            top = min(group * max(w) - 1, math.ceil(1.05 * mean))
+            best_w: tuple[float, int] = (np.inf, 0)
+            for budget in range(int(0.7 * mean), top + 1):
+                if count(w, group, budget) >= MAX_COUNT:
+                    break
+                best_w = min(best_w, (merit(sel, w, budget, sub), budget))
+            if best_w[0] < np.inf:
+                found.append((best_w[0], w, best_w[1]))
+        return sorted(found)
+
+    def refine(
+        sel: list[tuple[int, int]], found: list[tuple[float, tuple[int, ...], int]]
+    ) -> tuple[float, tuple[int, ...], int]:
+        """The best of ``found`` on the whole sample, budgets within ±2."""
+        best: tuple[float, tuple[int, ...], int] = (np.inf, (), 0)
+        for _, w, b0 in found:
+            for budget in range(max(0, b0 - 2), min(group * max(w) - 1, b0 + 2) + 1):
+                if count(w, group, budget) < MAX_COUNT:
+                    m = merit(sel, w, budget)
+                    if m < best[0] - 1e-15:
+                        best = (m, w, budget)
+        return best
+
+    found = scan(sel, _weight_candidates(k))
+    if not found:
+        raise ValueError(
+            f"no weight budget gives groups of {group} blocks with {k} scales fewer than 2^63 "
+            "index sequences: use a smaller group"
+        )
+    best, w, budget = refine(sel, found[:3])
+    # (i') all scales moved together: the budget trades against the scales along a valley
+    top3 = [t[1] for t in found[:3]]
+    base = list(sel)
+    for shift in range(-8, 9):
+        trial = [(v, g + shift) for v, g in base]
+        if shift == 0 or not all(0 <= g < grids[v].size for v, g in trial):
+            continue
+        m, w2, b2 = refine(trial, scan(trial, top3)[:1])
+        if m < best - 1e-15:
+            best, sel, w, budget = m, trial, w2, b2
+    for _ in range(3):
+        before = (list(sel), w, budget)
+        for i in range(k):  # coordinate descent of the scales, kept in increasing order
+            v, g0 = sel[i]
+            lo = grids[v][sel[i - 1][1]] if i > 0 else -np.inf
+            hi = grids[v][sel[i + 1][1]] if i < k - 1 else np.inf
+            for g in range(max(0, g0 - 8), min(grids[v].size, g0 + 9)):
+                if not lo < grids[v][g] < hi:
+                    continue
+                trial = [*sel[:i], (v, g), *sel[i + 1 :]]
+                m = merit(trial, w, budget)
+                if m < best - 1e-15:
+                    best, sel = m, trial
+        best, w, budget = refine(sel, scan(sel, _weight_candidates(k))[:3])
+        if (sel, w, budget) == before:
+            break
+    return sel, w, budget

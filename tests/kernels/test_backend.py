@@ -73,7 +73,7 @@ def test_without_numba(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     monkeypatch.delenv("MMQUANT_KERNELS", raising=False)
     assert kernels.resolve("auto") == "numpy"
-    assert kernels.load("lattice") is None
+    assert kernels.load("lattice_block") is None
     with pytest.raises(ImportError, match="pip install numba"):
         kernels.resolve("numba")
     monkeypatch.setenv("MMQUANT_KERNELS", "numba")

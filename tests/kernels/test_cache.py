@@ -38,7 +38,9 @@ warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import numpy as np
     import mmquant as mq
-    import mmquant.kernels.formats, mmquant.kernels.compander, mmquant.kernels.lattice
+    import mmquant.kernels.formats, mmquant.kernels.compander
+    import mmquant.kernels.lattice_closest, mmquant.kernels.lattice_block
+    import mmquant.kernels.lattice_groups
 assert mq.__file__.startswith(sys.argv[1]), mq.__file__
 x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
 out = []

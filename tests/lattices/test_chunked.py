@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 
 import mmquant
-from mmquant.lattices import voronoi
+from mmquant.lattices import chunks, indexpack
 from mmquant.packing import pack
 
 
 def _pack_base_q_whole(digits: np.ndarray, q: int) -> np.ndarray:
     """The one-pass packing: raw bits of all digits, then all base-m words."""
-    a, m, j, w = voronoi._pack_params(q)
+    a, m, j, w = indexpack._pack_params(q)
     d = np.asarray(digits, np.uint64).reshape(-1)
     out = []
     if a:
         out.append(pack(d & np.uint64((1 << a) - 1), a))
     if m > 1:
-        out += voronoi._pack_words(d >> np.uint64(a), m, j, w)
+        out += indexpack._pack_words(d >> np.uint64(a), m, j, w)
     return np.concatenate(out)
 
 
@@ -26,10 +26,10 @@ def test_pack_base_q_in_steps_is_one_pass(monkeypatch, q, n_blocks):
     d = np.random.default_rng(q + n_blocks).integers(0, q, (n_blocks, 8))
     ref = _pack_base_q_whole(d, q)
     for step in (8, 24, 1 << 16):
-        monkeypatch.setattr(voronoi, "PACK_CHUNK", step)
-        np.testing.assert_array_equal(voronoi.pack_base_q(d, q), ref)
-        np.testing.assert_array_equal(voronoi.pack_base_q(d.astype(np.uint8), q), ref)
-    back, used = voronoi.unpack_base_q(ref, q, n_blocks)
+        monkeypatch.setattr(indexpack, "PACK_CHUNK", step)
+        np.testing.assert_array_equal(indexpack.pack_base_q(d, q), ref)
+        np.testing.assert_array_equal(indexpack.pack_base_q(d.astype(np.uint8), q), ref)
+    back, used = indexpack.unpack_base_q(ref, q, n_blocks)
     np.testing.assert_array_equal(back, d)
     assert used == ref.size
 
@@ -42,7 +42,7 @@ def test_pairwise_blocks_is_numpy_sum(n_blocks, size):
     rng = np.random.default_rng(n_blocks)
     a = rng.standard_normal((n_blocks, 8)) * np.exp(3 * rng.standard_normal((n_blocks, 1)))
     b = rng.standard_normal((n_blocks, 8))
-    got = voronoi.pairwise_blocks(
+    got = chunks.pairwise_blocks(
         n_blocks, lambda b0, b1: (np.sum(a[b0:b1] * b[b0:b1]), np.sum(a[b0:b1])), size
     )
     assert got == (np.sum(a * b), np.sum(a))
@@ -69,8 +69,8 @@ def test_encoding_does_not_depend_on_the_chunks(monkeypatch, spec):
     x[0, 3] = 40.0
     whole = q.encode(x)  # 37·96 entries: one chunk
     for size in (8, 64, 8 * 37):
-        monkeypatch.setattr(voronoi, "CHUNK_ENTRIES", size)
-        monkeypatch.setattr(voronoi, "PACK_CHUNK", 16)
+        monkeypatch.setattr(chunks, "CHUNK_ENTRIES", size)
+        monkeypatch.setattr(indexpack, "PACK_CHUNK", 16)
         part = q.encode(x)
         np.testing.assert_array_equal(part.codes, whole.codes)
         assert part.side.keys() == whole.side.keys()

@@ -8,7 +8,8 @@ import pytest
 
 from mmquant.experiments.compare import default_quantizers
 from mmquant.lattices import designs
-from mmquant.lattices.voronoi import Design, _VoronoiQuantizer, optimal_design
+from mmquant.lattices.scales import Design, optimal_design
+from mmquant.lattices.voronoi import _VoronoiQuantizer
 
 
 def _default_args() -> list[tuple]:

@@ -4,20 +4,20 @@ import numpy as np
 import pytest
 
 import mmquant as mq
-from mmquant.lattices.closest import closest_dn, closest_e8, lattice
-from mmquant.lattices.voronoi import (
+from mmquant.lattices.blockcode import (
     dither,
     voronoi_decode_blocks,
     voronoi_encode_blocks,
     voronoi_encode_grouped,
 )
+from mmquant.lattices.closest import closest_dn, closest_e8, lattice
 
 pytest.importorskip("numba")
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmquant.kernels.lattice import _e8, closest_kernel
+from mmquant.kernels.lattice_closest import _e8, closest_kernel
 
 
 def _inputs(seed=0, n=20000):

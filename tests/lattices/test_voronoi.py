@@ -10,22 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mmquant as mq
+from mmquant.lattices.blockcode import dither, voronoi_decode_blocks, voronoi_encode_blocks
 from mmquant.lattices.closest import lattice, max_relevant
-from mmquant.lattices.voronoi import (
-    E8Voronoi,
+from mmquant.lattices.indexpack import (
     digit_bits,
-    dither,
-    fit_design,
-    optimal_design,
     pack_base_q,
     pack_union,
     union_bits,
     union_size,
     unpack_base_q,
     unpack_union,
-    voronoi_decode_blocks,
-    voronoi_encode_blocks,
 )
+from mmquant.lattices.scales import fit_design, optimal_design
+from mmquant.lattices.voronoi import E8Voronoi
 from mmquant.packing import packed_nbytes
 from mmquant.theory.matmul_rd import gamma
 
