@@ -35,11 +35,9 @@ IMPORTED = (
     "mmquant.formats: Quantizer.block_format() (engine.BlockFormat: elements.table, bits, group, "
     "scale.scales(side)), engine.group_size, compander.DataCompander, elements.CodebookElements, "
     "scales.RowRMS",
-    "mmquant.lattices.voronoi: _VoronoiQuantizer (._stored_qs, ._stored_grouping, .k, .union), "
-    "unpack_base_q, unpack_union, voronoi_decode_blocks, dither, _check_consumed",
-    "mmquant.lattices.grouping: unpack, unrank",
+    "mmquant.lattices.voronoi: _VoronoiQuantizer (.coder.unpack, .k), voronoi_decode_blocks, "
+    "dither",
     "mmquant.lattices.closest: lattice",
-    "mmquant.packing: unpack",
     "mmquant.rotations: rotation",
 )
 
@@ -193,9 +191,8 @@ def lattice_view(enc: Encoded) -> LatticeView | None:
     TypeError, ValueError
         As :func:`block_view` (corrupt β lists, norms, β indices, code lengths).
     """
-    from mmquant.lattices import grouping, voronoi
+    from mmquant.lattices import voronoi
     from mmquant.lattices.closest import lattice
-    from mmquant.packing import unpack
     from mmquant.rotations import rotation
 
     q = _quantizer(enc)
@@ -218,25 +215,8 @@ def lattice_view(enc: Encoded) -> LatticeView | None:
     alpha = float(enc.side["alpha"][0])
     if not math.isfinite(alpha):
         raise ValueError("corrupt side information: 'alpha' is not finite")
-    # the index coders: digits (nb, 8) uint8 and β indices (nb,), integers (not floats)
-    if q.union:
-        qs = q._stored_qs(enc)
-        digits, bi, pos = voronoi.unpack_union(enc.codes, qs, nb)
-        voronoi._check_consumed(pos, enc.codes.size)
-    else:
-        qs = np.full(k, int(q.q), np.int64)
-        digits, pos = voronoi.unpack_base_q(enc.codes, int(q.q), nb)
-        if q.group > 1:
-            w, budget = q._stored_grouping(enc)
-            ranks, used = grouping.unpack(enc.codes[pos:], w, q.group, budget, nb)
-            voronoi._check_consumed(pos + used, enc.codes.size)
-            bi = grouping.unrank(ranks, w, q.group, budget, nb)
-        elif k > 1:
-            bi = unpack(enc.codes[pos:], math.ceil(math.log2(k)), nb).astype(np.int64)
-            if np.any(bi >= k):
-                raise ValueError(f"corrupt codes: a β index is not below {k}")
-        else:
-            bi = np.zeros(nb, np.int64)
+    # the record's index coder (plain, union or grouped): digits (nb, 8) and β indices (nb,)
+    digits, bi, qs = q.coder.unpack(enc.codes, enc.side, nb)
     # kept compact (the view of a weight is kept for its next products): one byte per digit
     digits = digits.astype(np.min_scalar_type(max(int(np.max(qs)) - 1, 0)))
     bi = np.asarray(bi).astype(np.min_scalar_type(max(k - 1, 0)))

@@ -36,7 +36,7 @@ import numpy as np
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.entropy import check_histograms, decode_integers, empirical_entropy, encode_integers
 from mmquant.kernels import load
-from mmquant.lattices.voronoi import finish_rows, prepare_rows, store_float
+from mmquant.lattices.rows import finish_rows, prepare_rows, store_float
 from mmquant.layout import MAX_ENTRIES_PER_BYTE, Layout, side_array
 from mmquant.trellis import viterbi
 from mmquant.trellis.quantizer import trellis_length

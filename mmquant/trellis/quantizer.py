@@ -34,7 +34,7 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.kernels import load
-from mmquant.lattices.voronoi import finish_rows, prepare_rows, store_float
+from mmquant.lattices.rows import finish_rows, prepare_rows, store_float
 from mmquant.layout import Layout, side_array
 from mmquant.packing import check_padding, pack, packed_nbytes, unpack
 from mmquant.trellis import viterbi
