@@ -53,6 +53,9 @@ __all__ = [
     "parse_spec",
     "format_spec",
     "import_plugins",
+    "match_rate",
+    "RATE_ROW",
+    "RATE_TOLERANCE",
 ]
 
 
@@ -157,6 +160,31 @@ class Quantizer(abc.ABC):
     def _decode(self, enc: Encoded) -> np.ndarray:
         """Decode a record produced by :meth:`_encode`; returns float32 or float64."""
 
+    # -- rates and the configurations of ``mmquant compare`` -----------------------------------
+    def nominal_rate(self, n: int | None = None) -> float | None:
+        """Bits per entry this configuration stores, predicted from its parameters.
+
+        Codes and side information together, for rows of ``n`` entries (``None``: rows long
+        enough that per-row side information is negligible, and divisible by every group). The
+        measured rate of a record (:attr:`Encoded.bits_per_entry`) is what counts; this is what
+        :func:`match_rate` compares with a target rate. ``None`` (the default) when the data
+        decide the rate entirely.
+        """
+        return None
+
+    @classmethod
+    def defaults(cls) -> list[Quantizer]:
+        """The configurations ``mmquant compare`` runs when no rate is asked for (default: none)."""
+        return []
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The configurations among which a target rate picks (default: :meth:`defaults`).
+
+        Families whose rate is a parameter return the configuration at ``rate`` (if in range).
+        """
+        return cls.defaults()
+
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
         """Configurations of this family used by ``mmquant compare``.
@@ -164,10 +192,12 @@ class Quantizer(abc.ABC):
         Parameters
         ----------
         rate : float, optional
-            Target rate in bits per entry. ``None`` returns the family's default configurations;
-            otherwise the configurations whose nominal rate is close to ``rate`` (possibly none).
+            Target rate in bits per entry. ``None`` returns :meth:`defaults`; otherwise the one
+            rate-matching rule of every family, :func:`match_rate` on :meth:`candidates`.
         """
-        return []
+        if rate is None:
+            return cls.defaults()
+        return match_rate(cls.candidates(rate), rate)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -403,6 +433,49 @@ def registry() -> dict[str, type[Quantizer]]:
 def available() -> list[str]:
     """Names of every registered quantizer family, sorted."""
     return list(registry())
+
+
+#: Row length at which nominal rates are compared (``mmquant compare``'s default n).
+RATE_ROW = 4096
+#: Largest distance (bits per entry) between a target rate and the nominal rate of a
+#: configuration picked for it.
+RATE_TOLERANCE = 0.5
+
+
+def match_rate(
+    quantizers: Sequence[Quantizer],
+    rate: float,
+    n: int = RATE_ROW,
+    tolerance: float = RATE_TOLERANCE,
+) -> list[Quantizer]:
+    """The configurations whose nominal rate is nearest to ``rate`` (the one rule of every family).
+
+    Parameters
+    ----------
+    quantizers : sequence of Quantizer
+        Candidates (a family's :meth:`Quantizer.candidates`).
+    rate : float
+        Target rate in bits per entry.
+    n : int
+        Row length at which the nominal rates are evaluated.
+    tolerance : float
+        Largest distance in bits per entry; nothing farther is picked.
+
+    Returns
+    -------
+    list of Quantizer
+        Every candidate at the smallest distance (ties are all kept: e.g. ``int:bits=3`` at 3.5
+        and ``int:bits=4`` at 4.5 bits for a target of 4), or none within ``tolerance``.
+    """
+    dist = []
+    for q in quantizers:
+        r = q.nominal_rate(n)
+        if r is not None and abs(r - rate) <= tolerance + 1e-9:
+            dist.append((abs(r - rate), q))
+    if not dist:
+        return []
+    best = min(d for d, _ in dist)
+    return [q for d, q in dist if d <= best + 1e-9]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

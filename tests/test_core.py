@@ -125,3 +125,22 @@ def test_plugin_lists_fail_loudly():
     import_plugins(["mmquant.metrics"], "test")  # an existing module imports quietly
     with pytest.raises(ImportError, match="no_such_module"):
         import_plugins(["mmquant.no_such_module"], "test plugins")
+
+
+def test_match_rate_is_the_one_rule_of_every_family():
+    from mmquant.core import RATE_TOLERANCE, match_rate, registry
+
+    qs = [mq.get("int:bits=3"), mq.get("int"), mq.get("nvfp4"), mq.get("mxfp4")]
+    assert [q.spec for q in match_rate(qs, 4.25)] == ["mxfp4"]
+    assert [q.spec for q in match_rate(qs, 4.0)] == ["mxfp4"]
+    assert [q.spec for q in match_rate(qs[:2], 4.0)] == ["int:bits=3", "int"]  # a tie keeps both
+    assert match_rate(qs, 4.0 + 3 * RATE_TOLERANCE) == []
+    # every family's variants for a rate are its candidates picked by that rule
+    for cls in registry().values():
+        for rate in (1.0, 3.0, 4.0, 6.5):
+            picked = cls.variants(rate)
+            assert [q.spec for q in picked] == [
+                q.spec for q in match_rate(cls.candidates(rate), rate)
+            ]
+            for q in picked:
+                assert abs(q.nominal_rate(4096) - rate) <= RATE_TOLERANCE + 1e-9

@@ -184,17 +184,14 @@ class _MXQuantizer(_BlockQuantizer):
         """The engine's description: element, E8M0 scale per 32-block."""
         return mx_format(self._elem())
 
-    def nominal_rate(self) -> float:
+    def nominal_rate(self, n: int | None = None) -> float:
         """Bits per entry on rows divisible by 32: ``bits_elem + 8/32``."""
         return self.element.bits + 8 / MX_BLOCK
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+    def defaults(cls) -> list[Quantizer]:
         """Every element choice of the family (one for MXFP4/MXINT8, two for MXFP6/MXFP8)."""
-        qs = [cls(elem=e) if len(cls.elements) > 1 else cls() for e in cls.elements]
-        if rate is None:
-            return qs
-        return [q for q in qs if abs(q.nominal_rate() - rate) <= 0.5]
+        return [cls(elem=e) if len(cls.elements) > 1 else cls() for e in cls.elements]
 
 
 @register("mxfp4")
@@ -252,7 +249,11 @@ class NVFP4(_BlockQuantizer):
         """The engine's description: E2M1, E4M3 × FP32 scale per 16-block."""
         return nvfp4_format()
 
+    def nominal_rate(self, n: int | None = None) -> float:
+        """``4 + 8/16`` bits per entry (and the tensor scale, negligible)."""
+        return 4.0 + 8 / NVFP4_BLOCK
+
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """The one configuration (nominal 4.5 bits/entry)."""
-        return [cls()] if rate is None or abs(rate - 4.5) <= 0.5 else []
+    def defaults(cls) -> list[Quantizer]:
+        """The one configuration (4.5 bits/entry)."""
+        return [cls()]

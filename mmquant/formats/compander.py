@@ -139,14 +139,29 @@ def _row_layout(shape: tuple[int, ...], bits: int, scale_dtype: str, points: boo
     return Layout(packed_nbytes(math.prod(shape), bits), side)
 
 
-def _variants_bits(cls: type, rate: float | None, default: tuple[int, ...] = (4,)) -> list:
-    if rate is None:
-        return [cls(bits=b) for b in default]
-    b = round(rate)
-    return [cls(bits=b)] if 1 <= b <= 8 and abs(rate - b) <= 0.3 else []
+class _BitsFamily:
+    """Rates and configurations of the families with ``bits`` per entry and one RMS per row."""
+
+    bits: int
+    scale_dtype: str
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """``bits`` plus the row RMS over the row (16 or 32 bits over ``n``)."""
+        sbits = 16 if self.scale_dtype == "float16" else 32
+        return self.bits + (sbits / n if n else 0.0)
+
+    @classmethod
+    def defaults(cls) -> list:
+        """4 bits per entry."""
+        return [cls(bits=4)]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list:
+        """1 to 8 bits per entry."""
+        return [cls(bits=b) for b in range(1, 9)]
 
 
-class _RowCodebookQuantizer(Quantizer):
+class _RowCodebookQuantizer(_BitsFamily, Quantizer):
     """Common encode/decode of a fixed (data-independent) codebook in units of the row RMS."""
 
     bits: int
@@ -223,10 +238,6 @@ class GaussianCompander(_RowCodebookQuantizer):
             return weighted_lloyd_gaussian(self.rho, k)
         return gaussian_product_compander(self.rho, k)
 
-    @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return _variants_bits(cls, rate)
-
 
 @register("lloydmax")
 @dataclass(frozen=True)
@@ -243,10 +254,6 @@ class LloydMax(_RowCodebookQuantizer):
 
     def _design(self) -> ScalarCodebook:
         return lloyd_max_gaussian(1 << self.bits)
-
-    @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return _variants_bits(cls, rate)
 
 
 @register("uniform")
@@ -272,14 +279,10 @@ class Uniform(_RowCodebookQuantizer):
     def _design(self) -> ScalarCodebook:
         return uniform_gaussian(1 << self.bits, self.rho)
 
-    @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return _variants_bits(cls, rate)
-
 
 @register("datacompander")
 @dataclass(frozen=True)
-class DataCompander(Quantizer):
+class DataCompander(_BitsFamily, Quantizer):
     """Compander fitted to the data; its K points travel as float32 side information.
 
     ``encode(x)`` fits ``λ ∝ p̂^{1/3}`` to the standardised entries of ``x`` itself (``m ≡ 1``, the
@@ -351,7 +354,3 @@ class DataCompander(Quantizer):
         el = CodebookElements(pts, np.zeros(pts.size - 1, np.float32))
         fmt = BlockFormat(el, RowRMS(self.scale_dtype), 0, "compander", self.spec)
         return fmt.decode(enc.codes, enc.side, enc.shape)
-
-    @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return _variants_bits(cls, rate)

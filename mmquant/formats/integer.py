@@ -52,7 +52,6 @@ References
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,15 +153,14 @@ class AbsmaxInt(Quantizer):
         return float(self.bits)
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """INT b bits, g = 32, float16 scales (rate ``b + 0.5``); default b = 4 and 8.
+    def defaults(cls) -> list[Quantizer]:
+        """INT4 and INT8, g = 32, float16 scales (4.5 and 8.5 bits/entry)."""
+        return [cls(bits=4), cls(bits=8)]
 
-        For a target rate: ``b = ⌊rate⌋`` (2..8), i.e. the codes take at most ``rate`` bits.
-        """
-        if rate is None:
-            return [cls(bits=4), cls(bits=8)]
-        b = math.floor(rate + 1e-9)
-        return [cls(bits=b)] if 2 <= b <= 8 else []
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """INT b = 2..8 bits, g = 32, float16 scales (``b + 0.5`` bits/entry)."""
+        return [cls(bits=b) for b in range(2, 9)]
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
         """``bits`` per entry packed (:func:`mmquant.packing.packed_nbytes`), one ``absmax`` (affine:

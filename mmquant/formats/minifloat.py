@@ -47,7 +47,6 @@ References
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,14 +114,21 @@ class ScaledFloat(Quantizer):
         """The engine's description of this configuration."""
         return _format(self)
 
+    def nominal_rate(self, n: int | None = None) -> float:
+        """``1 + e + m`` element bits plus the scale's bits over the group (per row: over ``n``)."""
+        sbits = 16 if self.scale_dtype == "float16" else 32
+        per = self.group if self.group > 0 else (n if self.group == 0 and n else None)
+        return self.format.bits + (sbits / per if per else 0.0)
+
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """E2M1 (4.5 bits/entry), E2M3 and E3M2 (6.5), E4M3 (8.5), g = 32, float16 scales."""
-        qs = [cls(fmt="e2m1"), cls(fmt="e2m3"), cls(fmt="e4m3")]
-        if rate is None:
-            return qs
-        qs.insert(2, cls(fmt="e3m2"))  # for a rate: element bits = ⌊rate⌋
-        return [q for q in qs if q.format.bits == math.floor(rate + 1e-9)]
+    def defaults(cls) -> list[Quantizer]:
+        """E2M1 (4.5 bits/entry), E2M3 (6.5), E4M3 (8.5), g = 32, float16 scales."""
+        return [cls(fmt="e2m1"), cls(fmt="e2m3"), cls(fmt="e4m3")]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The defaults and E3M2 (6.5 bits/entry)."""
+        return [*cls.defaults(), cls(fmt="e3m2")]
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
         """``1 + e + m`` bits per entry packed, one ``absmax`` scale in ``scale_dtype`` per group."""

@@ -163,10 +163,16 @@ class NF4(Quantizer):
         """The engine's description of this configuration."""
         return _format(self)
 
+    def nominal_rate(self, n: int | None = None) -> float:
+        """4 bits plus the scale's bits over the group."""
+        sbits = 16 if self.scale_dtype == "float16" else 32
+        per = self.group if self.group > 0 else (n if self.group == 0 and n else None)
+        return 4.0 + (sbits / per if per else 0.0)
+
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+    def defaults(cls) -> list[Quantizer]:
         """NF4 with blocks of 64 and float16 scales (4.25 bits/entry)."""
-        return [cls()] if rate is None or abs(rate - 4.25) <= 0.5 else []
+        return [cls()]
 
     def layout(self, shape: tuple[int, ...]) -> Layout:
         """4 bits per entry packed, one ``absmax`` scale in ``scale_dtype`` per group."""

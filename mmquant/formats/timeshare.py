@@ -80,10 +80,18 @@ class TimeShare(Quantizer):
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        if rate is None:
-            return [cls(rate=0.5)]
+    def defaults(cls) -> list[Quantizer]:
+        """Half a bit per entry."""
+        return [cls(rate=0.5)]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The configuration at ``rate`` (below R*)."""
         return [cls(rate=float(rate))] if MIN_RATE <= rate < R_STAR else []
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """``rate`` (one bit per kept coordinate) plus the row's scale over ``n``."""
+        return self.rate + (16 / n if n else 0.0)
 
     def _kept(self, n: int) -> int:
         return max(1, min(n, round(self.rate * n)))

@@ -151,8 +151,18 @@ class E8EntropyCoded(Quantizer):
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        return [cls(rate=4.0 if rate is None else float(min(max(rate, 0.25), RATE_MAX)))]
+    def defaults(cls) -> list[Quantizer]:
+        """4 bits per entry."""
+        return [cls(rate=4.0)]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The configuration at ``rate`` (clamped to 0.25 … RATE_MAX)."""
+        return [cls(rate=float(min(max(rate, 0.25), RATE_MAX)))]
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """The target entropy ``rate`` (the measured rate adds the model tables)."""
+        return float(self.rate)
 
     def _calibrate(self, z: np.ndarray, u: np.ndarray) -> float:
         """β whose code entropy is ``rate`` (secant on log2 β, on at most 32768 blocks)."""

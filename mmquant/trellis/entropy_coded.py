@@ -167,10 +167,18 @@ class TCQEntropyCoded(Quantizer):
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        if rate is None:
-            return [cls()]
+    def defaults(cls) -> list[Quantizer]:
+        """4 bits per entry, 2^8 states."""
+        return [cls()]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The configuration at ``rate`` (0.5 to 8)."""
         return [cls(rate=float(rate))] if 0.5 <= rate <= 8.0 else []
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """The target entropy ``rate`` (the measured rate adds the model and the row scales)."""
+        return float(self.rate)
 
     def _rows(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         shape = x.shape

@@ -128,15 +128,20 @@ class TrellisCoded(Quantizer):
         check_int(self.seed, "seed", lo=0, hi=2**32 - 1)
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """:data:`COMPARE_L` = 16 state bits with the stratified code at 4 bits (or the integer
-        rate nearest ``rate``): the largest L that keeps ``mmquant compare`` under 90 s on a
-        2-core machine (about 33 CPU seconds of encoding on its 2 × 4096 × 256 entries)."""
-        if rate is None:
-            return [cls(bits=4, L=COMPARE_L, code="strat")]
-        b = round(rate)
-        ok = 1 <= b <= 7 and abs(rate - b) <= 0.3
-        return [cls(bits=b, L=COMPARE_L, code="strat")] if ok else []
+    def defaults(cls) -> list[Quantizer]:
+        """:data:`COMPARE_L` = 16 state bits with the stratified code at 4 bits: the largest L
+        that keeps ``mmquant compare`` under 90 s on a 2-core machine (about 33 CPU seconds of
+        encoding on its 2 × 4096 × 256 entries)."""
+        return [cls(bits=4, L=COMPARE_L, code="strat")]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """The same trellis at 1 to 7 bits per entry."""
+        return [cls(bits=b, L=COMPARE_L, code="strat") for b in range(1, 8)]
+
+    def nominal_rate(self, n: int | None = None) -> float:
+        """``bits`` plus the float16 row scale over ``n``."""
+        return self.bits + (16 / n if n else 0.0)
 
     @property
     def kv(self) -> int:

@@ -73,9 +73,14 @@ class WeightOnlyQuantizer(Quantizer):
     dead: float
 
     @classmethod
-    def variants(cls, rate: float | None = None) -> list[Quantizer]:
+    def defaults(cls) -> list[Quantizer]:
         """None: weight-only families are not part of ``mmquant compare``."""
         return []
+
+    def nominal_rate(self, n: int | None = None) -> float | None:
+        """The target ``rate`` (bits per weight, side information included), ``None`` with a
+        step (the data decide the rate)."""
+        return None if self.rate is None else float(self.rate)
 
     # -- validation -----------------------------------------------------------------------
     def _check_common(self, *, rate_used: bool) -> None:

@@ -202,7 +202,9 @@ def test_idempotent_and_bits_per_entry(bits, rows, n, scale, seed):
 def test_variants():
     assert [q.spec for q in cp.GaussianCompander.variants()] == ["compander"]
     assert [q.spec for q in cp.LloydMax.variants(3.0)] == ["lloydmax:bits=3"]
-    assert cp.Uniform.variants(3.5) == []
+    # the one rule (core.match_rate): nearest nominal rate (bits + 16/4096) within 0.5 bit
+    assert [q.bits for q in cp.Uniform.variants(3.5)] == [3]
+    assert cp.Uniform.variants(9.6) == []
 
 
 def test_fast_kernel_bit_exact():
