@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
-from mmquant.core import Encoded, Quantizer, register
+from mmquant.core import Encoded, Quantizer, match_rate, register
 from mmquant.lattices.blockcode import (
     RULES,
     VoronoiBlocks,
@@ -222,27 +222,36 @@ class _VoronoiQuantizer(Quantizer):
         """The β list in use."""
         return self.design.betas
 
-    @property
-    def nominal_rate(self) -> float:
-        """Bits per entry of the codes (no side information or byte padding).
+    def nominal_rate(self, n: int | None = None) -> float:
+        """Bits per entry of the codes (no byte padding), plus the float16 row norm over ``n``.
 
         ``a + W/J + ⌈log2 k⌉/8`` for one q; :func:`union_bits` / 8 for a union code;
         ``a + W/J + ⌈log2 |A(G, W)|⌉/(8G)`` with groups of G blocks
         (:meth:`mmquant.lattices.indexcoders.IndexCoder.nominal_bits`).
         """
-        return self.coder.nominal_bits(lambda: self.design)
+        return self.coder.nominal_bits(lambda: self.design) + (16 / n if n else 0.0)
+
+    @classmethod
+    def defaults(cls) -> list[Quantizer]:
+        """q = 14, k = 4: scale indices block by block, and in groups of 32."""
+        return [cls(q=14, betas=4), cls(q=14, betas=4, group=32)]
+
+    @classmethod
+    def candidates(cls, rate: float) -> list[Quantizer]:
+        """k = 4 codes of every q = 2..64, scale indices block by block (their rate needs no
+        design)."""
+        return [cls(q=v, betas=4) for v in range(2, 65)]
 
     @classmethod
     def variants(cls, rate: float | None = None) -> list[Quantizer]:
-        """The k = 4 code nearest the rate (q = 14 by default): scale indices block by block, and
-        in groups of 32."""
-        q = 14
-        if rate is not None:
-            near = [v for v in range(2, 65) if abs(cls(q=v).nominal_rate - rate) <= 0.13]
-            if not near:
-                return []
-            q = near[0]
-        return [cls(q=q, betas=4), cls(q=q, betas=4, group=32)]
+        """:meth:`defaults`, or the code :func:`~mmquant.core.match_rate` picks for ``rate``
+        among :meth:`candidates`, each with its sibling whose scale indices go in groups of 32
+        (a little below that rate; its rate needs the scale design, computed only for it)."""
+        if rate is None:
+            return cls.defaults()
+        return [
+            s for q in match_rate(cls.candidates(rate), rate) for s in (q, replace(q, group=32))
+        ]
 
     def _encode(self, x: np.ndarray) -> Encoded:
         lat = lattice(self.lattice_name)
