@@ -48,6 +48,8 @@ EXTRA_SPECS = [
     "rtn:rate=8.0",
     "gptq:rate=8.0",
     "watersic:rate=8.0",
+    "gptq:base=nvfp4",
+    "gptq:base=int:bits=3;group=64",
     "tcq",
     "tcq:bits=2,L=8,V=2,code=3inst",
     "tcq:bits=3,L=10,code=lut",
