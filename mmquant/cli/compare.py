@@ -15,7 +15,13 @@ from mmquant.cli import app, make_console
 from mmquant.cli.checks import check_output_file, parse_rates, text
 from mmquant.data import load_data
 from mmquant.experiments.base import write_json
-from mmquant.experiments.compare import CompareRow, compare, default_quantizers, plot_compare
+from mmquant.experiments.compare import (
+    CompareRow,
+    compare,
+    default_quantizers,
+    plot_compare,
+    start_warming,
+)
 from mmquant.kernels import on_compile
 
 __all__ = ["compare_cmd", "rows_table"]
@@ -110,7 +116,11 @@ def compare_cmd(
             shown["desc"] = spec
             prog.update(task, advance=1, description=spec)
 
+        warmer: list = []
+
         def compiling(name: str) -> None:
+            if not warmer:  # kernels are compiled: a second process compiles from the list's end
+                warmer.append(start_warming([q.spec for q in qs], pairs[0].a.shape[0]))
             if tty:
                 prog.update(task, description=COMPILING)
             elif not shown["told"]:  # once, without the progress bar (pipes, CI logs)
@@ -120,8 +130,13 @@ def compare_cmd(
         def compiled(name: str, seconds: float) -> None:
             prog.update(task, description=shown["desc"])
 
-        with on_compile(compiling, compiled):
-            rows = compare(pairs, qs, progress=done)
+        try:
+            with on_compile(compiling, compiled):
+                rows = compare(pairs, qs, progress=done)
+        finally:
+            if warmer and warmer[0] is not None:
+                warmer[0].kill()
+                warmer[0].wait()
     a, b = pairs[0].a, pairs[0].b
     shape = f"A {a.shape[0]}×{a.shape[1]}, B {b.shape[0]}×{b.shape[1]}"
     title = (

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -169,6 +172,44 @@ def product_speed(enc: Encoded, at: np.ndarray, repeat: int = 5) -> float:
         return max(out, 1e-9)
 
     return best(lambda: a32 @ v) / best(lambda: times(enc, v))
+
+
+def warm_kernels(specs: Sequence[str], n: int = 4096) -> None:
+    """Compile (into numba's disk cache) the kernels :func:`compare` needs for ``specs``.
+
+    The same calls as :func:`compare`'s warm-up (an encode of two float64 rows of ``n`` entries,
+    transposed as compare's data are, and a product from that record), so the same kernel
+    signatures land in the cache. ``mmquant compare`` runs it for the end of its list in a second
+    process when kernels must be compiled, so that both cores compile.
+    """
+    x = np.random.default_rng(0).standard_normal((n, 2)).T
+    for spec in specs:
+        q = get(spec)
+        enc = q.encode(x)
+        product_speed(enc, x, repeat=0)
+
+
+def start_warming(specs: Sequence[str], n: int = 4096) -> subprocess.Popen | None:
+    """Run :func:`warm_kernels` on ``specs`` in reverse order in a background process.
+
+    Only with the numba backend and a writable kernel cache (otherwise nothing is gained);
+    returns the process (the caller kills it when done) or ``None``.
+    """
+    from mmquant.kernels import numba_cache, resolve
+
+    if not specs or resolve() != "numba" or not numba_cache():
+        return None
+    code = (
+        "import sys; from mmquant.experiments.compare import warm_kernels; "
+        "warm_kernels(sys.argv[2:], int(sys.argv[1]))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(n), *reversed(list(specs))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MMQUANT_KERNELS": "numba"},
+    )
 
 
 def plot_compare(rows: Sequence[CompareRow], path: str | Path, title: str = "") -> None:
