@@ -18,17 +18,8 @@ is ``(max(E_x, emin) − emin)·2^m + t``: a carry ``t = 2^(m+1)`` moves to the 
 itself, and in the subnormal range the code is ``t``. The result is bit-exact with ``ml_dtypes``
 for every value within the range (tests: every code, every midpoint, random values).
 
-Constants (OCP 8-bit floating point v1.0 and OCP MX v1.0):
-
-====== === === ==== ========= ========== =================
-format  e   m  bias max        min normal ml_dtypes
-====== === === ==== ========= ========== =================
-e2m1    2   1   1   6.0        1.0        float4_e2m1fn
-e2m3    2   3   1   7.5        1.0        float6_e2m3fn
-e3m2    3   2   3   28.0       0.25       float6_e3m2fn
-e4m3    4   3   7   448.0      2^-6       float8_e4m3fn
-e5m2    5   2   15  57344.0    2^-14      float8_e5m2
-====== === === ==== ========= ========== =================
+The constants of every format (OCP 8-bit floating point v1.0, OCP MX v1.0) are tabulated in
+:mod:`mmquant.formats.elements`.
 
 The scaled quantizer ``fp:fmt=e4m3,group=32,scale_dtype=float16`` stores, per group of ``g``
 entries along the last axis (``group=0`` per row, ``-1`` per tensor, as in ``int``), the scale

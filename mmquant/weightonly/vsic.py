@@ -34,7 +34,7 @@ from mmquant.weightonly.covariance import wmse
 from mmquant.weightonly.rescale import fit_rescalers
 from mmquant.weightonly.result import WeightQuant, build_result
 from mmquant.weightonly.sic import Problem, search_rate, setup, sic
-from mmquant.weightonly.watersic import side_bits
+from mmquant.weightonly.watersic import _unit, side_bits
 
 __all__ = ["vector_sic", "e8sic"]
 
@@ -259,8 +259,3 @@ def _vector_sic(
         damping=p.damping,
         info=info,
     )
-
-
-def _unit(c: float, d: np.ndarray) -> float:
-    """Power of two near the median W-domain step (float16 column scales are relative to it)."""
-    return float(2.0 ** round(math.log2(c / float(np.median(d)))))
