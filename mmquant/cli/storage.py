@@ -9,9 +9,7 @@ chunking: per-tensor scales would change); the progress bar advances per array.
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 import tempfile
 import zipfile
 import zlib
@@ -34,87 +32,18 @@ INPUT_SUFFIXES = (".npy", ".npz", ".safetensors")
 MMQ_SUFFIXES = (".mmq",)
 ARRAY_SUFFIXES = (".npy", ".npz")
 
-# safetensors dtype tag -> numpy dtype (BF16 and F8 through ml_dtypes)
-_ST_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U64": "uint64",
-    "U32": "uint32",
-    "U16": "uint16",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read every tensor of a safetensors file with numpy (BF16/F8 via ml_dtypes).
+    """Every tensor of a safetensors file, memory-mapped (BF16/F8 via ml_dtypes).
 
-    The header is checked before any tensor is sliced: every entry must name a known dtype, a
-    shape of non-negative integers and ``data_offsets`` inside the data section whose length is
-    the shape's byte size.
+    The checkpoint reader's checked header (:func:`mmquant.checkpoints.safetensors_file.
+    read_header`: dtypes, shapes, offsets inside the data, no overlaps) comes first, so no tensor
+    is sliced from a header that does not fit the file.
     """
-    import ml_dtypes
+    from mmquant.checkpoints.safetensors_file import read_header, read_tensor
 
-    data = path.read_bytes()
-    try:
-        if len(data) < 8:
-            raise ValueError(f"only {len(data)} bytes")
-        (n,) = struct.unpack("<Q", data[:8])
-        if n > len(data) - 8:
-            raise ValueError(f"header length {n} exceeds the file size {len(data)}")
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
-    out: dict[str, np.ndarray] = {}
-    base = 8 + n
-    size = len(data) - base
-    for name, entry in header.items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: header entry of tensor {name!r} is not a JSON object")
-        tag = entry.get("dtype")
-        if not isinstance(tag, str) or tag not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {tag!r}")
-        dname = _ST_DTYPES[tag]
-        dtype = (
-            np.dtype(getattr(ml_dtypes, dname)) if hasattr(ml_dtypes, dname) else np.dtype(dname)
-        )
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not (
-            isinstance(shape, list)
-            and all(type(d) is int and d >= 0 for d in shape)
-            and isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(type(o) is int for o in offsets)
-        ):
-            raise ValueError(
-                f"{path}: tensor {name!r} needs a shape of non-negative integers and two integer "
-                f"data_offsets, got shape={shape!r}, data_offsets={offsets!r}"
-            )
-        start, end = offsets
-        if not 0 <= start <= end <= size:
-            raise ValueError(
-                f"{path}: tensor {name!r} has data_offsets [{start}, {end}] outside the "
-                f"{size} bytes of data"
-            )
-        if end - start != math.prod(shape) * dtype.itemsize:
-            raise ValueError(
-                f"{path}: tensor {name!r} of shape {tuple(shape)} and dtype {tag} needs "
-                f"{math.prod(shape) * dtype.itemsize} bytes, its data_offsets give {end - start}"
-            )
-        out[name] = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=base + start)
-        out[name] = out[name].reshape(shape)
-    return out
+    header = read_header(path)
+    return {name: read_tensor(e, path) for name, e in header.tensors.items()}
 
 
 def read_arrays(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
