@@ -9,11 +9,13 @@ chunking: per-tensor scales would change); the progress bar advances per array.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -274,7 +276,7 @@ def inspect_cmd(
                 for n, m in info.matrices.items()
             },
         }
-        typer.echo(json.dumps(rec, indent=2))
+        typer.echo(_json(rec))
         return
     console = Console(width=max(120, Console().width))
     console.print(
@@ -297,6 +299,21 @@ def inspect_cmd(
             text("-" if m.seed is None else m.seed),
         )
     console.print(table)
+
+
+def _json(rec: Any) -> str:
+    """``rec`` as standard JSON: NaN and ±Inf (which a header may carry in its stats) become null."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(rec), indent=2, allow_nan=False)
 
 
 def _check_export_folder(path: Path) -> None:
@@ -364,7 +381,7 @@ def _inspect_folder(path: Path, as_json: bool, verify: bool) -> None:
                 for n, t, m in rows
             },
         }
-        typer.echo(json.dumps(rec, indent=2))
+        typer.echo(_json(rec))
         return
     console = Console(width=max(120, Console().width))
     q = [(t, m) for _, t, m in rows if m is not None]

@@ -1,5 +1,6 @@
 """Tests of ``mmquant quantize / dequantize / inspect`` (mmquant/cli/storage.py)."""
 
+import dataclasses
 import json
 import struct
 
@@ -139,3 +140,16 @@ def test_damaged_file_is_refused(tmp_path, capsys, arrays, spec):
     assert main(["dequantize", str(mmq), str(tmp_path / "o.npy")]) == 2
     assert "CRC32 mismatch" in _err(capsys)
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_inspect_json_is_standard_json_when_stats_are_not_finite(tmp_path, capsys):
+    """A header may carry NaN/Inf stats (json accepts them); --json prints them as null."""
+    mmq = tmp_path / "nan.mmq"
+    enc = mq.get("int:bits=4").encode(np.ones((2, 8)))
+    enc = dataclasses.replace(enc, stats={**enc.stats, "bad": float("nan"), "big": float("inf")})
+    mq.save(mmq, {"A": enc})
+    assert main(["inspect", str(mmq), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out
+    stats = json.loads(out)["matrices"]["A"]["stats"]
+    assert stats["bad"] is None and stats["big"] is None
