@@ -30,9 +30,17 @@ import numba
 import numpy as np
 
 from mmquant.kernels import numba_cache
+from mmquant.kernels.rotation import inverse_row, program_args
 from mmquant.trellis.viterbi import junction_steps
 
-__all__ = ["BP_BUDGET", "decode_ec", "decode_fixed", "viterbi_ec", "viterbi_fixed"]
+__all__ = [
+    "BP_BUDGET",
+    "decode_ec",
+    "decode_fixed",
+    "decode_full",
+    "viterbi_ec",
+    "viterbi_fixed",
+]
 
 #: Bytes of back-pointers a worker keeps for one row before it switches to checkpoints.
 BP_BUDGET = 1 << 26
@@ -417,4 +425,119 @@ def decode_ec(j: np.ndarray, pa: np.ndarray, pb: np.ndarray, W: int) -> np.ndarr
     j = np.ascontiguousarray(j, np.int64)
     out = np.empty(j.shape, np.int64)
     _decode_ec(j, np.array(pa, np.int64, order="C"), np.array(pb, np.int64, order="C"), int(W), out)
+    return out
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+#: Program arguments when the rows are not rotated (read-only, as a program's arrays are: one
+#: compiled specialisation).
+_NO_ROTATION = (
+    _frozen(np.zeros((1, 3), np.int64)),
+    _frozen(np.ones(1)),
+    1,
+    _frozen(np.ones(1)),
+    _frozen(np.zeros(0, np.int64)),
+    0,
+    _frozen(np.zeros(0)),
+    _frozen(np.zeros((4, 28, 28))),
+)
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _symbol(codes, pos, kV):  # pragma: no cover
+    """The kV-bit symbol at bit ``pos`` of the packed stream (LSB first)."""
+    b = pos >> 3
+    o = pos & 7
+    v = np.int64(codes[b]) >> o
+    if o + kV > 8:
+        v |= np.int64(codes[b + 1]) << (8 - o)
+    return v & ((1 << kV) - 1)
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True)
+def _decode_row(codes, base, S, n, t0, t1, V, L, kV, c, o):  # pragma: no cover
+    """o[:n] = float64(code(s_t)) · c for the row whose S symbols start at bit ``base``."""
+    mask = (1 << L) - 1
+    pmask = (1 << kV) - 1
+    s = 0
+    for t in range(S - (L + kV - 1) // kV, S):
+        s = ((s << kV) | _symbol(codes, base + t * kV, kV)) & mask
+    bi = base >> 3
+    acc = np.int64(codes[bi]) >> (base & 7)
+    nb = 8 - (base & 7)
+    bi += 1
+    steps = (n + V - 1) // V
+    for t in range(steps):
+        if nb < kV:
+            acc |= np.int64(codes[bi]) << nb
+            nb += 8
+            bi += 1
+        s = ((s << kV) | (acc & pmask)) & mask
+        acc >>= kV
+        nb -= kV
+        if V == 1:
+            o[t] = np.float64(t0[s]) * c
+        else:
+            o[2 * t] = np.float64(t0[s]) * c
+            if 2 * t + 1 < n:
+                o[2 * t + 1] = np.float64(t1[s]) * c
+
+
+@numba.njit(cache=_CACHE, fastmath=False, nogil=True, parallel=True)
+def _decode_full(
+    codes, S, table, L, kV, norm, rot, blocks, scales, n_a, sa, perm, w, sb, hmt, nw, out
+):  # pragma: no cover
+    R, n = out.shape
+    V = table.shape[0]
+    t0 = table[0]
+    t1 = table[V - 1]
+    for wk in numba.prange(nw):
+        buf = np.empty(n, np.float64)
+        for r in range(wk * R // nw, (wk + 1) * R // nw):
+            o = out[r]
+            _decode_row(codes, r * S * kV, S, n, t0, t1, V, L, kV, norm[r], o)
+            if rot:
+                inverse_row(o, buf, blocks, scales, n_a, sa, perm, w, sb, hmt)
+
+
+def decode_full(
+    codes: np.ndarray,
+    shape: tuple[int, int],
+    S: int,
+    table: np.ndarray,
+    L: int,
+    kV: int,
+    norm: np.ndarray,
+    prog: object | None,
+) -> np.ndarray:
+    """Same as :func:`mmquant.trellis.quantizer.decode_rows` (float64 (R, n)): the symbols read
+    from the packed ``codes``, the trellis decoder, the row scale ``norm`` and the inverse
+    rotation ``prog`` (an :class:`~mmquant.lattices.inverse.InverseProgram`, or None) fused per
+    row, rows split between the threads. The sizes are checked here, before the kernel runs."""
+    R, n = (int(v) for v in shape)
+    V = table.shape[0]
+    table = np.array(table, np.float32, order="C")
+    codes = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    norm = np.ascontiguousarray(norm, np.float64).reshape(-1)
+    if not (1 <= V <= 2 and 1 <= kV <= 8 and kV < L <= 20 and table.shape[1] == 1 << L):
+        raise ValueError(f"decode_full: bad trellis table {table.shape} for L={L}, kV={kV}")
+    if S < 1 or R < 0 or n < 1 or S * V < n or S * kV < L:
+        raise ValueError(f"decode_full: {S} steps cannot hold rows of {n} entries")
+    if codes.size * 8 < R * S * kV or norm.size != R:
+        raise ValueError(
+            f"decode_full: {codes.size} code bytes and {norm.size} row scales for {R} rows of "
+            f"{S} steps of {kV} bits"
+        )
+    if prog is None:
+        rot, args = False, _NO_ROTATION
+    else:
+        if prog.n != n:
+            raise ValueError(f"decode_full: a rotation of length {prog.n} for rows of {n}")
+        rot, args = True, program_args(prog)
+    out = np.empty((R, n), np.float64)
+    _decode_full(codes, S, table, L, kV, norm, rot, *args, _workers(R), out)
     return out

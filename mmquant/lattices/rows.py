@@ -23,7 +23,9 @@ import types
 
 import numpy as np
 
+from mmquant.kernels import load
 from mmquant.lattices import chunks
+from mmquant.lattices.inverse import inverse_program, inverse_rows
 from mmquant.rotations import rotation
 
 __all__ = ["store_float", "prepare_rows", "finish_rows"]
@@ -118,13 +120,15 @@ def finish_rows(
     zr = zh.reshape(n_rows, n8)
     norm = side["norm"].astype(np.float64)
     mean = side["mean"].astype(np.float64) if center else None
-    rot = rotation(n, seed) if rotate else None
+    prog = inverse_program(n, seed) if rotate else None
+    kern = load("rotation") if rotate else None
     out = np.empty((n_rows, n))
     for r0 in _row_steps(n_rows, n8):
         r1 = min(n_rows, r0 + max(1, chunks.CHUNK_ENTRIES // n8))
         rows = (zr[r0:r1] * norm[r0:r1, None])[:, :n]
-        if rot is not None:
-            rows = rot.inverse(rows)
+        if prog is not None:  # the rotation's inverse, as rotation(n, seed).inverse (same bits)
+            rows = np.ascontiguousarray(rows)
+            rows = inverse_rows(rows, prog) if kern is None else kern.inverse_rows(rows, prog)
         if mean is not None:  # re-centre: then ÂᵀB̂ = Ā̂ᵀB̄̂ + n·μ_Aμ_Bᵀ exactly (no cross terms)
             rows = rows - rows.mean(axis=1, keepdims=True) + mean[r0:r1, None]
         out[r0:r1] = rows

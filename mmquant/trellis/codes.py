@@ -32,11 +32,23 @@ RMS before the trellis, :mod:`mmquant.trellis.quantizer`).
     stored in the package), indexed by a hash of the state: ``idx = ((a·s + b) mod 2^32) >>
     (32 − Q)`` with the 1MAD constants.
 
-Which is best (MSE gap to D(R) on N(0, 1), 8 rows of 1024, ``benchmarks/bench_trellis.py --mse``
-for more): the stratified code at every rate and L measured, e.g. L = 16, k = 1..5 bits:
-strat 0.25 / 0.30 / 0.39 / 0.48 / 0.59 dB, 1MAD 0.34 / 0.38 / 0.55 / 0.72 / 1.03, 3INST 0.31 /
-0.39 / 0.56 / 0.81 / 1.12, the trained table 0.27 / 0.55 / 0.77 / 1.08 / 1.96; L = 12, k = 2..4:
-strat 0.55 / 0.74 / 0.85, 1MAD 0.73 / 1.02 / 1.35.
+``"tstrat"``
+    The stratified code trained for the trellis: ``Φ⁻¹(u) + c(u)``, ``u ∈ (0, 1)`` the position
+    of the state in the stratified code (:func:`strat_positions`) and ``c`` a piecewise-linear
+    correction on 64 knots per (k, V) (:func:`correction`), trained by alternating Viterbi
+    encoding and least-squares fits on N(0, 1) sequences at L = 12
+    (``tools/train_trellis_strat.py``, :mod:`mmquant.trellis.lut`).
+
+Which is best (MSE gap to D(R) in dB on N(0, 1), 16 rows of 4096, rows scaled by their
+least-squares gain; ``python benchmarks/bench_trellis.py --mse --bits 1,2,3,4,5 --codes
+strat,tstrat`` prints the table "best code per rate"): the trained stratified code at L ≤ 14 at
+every k, e.g. k = 1..5 at L = 12: tstrat 0.33 / 0.55 / 0.72 / 0.96 / 1.39, strat 0.39 / 0.55 /
+0.75 / 1.03 / 1.47; at L = 10, k = 4: 1.69 against 1.86. At L = 16 they are within 0.01 dB at
+k = 2 and 4 (strat 0.31 / 0.49, tstrat 0.32 / 0.50, the noise of the measure) and tstrat is
+ahead at k = 1, 3, 5 (0.21 / 0.39 / 0.60 against 0.25 / 0.39 / 0.62). 1MAD and 3INST are behind
+both (L = 16, k = 1..5: 1MAD 0.34 / 0.38 / 0.55 / 0.72 / 1.03, 3INST 0.31 / 0.39 / 0.56 / 0.81 /
+1.12), and so is the hashed lookup table ``"lut"`` (0.27 / 0.55 / 0.77 / 1.08 / 1.96): with
+2^Q = 256 values for 2^16 states, many states share a value.
 
 1MAD and 3INST come from QTIP (Tseng et al., arXiv:2406.11235); the constants are theirs
 (1MAD) or of the same kind (3INST mask and xor), the code is written here.
@@ -48,10 +60,10 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["CODES", "code_table", "lcg", "lut_index", "mix32"]
+__all__ = ["CODES", "code_table", "correction", "lcg", "lut_index", "mix32", "strat_positions"]
 
 #: Codes of the fixed-rate trellis.
-CODES = ("1mad", "3inst", "strat", "lut")
+CODES = ("1mad", "3inst", "strat", "lut", "tstrat")
 
 _MAD_A, _MAD_B = 34038481, 76625530
 _INST_A, _INST_B = 89226354, 64248484
@@ -72,9 +84,9 @@ def mix32(y: np.ndarray) -> np.ndarray:
     return y ^ (y >> np.uint64(12))
 
 
-def _stratified(L: int, V: int, k: int) -> np.ndarray:
-    from scipy.special import ndtri
-
+def strat_positions(L: int, V: int, k: int) -> np.ndarray:
+    """Positions ``u = (p_v ⊕ π_v(g) + o_v(g)) / 2^k ∈ (0, 1)`` of every state (float64
+    ``(V, 2^L)``): the stratified code is ``Φ⁻¹(u)``, the trained one ``Φ⁻¹(u) + c(u)``."""
     s = np.arange(1 << L, dtype=np.uint64)
     g = s >> np.uint64(k * V)
     out = np.empty((V, 1 << L))
@@ -84,8 +96,24 @@ def _stratified(L: int, V: int, k: int) -> np.ndarray:
         perm = mix32(yp) >> np.uint64(32 - k)
         off = (mix32(yo).astype(np.float64) + 0.5) / 2.0**32
         p = (s >> np.uint64(v * k)) & np.uint64((1 << k) - 1)
-        out[v] = ndtri(((p ^ perm).astype(np.float64) + off) / float(1 << k))
+        out[v] = ((p ^ perm).astype(np.float64) + off) / float(1 << k)
     return out
+
+
+def correction(u: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """The piecewise-linear ``c(u)`` with values ``knots[j]`` at ``u = (j + ½)/M`` (``M`` knots),
+    constant beyond the first and last knot (float64, the shape of ``u``)."""
+    M = knots.shape[0]
+    t = u * M - 0.5
+    i = np.clip(np.floor(t).astype(np.int64), 0, M - 2)
+    lam = np.clip(t - i, 0.0, 1.0)
+    return (1.0 - lam) * knots[i] + lam * knots[i + 1]
+
+
+def _stratified(L: int, V: int, k: int) -> np.ndarray:
+    from scipy.special import ndtri
+
+    return ndtri(strat_positions(L, V, k))
 
 
 def _one_mad(y: np.ndarray) -> np.ndarray:
@@ -120,6 +148,15 @@ def _table(code: str, L: int, V: int, k: int) -> np.ndarray:
         res = out.astype(np.float32)
         res.setflags(write=False)
         return res
+    if code == "tstrat":
+        from scipy.special import ndtri
+
+        from mmquant.trellis.lut import strat_knots
+
+        u = strat_positions(L, V, k)
+        res = (ndtri(u) + correction(u, strat_knots(k, V).astype(np.float64))).astype(np.float32)
+        res.setflags(write=False)
+        return res
     if code == "strat":
         out = _stratified(L, V, k)
         res = (out / np.sqrt(np.mean(out * out))).astype(np.float32)
@@ -142,14 +179,14 @@ def code_table(code: str, L: int, V: int, k: int = 2) -> np.ndarray:
 
     Parameters
     ----------
-    code : {"1mad", "3inst", "strat", "lut"}
+    code : {"1mad", "3inst", "strat", "lut", "tstrat"}
         The code (module docstring).
     L : int
         State bits, 2 to 20.
     V : int
         Entries per trellis step, 1 or 2.
     k : int
-        Bits per entry: the stratified code and the trained tables of ``"lut"`` depend on it
+        Bits per entry: the stratified codes and the trained tables of ``"lut"`` depend on it
         (1MAD and 3INST do not); ``k·V < L``.
 
     Returns
@@ -161,8 +198,8 @@ def code_table(code: str, L: int, V: int, k: int = 2) -> np.ndarray:
         raise ValueError(f"code must be one of {', '.join(CODES)}; got {code!r}")
     if not 2 <= int(L) <= 20 or int(V) not in (1, 2):
         raise ValueError(f"L must be in [2, 20] and V 1 or 2, got L={L}, V={V}")
-    if code == "strat" and not 1 <= int(k) * int(V) < int(L):
+    if code in ("strat", "tstrat") and not 1 <= int(k) * int(V) < int(L):
         raise ValueError(f"the stratified code needs 1 <= k·V < L, got k={k}, V={V}, L={L}")
-    if code not in ("lut", "strat"):
+    if code not in ("lut", "strat", "tstrat"):
         k = 0  # one cache entry per (code, L, V)
     return _table(code, int(L), int(V), int(k))

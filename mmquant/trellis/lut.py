@@ -7,6 +7,14 @@ encoding of N(0, 1) sequences with the current table and centroid updates (every
 the mean of the data vectors coded by the states that read it), from the 1MAD code's values.
 The file records how each table was made; ``tests/trellis/test_trellis.py`` retrains one and
 checks that it matches. The stratified code (:mod:`mmquant.trellis.codes`) is better at every rate.
+
+The trained stratified code ``"tstrat"`` (package data ``tstrat.json``): the stratified code's
+values ``Φ⁻¹(u)`` plus a piecewise-linear correction ``c(u)`` of the state's position ``u`` (its
+``M`` knot values per (k, V), :func:`strat_knots`), trained by ``tools/train_trellis_strat.py``:
+alternate Viterbi encoding of N(0, 1) sequences and the least-squares fit of the knots to the
+coded entries, from ``c = 0`` (the stratified code). Every group of states keeps one branch in
+each of the 2^k bins' orders (the correction is the same function for all states), and every
+state its own value.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["lut_info", "lut_table", "trained"]
+__all__ = ["lut_info", "lut_table", "strat_info", "strat_knots", "trained"]
 
 
 @lru_cache(maxsize=1)
@@ -51,3 +59,30 @@ def lut_table(k: int, V: int) -> np.ndarray:
         have = ", ".join(f"k={a},V={b}" for a, b in trained())
         raise ValueError(f"no trained lookup table for k={k}, V={V} (trained: {have})")
     return np.asarray(tables[key], np.float32).reshape(-1, int(V))
+
+
+@lru_cache(maxsize=1)
+def _load_strat() -> dict[str, Any]:
+    text = resources.files("mmquant.trellis").joinpath("tstrat.json").read_text()
+    return json.loads(text)
+
+
+def strat_info() -> dict[str, Any]:
+    """How the corrections of ``"tstrat"`` were trained (the ``"training"`` record)."""
+    return dict(_load_strat()["training"])
+
+
+def strat_knots(k: int, V: int) -> np.ndarray:
+    """The knot values of the correction ``c(u)`` of ``"tstrat"`` for (k, V) (float32 (M,)).
+
+    Raises
+    ------
+    ValueError
+        No correction was trained for (k, V); the message lists those that were.
+    """
+    key = f"k{int(k)}_V{int(V)}"
+    knots = _load_strat()["knots"]
+    if key not in knots:
+        have = ", ".join(sorted(knots))
+        raise ValueError(f"no trained stratified code for k={k}, V={V} (trained: {have})")
+    return np.asarray(knots[key], np.float32)

@@ -19,6 +19,12 @@ padded rows, plus at most ``kV − 1`` bytes of padding in all). The decoder is 
 an L-bit window: ``s_{−1}`` is the window that ends with the row's last symbol (tail-biting), then
 ``s_t = ((s_{t−1} << kV) | u_t) mod 2^L`` and the step's V entries are ``code(s_t)``.
 
+Decode: one fused pass per row (:func:`decode_rows`, the kernel
+:func:`mmquant.kernels.trellis.decode_full`, rows split between the threads): the symbols are read
+from the packed bytes, decoded, multiplied by the row scale in float64 and rotated back in place
+(:mod:`mmquant.lattices.inverse`): the same float64 operations as the lattice codes' unfused
+:func:`~mmquant.lattices.rows.finish_rows`, so the same values.
+
 Encode cost: two Viterbi passes (the junction pass is short) of about ``3·2^L`` float32 operations
 per step, plus memory ``2^(L−kV)`` bytes of back-pointers per step of a row (bounded by segments
 in the numba kernel, :mod:`mmquant.kernels.trellis`).
@@ -34,14 +40,23 @@ import numpy as np
 
 from mmquant.core import Encoded, Quantizer, register
 from mmquant.kernels import load
-from mmquant.lattices.rows import finish_rows, prepare_rows, store_float
+from mmquant.lattices.inverse import InverseProgram, inverse_program, inverse_rows
+from mmquant.lattices.rows import prepare_rows, store_float
 from mmquant.layout import Layout, side_array
 from mmquant.packing import check_padding, pack, packed_nbytes, unpack
 from mmquant.trellis import viterbi
 from mmquant.trellis.codes import CODES, code_table
 from mmquant.validation import check_choice, check_int
 
-__all__ = ["COMPARE_L", "TrellisCoded", "L_MAX", "decode_symbols", "encode_rows", "trellis_length"]
+__all__ = [
+    "COMPARE_L",
+    "TrellisCoded",
+    "L_MAX",
+    "decode_rows",
+    "decode_symbols",
+    "encode_rows",
+    "trellis_length",
+]
 
 #: Largest number of state bits (2^16 states: about 0.2 M float32 operations per step).
 L_MAX = 16
@@ -86,6 +101,45 @@ def _decode_rows(u: np.ndarray, table: np.ndarray, L: int, kV: int) -> np.ndarra
     return kern.decode_fixed(u, table, L, kV)
 
 
+def decode_rows(
+    codes: np.ndarray,
+    shape: tuple[int, int],
+    S: int,
+    table: np.ndarray,
+    L: int,
+    kV: int,
+    norm: np.ndarray,
+    prog: InverseProgram | None,
+) -> np.ndarray:
+    """The whole decoder (float64 (R, n)): numpy reference of the fused kernel
+    (:func:`mmquant.kernels.trellis.decode_full`), and the same bits.
+
+    The R rows of S symbols are unpacked from ``codes``, decoded (:func:`decode_symbols`), cut to
+    their first n entries, converted to float64, multiplied by their scale ``norm`` (float64
+    (R,)) and, with ``prog``, rotated back (:func:`mmquant.lattices.inverse.inverse_rows`).
+    """
+    R, n = shape
+    u = unpack(codes, kV, R * S).reshape(R, S)
+    y = decode_symbols(u, table, L, kV)[:, :n].astype(np.float64) * norm[:, None]
+    return y if prog is None else inverse_rows(y, prog)
+
+
+def _decode_full(
+    codes: np.ndarray,
+    shape: tuple[int, int],
+    S: int,
+    table: np.ndarray,
+    L: int,
+    kV: int,
+    norm: np.ndarray,
+    prog: InverseProgram | None,
+) -> np.ndarray:
+    kern = load("trellis")
+    if kern is None:
+        return decode_rows(codes, shape, S, table, L, kV, norm, prog)
+    return kern.decode_full(codes, shape, S, table, L, kV, norm, prog)
+
+
 @register("tcq")
 @dataclass(frozen=True)
 class TrellisCoded(Quantizer):
@@ -99,7 +153,7 @@ class TrellisCoded(Quantizer):
         State bits: ``2^L`` states, ``k·V < L ≤`` :data:`L_MAX`.
     V : int
         Entries per trellis step, 1 or 2.
-    code : {"1mad", "3inst", "strat", "lut"}
+    code : {"1mad", "3inst", "strat", "lut", "tstrat"}
         Reconstruction code of a state (:mod:`mmquant.trellis.codes`).
     mmse : bool
         Store the row scale times the row's least-squares gain (see the module docstring).
@@ -191,8 +245,12 @@ class TrellisCoded(Quantizer):
     def _decode(self, enc: Encoded) -> np.ndarray:
         shape = enc.shape
         rows, S = self._steps(shape)
-        n8 = -(-shape[-1] // 8) * 8
-        u = unpack(enc.codes, self.kv, rows * S).reshape(rows, S)
-        zh = _decode_rows(u, self.table(), self.L, self.kv)
-        zb = zh[:, :n8].astype(np.float64).reshape(-1, 8)
-        return finish_rows(zb, enc.side, shape, rotate=self.rotate, center=False, seed=self.seed)
+        n = shape[-1]
+        norm = enc.side["norm"]
+        if norm.size and not (np.all(np.isfinite(norm)) and float(np.min(norm)) >= 0):
+            raise ValueError("corrupt side information: 'norm' holds a negative or non-finite RMS")
+        prog = inverse_program(n, self.seed) if self.rotate else None
+        out = _decode_full(
+            enc.codes, (rows, n), S, self.table(), self.L, self.kv, norm.astype(np.float64), prog
+        )
+        return out.reshape(shape)
