@@ -569,7 +569,8 @@ def _simd_kind(tv) -> tuple[int, tuple[float, float], tuple[int, int, int]]:
         return 1, (f32(0), f32(tv.step)), (128, 0, 0)
     if tv.mini is not None:
         sb, mask, shift, mult = tv.mini
-        return 2, (f32(mult), f32(1)), (sb, mask, shift)
+        e = int(np.log2(mult))  # 0 ≤ e ≤ 126 (minifloat_fields)
+        return 2, (f32(2.0 ** (e - 126)), f32(1)), (sb, mask, shift)
     return -1, (f32(0), f32(0)), (0, 0, 0)
 
 

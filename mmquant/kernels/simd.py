@@ -8,7 +8,8 @@ module, touch ``products.py`` or clear its ``__pycache__``).
 * ``bytes_group*`` -- one code per byte, decoded arithmetically in SIMD registers: integer codes
   (``(code ^ k) − k + base) · step``: unsigned or signed bytes) or minifloat codes
   (``bitcast(sign << 31 | magnitude << shift) · mult``, :func:`mmquant.products.tiles.
-  minifloat_fields`), each value exactly its table entry;
+  minifloat_fields`, computed in the integers without a subnormal operand), each value exactly
+  its table entry;
 * :func:`simd_width` -- which variant the CPU numba compiles for can run.
 
 Each variant accumulates ``acc[s, r] = Σ_jj fl32(value(r, jj) · x[t0 + s, x0 + jj])`` for the
@@ -294,8 +295,12 @@ def _make_bytes(vec: int, tb: int, mini: bool):
     ):
         """``acc[s, r] = Σ_{jj < ncols} fl32(value(code(r, jj)) · x[t0 + s, x0 + jj])`` for
         the ``TILE`` rows of a tile whose column ``jj`` is the ``TILE`` bytes at
-        ``c0 + jj·TILE``. Integer: ``value(c) = (float((c ^ ia) − ia) + fa) · fb``; minifloat:
-        ``value(c) = bitcast(((c >> ia) & 1) << 31 | (c & ib) << ic) · fa``."""
+        ``c0 + jj·TILE``. Integer: ``value(c) = (float((c ^ ia) − ia) + fa) · fb``; minifloat
+        with ``m = (c & ib) << ic`` and ``fa = 2^(e − 126)`` (``2^e`` the minifloat's
+        ``mult``): the float32 fields rebased by ``e`` in the integers,
+        ``bitcast(m + (e << 23))`` for a normal ``m``, ``bitcast(m + ((e + 1) << 23)) − fa``
+        for a subnormal one (exact: Sterbenz), then the sign bit ``(c >> ia) & 1`` -- exactly
+        ``bitcast(sign << 31 | m) · 2^e`` without a subnormal operand."""
         sig = types.void(
             codes, c0, ncols, x, t0, x0, fa, fb, ia, ib, ic, acc, srow, u, k, ta, y, fuse
         )
@@ -328,6 +333,10 @@ def _make_bytes(vec: int, tb: int, mini: bool):
             ia_v, ib_v, ic_v = splat(iav, vi), splat(ibv, vi), splat(icv, vi)
             one = ir.Constant(vi, [1] * vec)
             s31 = ir.Constant(vi, [31] * vec)
+            k1_v = builder.bitcast(fa_v, vi)
+            emask = ir.Constant(vi, [0x7F800000] * vec)
+            e1 = ir.Constant(vi, [1 << 23] * vec)
+            izero = ir.Constant(vi, [0] * vec)
             xrows = [
                 builder.gep(
                     xptr,
@@ -351,11 +360,15 @@ def _make_bytes(vec: int, tb: int, mini: bool):
                     bp = builder.gep(cptr, [builder.add(base, ir.Constant(i64, vec * q))])
                     byte = builder.load(builder.bitcast(bp, vb.as_pointer()), align=1)
                     c = builder.zext(byte, vi)
-                    if mini:
+                    if mini:  # no subnormal float32 on the way (they are slow on some CPUs)
                         sgn = builder.shl(builder.and_(builder.lshr(c, ia_v), one), s31)
-                        mag = builder.shl(builder.and_(c, ib_v), ic_v)
-                        f = builder.bitcast(builder.or_(sgn, mag), vf)
-                        f = builder.fmul(f, fa_v)
+                        raw = builder.shl(builder.and_(c, ib_v), ic_v)
+                        t = builder.add(raw, k1_v)
+                        normal = builder.icmp_unsigned("!=", builder.and_(raw, emask), izero)
+                        rn = builder.bitcast(builder.sub(t, e1), vf)
+                        rs = builder.fsub(builder.bitcast(t, vf), fa_v)
+                        r = builder.bitcast(builder.select(normal, rn, rs), vi)
+                        f = builder.bitcast(builder.or_(r, sgn), vf)
                     else:
                         v = builder.sub(builder.xor(c, ia_v), ia_v)
                         f = builder.fmul(builder.fadd(builder.sitofp(v, vf), fa_v), fb_v)

@@ -158,7 +158,7 @@ def minifloat_fields(table: np.ndarray, width: int) -> tuple[int, int, int, floa
         if raw[1] == 0 or not (ok[1] and t[1] > 0):
             continue
         mult = float(t[1]) / float(raw[1])
-        if not (mult > 0 and np.frexp(mult)[0] == 0.5 and 2.0**-126 <= mult <= 2.0**127):
+        if not (np.frexp(mult)[0] == 0.5 and 1.0 <= mult <= 2.0**126):
             continue
         with np.errstate(over="ignore"):
             cand = raw * np.float32(mult)
