@@ -257,8 +257,8 @@ def _tiles_simd16(
     look-ups in ``table``, 1 integer bytes, 2 minifloat bytes (``fi``, ``ii``: their float and
     integer parameters); ``sc`` = (scale, sidx, stable, offset, has_off), ``parts`` registers of
     indexed scales; the activations group-major (:func:`_group_major`: ``xg[k·bp + t]`` is group
-    ``k`` of activation ``t``) and ``u`` padded to ``bp`` rows. Without offsets the group sums
-    are scaled and added in the inner loop's registers (``fuse``)."""
+    ``k`` of activation ``t``) and ``u`` padded to ``bp`` rows. The group sums
+    are scaled (and offset) and added in the inner loop's registers."""
     scale, sidx, stable, offset, has_off = sc
     tiles = codes.shape[0]
     b = out.shape[1]
@@ -267,7 +267,7 @@ def _tiles_simd16(
     fa, fb = fi[0], fi[1]
     ia, ib, ic = ii[0], ii[1], ii[2]
     indexed = sidx.shape[2] > 0
-    fuse = not has_off
+    fuse = 2 if has_off else 1
     for ti in numba.prange(tiles):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -285,7 +285,22 @@ def _tiles_simd16(
                 if b == 1:
                     if kind == 0:
                         lut4_group16(
-                            cf, j0 * _H, gl, xg, xr, 0, table, acc, sbuf, u, k, t0, y, fuse
+                            cf,
+                            j0 * _H,
+                            gl,
+                            xg,
+                            xr,
+                            0,
+                            table,
+                            acc,
+                            sbuf,
+                            u,
+                            k,
+                            t0,
+                            y,
+                            fuse,
+                            offset[ti, k],
+                            vsum,
                         )
                     elif kind == 1:
                         bytes_group16(
@@ -307,6 +322,8 @@ def _tiles_simd16(
                             t0,
                             y,
                             fuse,
+                            offset[ti, k],
+                            vsum,
                         )
                     else:
                         bytes_group16m(
@@ -328,9 +345,28 @@ def _tiles_simd16(
                             t0,
                             y,
                             fuse,
+                            offset[ti, k],
+                            vsum,
                         )
                 elif kind == 0:
-                    lut4_group16x4(cf, j0 * _H, gl, xg, xr, 0, table, acc, sbuf, u, k, t0, y, fuse)
+                    lut4_group16x4(
+                        cf,
+                        j0 * _H,
+                        gl,
+                        xg,
+                        xr,
+                        0,
+                        table,
+                        acc,
+                        sbuf,
+                        u,
+                        k,
+                        t0,
+                        y,
+                        fuse,
+                        offset[ti, k],
+                        vsum,
+                    )
                 elif kind == 1:
                     bytes_group16x4(
                         cf,
@@ -351,6 +387,8 @@ def _tiles_simd16(
                         t0,
                         y,
                         fuse,
+                        offset[ti, k],
+                        vsum,
                     )
                 else:
                     bytes_group16mx4(
@@ -372,10 +410,9 @@ def _tiles_simd16(
                         t0,
                         y,
                         fuse,
+                        offset[ti, k],
+                        vsum,
                     )
-                if not fuse:
-                    for s in range(min(TB, b - t0)):
-                        _add_group(y, acc[s], sbuf, offset[ti, k], has_off, k, t0 + s, u, vsum)
         _store(out, y, ti)
 
 
@@ -390,7 +427,7 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
     fa, fb = fi[0], fi[1]
     ia, ib, ic = ii[0], ii[1], ii[2]
     indexed = sidx.shape[2] > 0
-    fuse = not has_off
+    fuse = 2 if has_off else 1
     for ti in numba.prange(tiles):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -407,7 +444,24 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
                 xr = k * bp + t0
                 if b == 1:
                     if kind == 0:
-                        lut4_group8(cf, j0 * _H, gl, xg, xr, 0, table, acc, sbuf, u, k, t0, y, fuse)
+                        lut4_group8(
+                            cf,
+                            j0 * _H,
+                            gl,
+                            xg,
+                            xr,
+                            0,
+                            table,
+                            acc,
+                            sbuf,
+                            u,
+                            k,
+                            t0,
+                            y,
+                            fuse,
+                            offset[ti, k],
+                            vsum,
+                        )
                     elif kind == 1:
                         bytes_group8(
                             cf,
@@ -428,6 +482,8 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
                             t0,
                             y,
                             fuse,
+                            offset[ti, k],
+                            vsum,
                         )
                     else:
                         bytes_group8m(
@@ -449,9 +505,28 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
                             t0,
                             y,
                             fuse,
+                            offset[ti, k],
+                            vsum,
                         )
                 elif kind == 0:
-                    lut4_group8x4(cf, j0 * _H, gl, xg, xr, 0, table, acc, sbuf, u, k, t0, y, fuse)
+                    lut4_group8x4(
+                        cf,
+                        j0 * _H,
+                        gl,
+                        xg,
+                        xr,
+                        0,
+                        table,
+                        acc,
+                        sbuf,
+                        u,
+                        k,
+                        t0,
+                        y,
+                        fuse,
+                        offset[ti, k],
+                        vsum,
+                    )
                 elif kind == 1:
                     bytes_group8x4(
                         cf,
@@ -472,6 +547,8 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
                         t0,
                         y,
                         fuse,
+                        offset[ti, k],
+                        vsum,
                     )
                 else:
                     bytes_group8mx4(
@@ -493,10 +570,9 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
                         t0,
                         y,
                         fuse,
+                        offset[ti, k],
+                        vsum,
                     )
-                if not fuse:
-                    for s in range(min(TB, b - t0)):
-                        _add_group(y, acc[s], sbuf, offset[ti, k], has_off, k, t0 + s, u, vsum)
         _store(out, y, ti)
 
 

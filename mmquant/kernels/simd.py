@@ -91,11 +91,12 @@ def simd_width() -> int:
 
 
 def _finish(context, builder, a, args, i0, tb, vec, rows):
-    """The end of a group: with ``fuse`` (argument ``i0 + 5``), step 3 of the contract in SIMD
-    registers -- ``y[ta + s, r] += (f64(srow[r]) · u[ta + s, k]) · f64(acc)`` for every row
-    ``r`` and activation ``s`` (float64, the reference's order) -- else the float32 sums stored
-    to ``acc`` ``(tb, TILE)`` (argument ``i0 − 1``). ``rows[s]`` lists ``(first row, slot)``
-    of the accumulators of activation ``s``."""
+    """The end of a group. With ``mode`` (argument ``i0 + 5``) 1 or 2, step 3 of the contract
+    in SIMD registers -- ``y[ta + s, r] += (f64(srow[r]) · u[ta + s, k]) · f64(acc)`` for every
+    row ``r`` and activation ``s`` (float64, the reference's order), plus
+    ``(f64(orow[r]) · u[ta + s, k]) · vsum[ta + s, k]`` in mode 2 (affine records) -- in mode 0
+    the float32 sums stored to ``acc`` ``(tb, TILE)`` (argument ``i0 − 1``). ``rows[s]`` lists
+    ``(first row, slot)`` of the accumulators of activation ``s``."""
     f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
     vf = ir.VectorType(f32, vec)
     half = vec // 2
@@ -107,42 +108,62 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
     kv = context.cast(builder, args[i0 + 2], a[i0 + 2], types.intp)
     tav = context.cast(builder, args[i0 + 3], a[i0 + 3], types.intp)
     yptr = context.make_array(a[i0 + 4])(context, builder, args[i0 + 4]).data
-    fuse = context.cast(builder, args[i0 + 5], a[i0 + 5], types.boolean)
+    mode = context.cast(builder, args[i0 + 5], a[i0 + 5], types.intp)
+    optr = context.make_array(a[i0 + 6])(context, builder, args[i0 + 6]).data
+    vptr = context.make_array(a[i0 + 7])(context, builder, args[i0 + 7]).data
     undef_f, undef_d = ir.Constant(vf, ir.Undefined), ir.Constant(vd, ir.Undefined)
     lo_idx = ir.Constant(ir.VectorType(i32, half), list(range(half)))
     hi_idx = ir.Constant(ir.VectorType(i32, half), list(range(half, vec)))
+    dsplat = ir.Constant(ir.VectorType(i32, half), [0] * half)
 
     def halves(v):
         return [
             builder.fpext(builder.shuffle_vector(v, undef_f, ix), vd) for ix in (lo_idx, hi_idx)
         ]
 
-    with builder.if_else(fuse) as (then, otherwise):
+    def load_halves(ptr, off):
+        p = builder.bitcast(builder.gep(ptr, [ir.Constant(i64, off)]), vf.as_pointer())
+        return halves(builder.load(p, align=4))
+
+    def splat_d(v):
+        return builder.shuffle_vector(
+            builder.insert_element(undef_d, v, ir.Constant(i32, 0)), undef_d, dsplat
+        )
+
+    def fused(with_off):
+        scales, offs = {}, {}
+        for s in range(tb):
+            row_t = builder.add(tav, ir.Constant(i64, s))
+            at = builder.add(builder.mul(row_t, ng), kv)
+            utv = splat_d(builder.load(builder.gep(uarr.data, [at])))
+            vtv = splat_d(builder.load(builder.gep(vptr, [at]))) if with_off else None
+            ybase = builder.mul(row_t, ir.Constant(i64, TILE))
+            for off, slot in rows[s]:
+                if off not in scales:
+                    scales[off] = load_halves(sptr, off)
+                    if with_off:
+                        offs[off] = load_halves(optr, off)
+                accd = halves(builder.load(slot))
+                for h in range(2):
+                    yp = builder.gep(yptr, [builder.add(ybase, ir.Constant(i64, off + h * half))])
+                    yp = builder.bitcast(yp, vd.as_pointer())
+                    term = builder.fmul(builder.fmul(scales[off][h], utv), accd[h])
+                    if with_off:
+                        oterm = builder.fmul(builder.fmul(offs[off][h], utv), vtv)
+                        term = builder.fadd(term, oterm)
+                    builder.store(builder.fadd(builder.load(yp, align=8), term), yp, align=8)
+
+    with builder.if_else(builder.icmp_signed("!=", mode, ir.Constant(i64, 0))) as (
+        then,
+        otherwise,
+    ):
         with then:
-            scales = {}
-            for s in range(tb):
-                row_t = builder.add(tav, ir.Constant(i64, s))
-                ut = builder.load(builder.gep(uarr.data, [builder.add(builder.mul(row_t, ng), kv)]))
-                utv = builder.shuffle_vector(
-                    builder.insert_element(undef_d, ut, ir.Constant(i32, 0)),
-                    undef_d,
-                    ir.Constant(ir.VectorType(i32, half), [0] * half),
-                )
-                ybase = builder.mul(row_t, ir.Constant(i64, TILE))
-                for off, slot in rows[s]:
-                    if off not in scales:
-                        sp = builder.bitcast(
-                            builder.gep(sptr, [ir.Constant(i64, off)]), vf.as_pointer()
-                        )
-                        scales[off] = halves(builder.load(sp, align=4))
-                    accd = halves(builder.load(slot))
-                    for h in range(2):
-                        yp = builder.gep(
-                            yptr, [builder.add(ybase, ir.Constant(i64, off + h * half))]
-                        )
-                        yp = builder.bitcast(yp, vd.as_pointer())
-                        term = builder.fmul(builder.fmul(scales[off][h], utv), accd[h])
-                        builder.store(builder.fadd(builder.load(yp, align=8), term), yp, align=8)
+            two = builder.icmp_signed("==", mode, ir.Constant(i64, 2))
+            with builder.if_else(two) as (with_off, plain):
+                with with_off:
+                    fused(True)
+                with plain:
+                    fused(False)
         with otherwise:
             for s in range(tb):
                 for off, slot in rows[s]:
@@ -156,12 +177,16 @@ def _make(vec: int, tb: int):
     name = "llvm.x86.avx512.permvar.sf.512" if vec == 16 else "llvm.x86.avx2.permps"
 
     @intrinsic
-    def lut4_group(typingctx, codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse):
+    def lut4_group(
+        typingctx, codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse, orow, vsum
+    ):
         """``acc[s, r] = Σ_{jj < ncols} fl32(table[code(r, jj)] · x[t0 + s, x0 + jj])`` for the
         ``TILE`` rows ``r`` of a tile whose column ``jj`` starts at byte ``c0 + jj·H`` of
         ``codes``, and the ``tb`` activations ``s`` (``x`` C-contiguous ``(b, n)``, ``acc``
         ``(tb, TILE)``)."""
-        sig = types.void(codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse)
+        sig = types.void(
+            codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse, orow, vsum
+        )
 
         def codegen(context, builder, signature, args):
             a = signature.args
@@ -291,7 +316,27 @@ def _make_bytes(vec: int, tb: int, mini: bool):
 
     @intrinsic
     def bytes_group(
-        typingctx, codes, c0, ncols, x, t0, x0, fa, fb, ia, ib, ic, acc, srow, u, k, ta, y, fuse
+        typingctx,
+        codes,
+        c0,
+        ncols,
+        x,
+        t0,
+        x0,
+        fa,
+        fb,
+        ia,
+        ib,
+        ic,
+        acc,
+        srow,
+        u,
+        k,
+        ta,
+        y,
+        fuse,
+        orow,
+        vsum,
     ):
         """``acc[s, r] = Σ_{jj < ncols} fl32(value(code(r, jj)) · x[t0 + s, x0 + jj])`` for
         the ``TILE`` rows of a tile whose column ``jj`` is the ``TILE`` bytes at
@@ -302,7 +347,26 @@ def _make_bytes(vec: int, tb: int, mini: bool):
         for a subnormal one (exact: Sterbenz), then the sign bit ``(c >> ia) & 1`` -- exactly
         ``bitcast(sign << 31 | m) · 2^e`` without a subnormal operand."""
         sig = types.void(
-            codes, c0, ncols, x, t0, x0, fa, fb, ia, ib, ic, acc, srow, u, k, ta, y, fuse
+            codes,
+            c0,
+            ncols,
+            x,
+            t0,
+            x0,
+            fa,
+            fb,
+            ia,
+            ib,
+            ic,
+            acc,
+            srow,
+            u,
+            k,
+            ta,
+            y,
+            fuse,
+            orow,
+            vsum,
         )
 
         def codegen(context, builder, signature, args):
