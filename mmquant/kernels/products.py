@@ -257,18 +257,15 @@ def _tiles_simd16(
     look-ups in ``table``, 1 integer bytes, 2 minifloat bytes (``fi``, ``ii``: their float and
     integer parameters); ``sc`` = (scale, sidx, stable, offset, has_off), ``parts`` registers of
     indexed scales; the activations group-major (:func:`_group_major`: ``xg[k·bp + t]`` is group
-    ``k`` of activation ``t``) and ``u`` padded to ``bp`` rows. The group sums
-    are scaled (and offset) and added in the inner loop's registers."""
+    ``k`` of activation ``t``), ``u`` and ``vsum`` padded to ``bp`` rows. The group sums are
+    scaled (and offset) and added in the inner loop's registers."""
     scale, sidx, stable, offset, has_off = sc
-    tiles = codes.shape[0]
     b = out.shape[1]
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
-    fa, fb = fi[0], fi[1]
-    ia, ib, ic = ii[0], ii[1], ii[2]
-    indexed = sidx.shape[2] > 0
-    fuse = 2 if has_off else 1
-    for ti in numba.prange(tiles):
+    p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
+    mode = 2 if has_off else 1
+    for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
         y = np.zeros((bp, TILE))
@@ -276,143 +273,27 @@ def _tiles_simd16(
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if indexed:
+            if sidx.shape[2] > 0:
                 scale_lookup16(sidx[ti, k], stable, parts, sbuf)
             else:
                 sbuf[:] = scale[ti, k]
             for t0 in range(0, b, TB):
-                xr = k * bp + t0
+                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
+                w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
                     if kind == 0:
-                        lut4_group16(
-                            cf,
-                            j0 * _H,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            table,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        lut4_group16(*h, table, *e)
                     elif kind == 1:
-                        bytes_group16(
-                            cf,
-                            j0 * TILE,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            fa,
-                            fb,
-                            ia,
-                            ib,
-                            ic,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        bytes_group16(*w, *p, *e)
                     else:
-                        bytes_group16m(
-                            cf,
-                            j0 * TILE,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            fa,
-                            fb,
-                            ia,
-                            ib,
-                            ic,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        bytes_group16m(*w, *p, *e)
                 elif kind == 0:
-                    lut4_group16x4(
-                        cf,
-                        j0 * _H,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        table,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    lut4_group16x4(*h, table, *e)
                 elif kind == 1:
-                    bytes_group16x4(
-                        cf,
-                        j0 * TILE,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        fa,
-                        fb,
-                        ia,
-                        ib,
-                        ic,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    bytes_group16x4(*w, *p, *e)
                 else:
-                    bytes_group16mx4(
-                        cf,
-                        j0 * TILE,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        fa,
-                        fb,
-                        ia,
-                        ib,
-                        ic,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    bytes_group16mx4(*w, *p, *e)
         _store(out, y, ti)
 
 
@@ -420,15 +301,12 @@ def _tiles_simd16(
 def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):  # pragma: no cover
     """As :func:`_tiles_simd16` with the AVX2 inner loops."""
     scale, sidx, stable, offset, has_off = sc
-    tiles = codes.shape[0]
     b = out.shape[1]
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
-    fa, fb = fi[0], fi[1]
-    ia, ib, ic = ii[0], ii[1], ii[2]
-    indexed = sidx.shape[2] > 0
-    fuse = 2 if has_off else 1
-    for ti in numba.prange(tiles):
+    p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
+    mode = 2 if has_off else 1
+    for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
         y = np.zeros((bp, TILE))
@@ -436,143 +314,27 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if indexed:
+            if sidx.shape[2] > 0:
                 scale_lookup8(sidx[ti, k], stable, parts, sbuf)
             else:
                 sbuf[:] = scale[ti, k]
             for t0 in range(0, b, TB):
-                xr = k * bp + t0
+                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
+                w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
                     if kind == 0:
-                        lut4_group8(
-                            cf,
-                            j0 * _H,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            table,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        lut4_group8(*h, table, *e)
                     elif kind == 1:
-                        bytes_group8(
-                            cf,
-                            j0 * TILE,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            fa,
-                            fb,
-                            ia,
-                            ib,
-                            ic,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        bytes_group8(*w, *p, *e)
                     else:
-                        bytes_group8m(
-                            cf,
-                            j0 * TILE,
-                            gl,
-                            xg,
-                            xr,
-                            0,
-                            fa,
-                            fb,
-                            ia,
-                            ib,
-                            ic,
-                            acc,
-                            sbuf,
-                            u,
-                            k,
-                            t0,
-                            y,
-                            fuse,
-                            offset[ti, k],
-                            vsum,
-                        )
+                        bytes_group8m(*w, *p, *e)
                 elif kind == 0:
-                    lut4_group8x4(
-                        cf,
-                        j0 * _H,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        table,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    lut4_group8x4(*h, table, *e)
                 elif kind == 1:
-                    bytes_group8x4(
-                        cf,
-                        j0 * TILE,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        fa,
-                        fb,
-                        ia,
-                        ib,
-                        ic,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    bytes_group8x4(*w, *p, *e)
                 else:
-                    bytes_group8mx4(
-                        cf,
-                        j0 * TILE,
-                        gl,
-                        xg,
-                        xr,
-                        0,
-                        fa,
-                        fb,
-                        ia,
-                        ib,
-                        ic,
-                        acc,
-                        sbuf,
-                        u,
-                        k,
-                        t0,
-                        y,
-                        fuse,
-                        offset[ti, k],
-                        vsum,
-                    )
+                    bytes_group8mx4(*w, *p, *e)
         _store(out, y, ti)
 
 
