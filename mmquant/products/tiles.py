@@ -17,7 +17,16 @@ Layout of :attr:`TileView.codes` (``uint8``, shape ``(tiles, n · bytes_per_colu
   ``ti·TILE + r``.
 
 Rows past the end of the matrix (the last tile) hold code 0 and scale 0; their outputs are
-dropped. The layout is made once per weight with numpy (:func:`tile_view`) and kept beside the
+dropped. Scales are read once per group and row; when a record has at most 256 distinct group
+scales (MX E8M0 exponents, NVFP4 E4M3 block scales × the tensor scale) they are kept as one
+``uint8`` index per group and row into a 256-entry float32 table (:attr:`TileView.scale_index`):
+a quarter of the bytes of float32 scales, the same float32 values.
+
+Codes one per byte decode without a look-up where the table allows: integer tables
+(``code + base``, or ``int8(code) · step``), and minifloat tables (:func:`minifloat_fields`:
+``bitcast(sign << 31 | magnitude << shift) · mult``, exactly the table's float32 values). Codes
+that look up a non-finite table entry (the NaN codes of E4M3/E5M2) are refused here, before any
+kernel reads them. The layout is made once per weight with numpy (:func:`tile_view`) and kept beside the
 record's view, the way CPU inference engines repack weights for their SIMD kernels.
 """
 
@@ -30,7 +39,14 @@ import numpy as np
 from mmquant.packing import unpack
 from mmquant.products.records import BlockView
 
-__all__ = ["TILE", "TileView", "tile_view", "integer_base", "signed_step"]
+__all__ = [
+    "TILE",
+    "TileView",
+    "tile_view",
+    "integer_base",
+    "signed_step",
+    "minifloat_fields",
+]
 
 #: Rows per tile (one SIMD lane per row; 4 AVX-512 or 8 AVX2 registers of float32 per column).
 TILE = 64
@@ -54,8 +70,20 @@ class TileView:
     step : float or None
         When the table is ``int8(code) · step`` (256 entries, ``step`` a power of two: MX INT8),
         ``step``: a code then decodes arithmetically, as a signed byte.
-    scale, offset : numpy.ndarray
-        float32 ``(tiles, groups, TILE)``; ``offset`` is all zeros for formats without one.
+    mini : tuple or None
+        :func:`minifloat_fields` of the table (codes wider than 4 bits only), else ``None``.
+    scale : numpy.ndarray
+        float32 ``(tiles, groups, TILE)``; empty ``(tiles, groups, 0)`` when the scales are
+        indexed (:attr:`scale_index`).
+    scale_index : numpy.ndarray
+        ``uint8`` ``(tiles, groups, TILE)`` indices into :attr:`scale_table` when the record has
+        at most 256 distinct scales and no offsets, else empty ``(tiles, groups, 0)``.
+    scale_table : numpy.ndarray
+        float32 ``(256,)``: the distinct scales (zero-padded).
+    scale_count : int
+        How many entries of :attr:`scale_table` are used (every index is below it).
+    offset : numpy.ndarray
+        float32 ``(tiles, groups, TILE)``; all zeros for formats without one.
     has_offset : bool
         Whether the record has offsets (affine INT).
     group, rows, n : int
@@ -67,12 +95,25 @@ class TileView:
     table: np.ndarray
     base: float | None
     step: float | None
+    mini: tuple[int, int, int, float] | None
     scale: np.ndarray
+    scale_index: np.ndarray
+    scale_table: np.ndarray
+    scale_count: int
     offset: np.ndarray
     has_offset: bool
     group: int
     rows: int
     n: int
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the scales are read through :attr:`scale_index`."""
+        return self.scale_index.shape[2] > 0
+
+    def scales(self) -> np.ndarray:
+        """float32 ``(tiles, groups, TILE)`` scales, indexed or not."""
+        return self.scale_table[self.scale_index] if self.indexed else self.scale
 
 
 def integer_base(table: np.ndarray) -> float | None:
@@ -96,6 +137,62 @@ def signed_step(table: np.ndarray) -> float | None:
     return s if np.array_equal(t, signed * s) else None
 
 
+def minifloat_fields(table: np.ndarray, width: int) -> tuple[int, int, int, float] | None:
+    """``(sign_bit, mask, shift, mult)`` when every finite ``table[c]`` is a minifloat.
+
+    That is ``table[c] == fl32(bitcast_f32(s << 31 | (c & mask) << shift) · mult)`` with
+    ``s = (c >> sign_bit) & 1``, ``mask = 2^(width−1) − 1``, ``mult`` a power of two: the code's
+    exponent and mantissa fields moved into those of a float32 (subnormals included, as float32
+    subnormals), then rebased exactly -- the OCP FP8/FP6 elements (E4M3, E5M2, E2M3, E3M2).
+    ``None`` for other tables (and for widths below 2).
+    """
+    t = np.asarray(table, np.float32)
+    if width < 2 or t.size != 2**width:
+        return None
+    sb, mask = width - 1, 2 ** (width - 1) - 1
+    c = np.arange(t.size, dtype=np.uint32)
+    ok = np.isfinite(t)
+    for mbits in range(0, width - 1):
+        shift = 23 - mbits
+        raw = (((c >> sb) & 1) << 31 | (c & mask) << shift).view(np.float32)
+        if raw[1] == 0 or not (ok[1] and t[1] > 0):
+            continue
+        mult = float(t[1]) / float(raw[1])
+        if not (np.frexp(mult)[0] == 0.5 and 1.0 <= mult <= 2.0**126):
+            continue
+        with np.errstate(over="ignore"):
+            cand = raw * np.float32(mult)
+        if np.array_equal(cand[ok], t[ok]):
+            return sb, mask, shift, mult
+    return None
+
+
+def _check_codes(table: np.ndarray, codes: np.ndarray) -> None:
+    """ValueError if a code looks up a non-finite entry of its table (a NaN/inf code)."""
+    bad = ~np.isfinite(table)
+    if bad.any() and bad[codes].any():
+        raise ValueError(
+            "the record's codes are corrupt: a code decodes to a value that is not finite "
+            "(a NaN or infinity code of the element format, never written by the encoder)"
+        )
+
+
+def _index_scales(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(indices uint8, table float32[256], count)`` of a scale array with ≤ 256 distinct
+    values."""
+    if scale.size == 0:
+        return None
+    sample = np.unique(scale.reshape(-1)[:: max(1, scale.size // 4096)])
+    if sample.size > 256:
+        return None
+    vals, inv = np.unique(scale.reshape(-1).view(np.uint32), return_inverse=True)
+    if vals.size > 256:
+        return None
+    table = np.zeros(256, np.float32)
+    table[: vals.size] = vals.view(np.float32)
+    return inv.reshape(scale.shape).astype(np.uint8), table, int(vals.size)
+
+
 def _tiled(a: np.ndarray, tiles: int) -> np.ndarray:
     """``(rows, ...)`` → ``(tiles, ..., TILE)``, rows past the end zero."""
     pad = np.zeros((tiles * TILE, *a.shape[1:]), a.dtype)
@@ -108,6 +205,7 @@ def tile_view(view: BlockView) -> TileView:
     rows, n, w = view.rows, view.n, view.width
     tiles = -(-rows // TILE)
     codes = unpack(view.codes, w, rows * n).reshape(rows, n)
+    _check_codes(view.table, codes)
     ct = np.ascontiguousarray(_tiled(codes, tiles))  # (tiles, n, TILE)
     nibbles = w == 4
     if nibbles:
@@ -115,8 +213,15 @@ def tile_view(view: BlockView) -> TileView:
         ct = ct[:, :, :h] | (ct[:, :, h:] << np.uint8(4))
     table = np.zeros(16 if nibbles else 256, np.float32)
     table[: view.table.size] = view.table
-    scale = np.ascontiguousarray(_tiled(view.scale, tiles), np.float32)
     has_offset = view.offset is not None
+    ng = view.scale.shape[1]
+    indexed = None if has_offset else _index_scales(view.scale)
+    if indexed is None:
+        scale = np.ascontiguousarray(_tiled(view.scale, tiles), np.float32)
+        sidx, stable, count = np.zeros((tiles, ng, 0), np.uint8), np.zeros(256, np.float32), 0
+    else:
+        scale = np.zeros((tiles, ng, 0), np.float32)
+        sidx, stable, count = np.ascontiguousarray(_tiled(indexed[0], tiles)), *indexed[1:]
     off = view.offset if view.offset is not None else np.zeros_like(view.scale)
     offset = np.ascontiguousarray(_tiled(off, tiles), np.float32)
     return TileView(
@@ -125,7 +230,11 @@ def tile_view(view: BlockView) -> TileView:
         table=table,
         base=integer_base(view.table),
         step=signed_step(view.table),
+        mini=None if nibbles else minifloat_fields(view.table, w),
         scale=scale,
+        scale_index=sidx,
+        scale_table=stable,
+        scale_count=count,
         offset=offset,
         has_offset=has_offset,
         group=view.group,

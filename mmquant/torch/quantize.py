@@ -11,6 +11,10 @@
 * **queries/keys**: each head's ``[tokens, head_dim]`` matrix, along the head dimension
   (:mod:`mmquant.torch.attention`).
 
+With ``codes=True`` each quantized layer is replaced by a :class:`~mmquant.torch.codes.CodesLinear`
+that keeps the weight's record and computes from the codes on the CPU
+(:func:`mmquant.products.linear`) instead of holding the decoded weight.
+
 The returned :class:`QuantReport` says, per weight tensor, the measured bits per entry, the
 relative error (Σ_X-weighted when covariances are given) and the gap in bits to the
 rate–distortion limit; its :meth:`~QuantReport.remove` takes the hooks off again.
@@ -34,6 +38,7 @@ from mmquant.covariances import CalibrationFile, Plan, load_covariances, load_pl
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.torch.attention import disable_qk, enable_qk
 from mmquant.torch.capture import ModuleFilter, linear_modules
+from mmquant.torch.codes import _set_module, codes_linear
 from mmquant.torch.tensors import apply_rows, to_numpy, to_torch
 
 __all__ = ["LayerReport", "QuantReport", "quantize_", "takes_sigma"]
@@ -161,8 +166,14 @@ def _eigenvalues(sigma: np.ndarray, cache: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _quantize_weight(
-    name: str, mod: nn.Linear, q: Quantizer, sigma: np.ndarray | None, eig_cache: dict
-) -> LayerReport:
+    name: str,
+    mod: nn.Linear,
+    q: Quantizer,
+    sigma: np.ndarray | None,
+    eig_cache: dict,
+    codes: bool = False,
+) -> tuple[LayerReport, Any]:
+    """Encode ``mod``'s weight; replace it by its decoding, or (``codes``) return the record."""
     w = np.array(to_numpy(mod.weight), copy=True)  # to_numpy may share the weight's memory
     if takes_sigma(q):
         if sigma is None and q.name != "rtn":
@@ -174,8 +185,9 @@ def _quantize_weight(
     else:
         enc = q.encode(w)
     w_hat = q.decode(enc)
-    with torch.no_grad():
-        mod.weight.copy_(to_torch(w_hat, mod.weight))
+    if not codes:
+        with torch.no_grad():
+            mod.weight.copy_(to_torch(w_hat, mod.weight))
     w64, d = w.astype(np.float64), np.asarray(w_hat, np.float64) - w.astype(np.float64)
     if sigma is not None:
         num = float(np.sum((d @ sigma) * d))
@@ -189,7 +201,8 @@ def _quantize_weight(
     wmse = num / w.size
     bits = float(enc.bits_per_entry)
     gap = bits - waterfill_rate(eig, wmse, sigma2=s2) if s2 > 0 and wmse > 0 else float("nan")
-    return LayerReport(q.spec, bits, err, float(gap), sigma is not None, tuple(w.shape))
+    rep = LayerReport(q.spec, bits, err, float(gap), sigma is not None, tuple(w.shape))
+    return rep, (enc if codes else None)
 
 
 def quantize_(
@@ -201,6 +214,7 @@ def quantize_(
     *,
     calib: CalibrationFile | str | Path | Mapping[str, Any] | None = None,
     qk_modules: list[str] | None = None,
+    codes: bool = False,
 ) -> QuantReport:
     """Quantize ``model`` in place: weights replaced, activations and queries/keys hooked.
 
@@ -225,6 +239,10 @@ def quantize_(
         reported error the output error ``tr(ΔΣΔᵀ)/tr(WΣWᵀ)``.
     qk_modules : list of str, optional
         Attention modules whose queries/keys are quantized; default all.
+    codes : bool
+        Replace each quantized linear layer by a :class:`~mmquant.torch.codes.CodesLinear`
+        holding its record: CPU inference from the codes (:func:`mmquant.products.linear`; the
+        decoded weight only for families without a product path). The layers must be on the CPU.
 
     Returns
     -------
@@ -257,7 +275,15 @@ def quantize_(
                     f"the covariance of {tensor!r} is {sigma.shape}, the layer has "
                     f"{all_lin[name].in_features} inputs"
                 )
-        rep.layers[tensor] = _quantize_weight(tensor, all_lin[name], q, sigma, eig_cache)
+        mod = all_lin[name]
+        if codes and mod.weight.device.type != "cpu":
+            raise ValueError(f"codes=True computes on the CPU; {name!r} is on {mod.weight.device}")
+        rep.layers[tensor], enc = _quantize_weight(tensor, mod, q, sigma, eig_cache, codes)
+        if enc is not None:
+            new = codes_linear(mod, enc)
+            _set_module(model, name, new)
+            if name in lin:
+                lin[name] = new
     if act_q is not None:
 
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:

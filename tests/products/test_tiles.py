@@ -3,6 +3,8 @@ reference, the integer codes × codes path exact."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,13 @@ import mmquant as mq
 from mmquant.packing import unpack
 from mmquant.products import product, reference, times
 from mmquant.products.records import block_view
-from mmquant.products.tiles import TILE, integer_base, signed_step, tile_view
+from mmquant.products.tiles import (
+    TILE,
+    integer_base,
+    minifloat_fields,
+    signed_step,
+    tile_view,
+)
 
 kp = pytest.importorskip("mmquant.kernels.products")
 simd = kp
@@ -37,6 +45,50 @@ def test_signed_step():
     assert signed_step(signed[:16]) is None
 
 
+def test_minifloat_fields():
+    from mmquant.formats.minifloat import FORMATS, decode_elements
+
+    for name in ("e4m3", "e5m2", "e2m3", "e3m2", "e2m1"):
+        fmt = FORMATS[name]
+        width = 1 + fmt.ebits + fmt.mbits
+        table = decode_elements(np.arange(2**width), fmt).astype(np.float32)
+        got = minifloat_fields(table, width)
+        assert got == (width - 1, 2 ** (width - 1) - 1, 23 - fmt.mbits, 2.0 ** (127 - fmt.bias))
+    assert minifloat_fields(np.arange(256, dtype=np.float32) - 127, 8) is None
+    assert minifloat_fields(np.linspace(-1, 1, 16, dtype=np.float32), 4) is None
+    assert minifloat_fields(np.zeros(256, np.float32), 8) is None
+    assert minifloat_fields(np.zeros(3, np.float32), 8) is None
+
+
+def test_wide_scales_take_several_registers():
+    # rows spanning 2^±8: NVFP4 block scales with many distinct values (several SIMD registers
+    # of the scale table), MX exponents with more than 16
+    rng = np.random.default_rng(5)
+    rows, n = 2 * TILE + 3, 96
+    w = rng.standard_normal((rows, n)) * np.exp2(np.linspace(-8, 8, rows))[:, None]
+    x = rng.standard_normal((4, n)).astype(np.float32)
+    for spec, least in (("nvfp4", 33), ("mxfp8", 17)):
+        v = block_view(mq.get(spec).encode(w.astype(np.float32)))
+        tv = tile_view(v)
+        assert tv.indexed and tv.scale_count >= least, (spec, tv.scale_count)
+        for b in (1, 4):
+            u = np.ones((b, v.scale.shape[1]))
+            want = reference.block_product(v, x[:b], u, None)
+            for width in VARIANTS:
+                got = kp.block_product(tv, x[:b], u, None, simd=width)
+                assert got.tobytes() == want.tobytes(), (spec, width, b)
+
+
+def test_nan_codes_are_refused_before_the_kernels():
+    w = np.random.default_rng(6).standard_normal((4, 32)).astype(np.float32)
+    enc = mq.get("mxfp8:elem=e5m2").encode(w)
+    codes = enc.codes.copy()
+    codes[3] = 0x7F  # E5M2 NaN
+    v = block_view(dataclasses.replace(enc, codes=codes))
+    with pytest.raises(ValueError, match="not finite"):
+        tile_view(v)
+
+
 def test_tile_layout_holds_every_code():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((TILE + 5, 40)).astype(np.float32)
@@ -51,7 +103,8 @@ def test_tile_layout_holds_every_code():
         else:
             back = tv.codes.reshape(2, v.n, TILE).transpose(0, 2, 1).reshape(-1, v.n)
         np.testing.assert_array_equal(back[: v.rows], codes)
-        assert not back[v.rows :].any() and not tv.scale[1, :, 5:].any()
+        assert not back[v.rows :].any()
+        np.testing.assert_array_equal(tv.scales()[0].T, v.scale[:TILE])
 
 
 @pytest.mark.parametrize(
@@ -66,6 +119,14 @@ def test_tile_layout_holds_every_code():
         "lloydmax:bits=4",
         "mxint8",
         "int:bits=8",
+        "int:bits=4,group=8",
+        "int:bits=5,group=0",
+        "fp:fmt=e4m3",
+        "fp:fmt=e5m2",
+        "mxfp6",
+        "mxfp6:elem=e3m2",
+        "mxfp8:elem=e5m2",
+        "lloydmax:bits=8",
     ],
 )
 @pytest.mark.parametrize("batch", [1, 3, 6])
