@@ -66,9 +66,15 @@ _K_PER_OCTAVE = 16.0
 _P_MIN = 2.0**-24
 
 
+#: Largest ``|i|`` of the search's code-length table (beyond it the search clamps to the last entry,
+#: i.e. compares levels by their error alone: far in the tails, where a step of 4 levels changes
+#: the code length by a negligible amount).
+RATE_TABLE_MAX = 1 << 16
+
+
 def _rate_table(t: np.ndarray, sigma: float) -> tuple[np.ndarray, int]:
     """Code length (bits) of every level ``i`` within reach of ``t``, and the offset of level 0."""
-    imax = math.ceil(2.0 * float(np.max(np.abs(t), initial=0.0))) + 8
+    imax = min(math.ceil(2.0 * float(np.max(np.abs(t), initial=0.0))) + 8, RATE_TABLE_MAX)
     i = np.arange(-imax, imax + 1, dtype=np.float64)
     p = ndtr((0.5 * i + 0.5) / sigma) - ndtr((0.5 * i - 0.5) / sigma)
     return -np.log2(np.maximum(p, _P_MIN)), imax

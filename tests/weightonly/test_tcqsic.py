@@ -120,6 +120,16 @@ def test_tcq_codes_must_be_trellis_paths_and_streams_checked():
         decode_tcq_columns(dataclasses.replace(cs, bounds=np.array([0, 5], np.int32)), 6)
     with pytest.raises(ValueError, match="L must"):
         quantize_tcq_column(np.zeros(4), 11)
+    with pytest.raises(ValueError, match="finite"):
+        quantize_tcq_column(np.array([0.0, np.nan]), 8)
+
+
+def test_far_targets_keep_the_search_table_small():
+    """Targets of 10^6 steps: the code-length table is capped (2^17 entries), the levels still
+    land next to the targets."""
+    t = np.array([1e6, -1e6, 0.3, 2.5e5])
+    z = quantize_tcq_column(t, 8)
+    assert np.all(np.abs(z / 2 - t) <= 1.0)
 
 
 def test_numpy_reference_path_gives_the_same_record(monkeypatch):
