@@ -1,14 +1,16 @@
 """Speed of the weight-only methods: seconds per layer of the bundled MiniLM and for a big layer.
 
-For each method (``rtn``, ``gptq``, ``gptq-rot``, ``watersic``, ``e8sic``) at ``--rate``
+For each method (``rtn``, ``gptq``, ``gptq-rot``, ``watersic``, ``e8sic``, ``tcqsic``) at ``--rate``
 bits/weight: the mean and total seconds of :func:`mmquant.weightonly.quantize_layer` over the
 linear layers of MiniLM (with their calibration Σ_X), and the seconds of one ``--big`` × ``--big``
 layer (iid Gaussian W, Σ_X log-uniform over four decades, as in the Gaussian benchmark). Every
 time includes the rate search and the real bitstream. One run each (not best-of: a run takes
-seconds to minutes).
+seconds to minutes). ``--gaps R ...`` also prints the gap to the waterfilling limit on the full
+Gaussian benchmark (a = 4096, n = 512, seed 2026; the figure of issue 17, which the tests check at
+n = 128) with the seconds of each run.
 
     python benchmarks/bench_weightonly.py [--rate 4] [--big 4096] [--methods watersic e8sic]
-        [--layers attention] [--no-model] [--no-big]
+        [--layers attention] [--no-model] [--no-big] [--gaps 2 3 4 5]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="only MiniLM layers containing this string")
     ap.add_argument("--no-model", action="store_true")
     ap.add_argument("--no-big", action="store_true")
+    ap.add_argument("--gaps", type=float, nargs="*", default=[], help="rates of the gap table")
     args = ap.parse_args()
     print(machine())
     if not args.no_model:
@@ -71,6 +74,22 @@ def main() -> None:
             q = quantize_layer(m, w, s, args.rate)
             dt = time.perf_counter() - t0
             print(f"  {m:9s} {dt:8.1f} s  ({q.bits_per_weight:.3f} bits/weight)", flush=True)
+    if args.gaps:
+        from mmquant.experiments.weight_only import gaussian_problem
+        from mmquant.theory.highrate import waterfill_rate
+
+        w, s, lam = gaussian_problem(4096, 512, seed=2026)
+        print("gap to waterfilling, Gaussian 4096x512 (bits/weight; seconds)")
+        for m in args.methods:
+            cells = []
+            for r in args.gaps:
+                t0 = time.perf_counter()
+                q = quantize_layer(m, w, s, r)
+                dt = time.perf_counter() - t0
+                cells.append(
+                    f"R={r:g}: {q.bits_per_weight - waterfill_rate(lam, q.wmse):.3f} ({dt:.0f} s)"
+                )
+            print(f"  {m:9s} " + "  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -372,6 +372,7 @@ PLUGIN_MODULES: list[str] = [
     "mmquant.lattices.entropy_coded",
     "mmquant.formats.timeshare",
     "mmquant.weightonly.quantizers",
+    "mmquant.weightonly.tsic",
     "mmquant.trellis.quantizer",
     "mmquant.trellis.entropy_coded",
 ]

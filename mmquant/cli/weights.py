@@ -18,7 +18,9 @@ __all__ = ["weights_cmd"]
 @app.command("weights")
 def weights_cmd(
     model: str = typer.Option("minilm", help="Bundled model (only 'minilm')."),
-    method: str = typer.Option("watersic", help="rtn | gptq | gptq-rot | watersic | e8sic"),
+    method: str = typer.Option(
+        "watersic", help="rtn | gptq | gptq-rot | watersic | e8sic | tcqsic"
+    ),
     rate: float = typer.Option(4.0, help="Target bits per weight (bitstream + side information)."),
     sentences: int = typer.Option(64, help="Calibration sentences for Σ_X."),
     eval_sentences: int = typer.Option(32, help="Held-out sentences for the embedding cosine."),

@@ -2,7 +2,8 @@
 
 Every linear layer ``y = Wx`` (36 of them) is quantized with its own calibration covariance
 ``Σ_X`` (inputs of that layer on calibration sentences from CPython's documentation) by RTN,
-GPTQ, GPTQ after a random rotation, WaterSIC and E8-SIC (WaterSIC's loop with E8 columns), all on entropy-coded integers with the same
+GPTQ, GPTQ after a random rotation, WaterSIC, E8-SIC and trellis-SIC (WaterSIC's loop with E8 or
+entropy-coded TCQ columns), all on entropy-coded integers with the same
 per-column coder, at the same target rate. Per layer: measured bits/weight (bitstream + side
 information), WMSE, and the gap ``bits − R_limit(WMSE)`` to the reverse-waterfilling limit of iid
 Gaussian weights with the layer's variance σ² = mean(W²). End to end: mean cosine similarity of
@@ -88,7 +89,7 @@ def quantize_minilm(
 
     Parameters
     ----------
-    method : {"rtn", "gptq", "gptq-rot", "watersic", "e8sic"}
+    method : {"rtn", "gptq", "gptq-rot", "watersic", "e8sic", "tcqsic"}
     rate : float
         Target measured rate (bits/weight, side information included).
     n_sentences : int
@@ -167,7 +168,8 @@ def quantize_minilm(
 
 
 @experiment(
-    "weight-only", "MiniLM layers by RTN/GPTQ/GPTQ+rot/WaterSIC/E8-SIC: gap to waterfilling"
+    "weight-only",
+    "MiniLM layers by RTN/GPTQ/GPTQ+rot/WaterSIC/E8-SIC/trellis-SIC: gap to waterfilling",
 )
 def weight_only(
     rate: float = 4.0,
@@ -268,13 +270,15 @@ def gaussian_problem(
 
 @experiment(
     "weight-only-gaussian",
-    "iid Gaussian W, Σ_X over four decades: RTN/GPTQ/GPTQ+rotation/WaterSIC/E8-SIC gap",
+    "iid Gaussian W, Σ_X over four decades: RTN/GPTQ/GPTQ+rotation/WaterSIC/E8-SIC/trellis-SIC gap",
 )
 def weight_only_gaussian(
     rates: Sequence[float] = (2.0, 3.0, 4.0, 5.0), a: int = 4096, n: int = 512
 ) -> ExperimentResult:
-    """Gaps of RTN, GPTQ, GPTQ+rotation, WaterSIC and E8-SIC on the problem of arXiv 2601.17187."""
-    from mmquant.weightonly import e8sic, gptq, rtn, watersic
+    """Gaps of RTN, GPTQ, GPTQ+rotation, WaterSIC, E8-SIC and trellis-SIC (tcqsic) on the problem
+    of arXiv 2601.17187."""
+    from mmquant.weightonly import e8sic, gptq, rtn, tcqsic, watersic
+    from mmquant.weightonly.tcqcoding import TCQ_NSM
 
     w, sigma, lam = gaussian_problem(a, n)
     d = np.diag(np.linalg.cholesky(sigma)) ** 2
@@ -285,6 +289,7 @@ def weight_only_gaussian(
         "gptq-rot": lambda r: gptq(w, sigma, r, rotate=True, seed=1),
         "rtn": lambda r: rtn(w, sigma, r),
         "e8sic": lambda r: e8sic(w, sigma, r),
+        "tcqsic": lambda r: tcqsic(w, sigma, r),
     }
     rows: list[list[Any]] = []
     curves: dict[str, list[float]] = {k: [] for k in runs}
@@ -308,6 +313,8 @@ def weight_only_gaussian(
             ax.axhline(ecsq + predicted, color="gray", ls=":", lw=1, label="+ ½log2(AM/GM d_j)")
             e8 = 0.5 * np.log2(2 * np.pi * np.e * 929 / 12960)
             ax.axhline(e8, color="gray", ls="-.", lw=1, label="½log2(2πe·G(E8))")
+            tcq = 0.5 * np.log2(2 * np.pi * np.e * TCQ_NSM[8])
+            ax.axhline(tcq, color="gray", ls=(0, (1, 3)), lw=1, label="½log2(2πe·G(TCQ 256))")
             ax.set_xlabel("target rate (bits/weight)")
             ax.set_ylabel("gap to waterfilling (bits/weight)")
             ax.set_title(f"iid Gaussian W {a}x{n}, Σ_X over four decades")

@@ -16,6 +16,7 @@ An explicit ``"numpy"`` or ``"numba"`` given to a function (the ``backend=`` arg
 The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`, for
 the lattice codes :mod:`~mmquant.kernels.lattice_closest`, :mod:`~mmquant.kernels.lattice_block`,
 :mod:`~mmquant.kernels.lattice_groups`, :mod:`~mmquant.kernels.trellis`,
+:mod:`~mmquant.kernels.trellis_rd`,
 :mod:`~mmquant.kernels.rotation` and :mod:`~mmquant.kernels.products`, whose SIMD inner loops
 are numba intrinsics in :mod:`~mmquant.kernels.simd`) are imported only when a kernel of theirs
 runs; they import nothing from the rest of the package (what they need is passed in as
@@ -49,6 +50,7 @@ MODULES = (
     "lattice_block",
     "lattice_groups",
     "trellis",
+    "trellis_rd",
     "products",
     "rotation",
 )

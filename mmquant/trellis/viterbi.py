@@ -44,9 +44,11 @@ __all__ = [
     "forward",
     "junction_state",
     "junction_steps",
+    "rd_costs",
     "traceback",
     "viterbi_ec",
     "viterbi_fixed",
+    "viterbi_rd",
 ]
 
 #: Steps on each side of the junction of the first tail-biting pass: at least this many, and 8
@@ -165,4 +167,71 @@ def viterbi_ec(z: np.ndarray, labels: np.ndarray, delta: float, W: int) -> np.nd
         xs = np.ascontiguousarray(z[r], np.float32).reshape(T, 1)
         d, bp = forward(xs, W, 1, d0, labels=labels, delta=delta)
         out[r] = traceback(bp, int(np.argmin(d)), W, 1) & 1
+    return out
+
+
+def rd_costs(x: float, rtab: np.ndarray, roff: int, lam: float) -> tuple[list[float], list[int]]:
+    """Cost and level of each coset ``c`` (``i ≡ c (mod 4)``) for one target ``x`` (float64).
+
+    The levels are ``i/2`` (points of :func:`viterbi_rd`); of the two levels of the coset that
+    bracket ``x``, the one of least ``(x − i/2)² + lam·rtab[i + roff]`` (the lower one on a tie;
+    ``i + roff`` clamped to the table).
+    """
+    costs, levels = [], []
+    last = rtab.size - 1
+    for c in range(4):
+        cf = float(c)
+        lo = cf + 4.0 * float(np.floor((2.0 * x - cf) * 0.25))
+        best, bi = np.inf, 0
+        for k in range(2):
+            i = lo + 4.0 * k
+            ii = int(i)
+            e = x - 0.5 * i
+            r = min(max(ii + roff, 0), last)
+            v = e * e + lam * float(rtab[r])
+            if v < best:
+                best, bi = v, ii
+        costs.append(best)
+        levels.append(bi)
+    return costs, levels
+
+
+def viterbi_rd(
+    x: np.ndarray, labels: np.ndarray, W: int, rtab: np.ndarray, roff: int, lam: float
+) -> np.ndarray:
+    """Rate–distortion Viterbi of the entropy-coded trellis on one row ``x`` (float64, points ``i/2``).
+
+    The trellis of :func:`viterbi_ec` (windows of ``W`` bits, one bit per step, from window 0,
+    free end), in float64, with the cost of a transition ``(x_t − i/2)² + lam·rtab[i + roff]``
+    minimised over the coset's two levels around ``x_t`` (:func:`rd_costs`): ``rtab`` is the code
+    length of level ``i`` (bits), ``lam`` the Lagrange multiplier (0: the nearest level, plain
+    MSE). Step: ``m[g] = min(D[g], D[g + G])`` (the first on a tie), ``D'[s] = m[s >> 1] +
+    cost(labels[s])``; the end is the first best window.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(T,)``: the levels ``i`` of the best path.
+    """
+    x = np.asarray(x, np.float64)
+    T = x.size
+    N = 1 << W
+    G = N >> 1
+    lab = np.asarray(labels, np.int64)
+    half = np.arange(N) >> 1
+    d = np.full(N, np.inf)
+    d[0] = 0.0
+    bp = np.empty((T, G), np.uint8)
+    for t in range(T):
+        cv = np.array(rd_costs(float(x[t]), rtab, roff, lam)[0])
+        hi = d[G:] < d[:G]
+        bp[t] = hi
+        m = np.where(hi, d[G:], d[:G])
+        d = m[half] + cv[lab]
+    s = int(np.argmin(d))
+    out = np.empty(T, np.int64)
+    for t in range(T - 1, -1, -1):
+        out[t] = rd_costs(float(x[t]), rtab, roff, lam)[1][lab[s]]
+        g = s >> 1
+        s = (int(bp[t, g]) << (W - 1)) | g
     return out

@@ -11,7 +11,10 @@ Registered codes (:data:`COLUMN_CODES`, the record's coding name):
 ``"entropy"``
     the scalar grid Z (WaterSIC's rounding), :mod:`~mmquant.weightonly.coding`;
 ``"e8"``
-    the E8 lattice in blocks of 8 entries, :mod:`~mmquant.weightonly.e8coding`.
+    the E8 lattice in blocks of 8 entries, :mod:`~mmquant.weightonly.e8coding`;
+``"tcq<L>"`` (``tcq8``)
+    entropy-coded TCQ along the column on a ``2^L``-state trellis,
+    :mod:`~mmquant.weightonly.tcqcoding`.
 
 A new code (e.g. a trellis code with a per-column rate) implements :class:`ColumnCode` and adds
 itself to :data:`COLUMN_CODES`; the registered family, the stored format and the decoder then
@@ -20,14 +23,14 @@ follow through :func:`column_code`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from mmquant.weightonly.coding import ColumnStream, column_code_bits, decode_columns, encode_columns
 
-__all__ = ["ColumnCode", "ScalarCode", "E8Code", "COLUMN_CODES", "column_code"]
+__all__ = ["ColumnCode", "ScalarCode", "E8Code", "TCQCode", "COLUMN_CODES", "column_code"]
 
 
 class ColumnCode(Protocol):
@@ -116,8 +119,51 @@ class E8Code:
         return decode_e8_columns(cs)
 
 
+@dataclass(frozen=True)
+class TCQCode:
+    """Entropy-coded TCQ along the column (``2^L`` states); codes are the levels ``i``, points
+    ``i/2`` (:mod:`~mmquant.weightonly.tcqcoding`)."""
+
+    L: int = 8
+    name: str = field(init=False)
+    nsm: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        from mmquant.weightonly.tcqcoding import TCQ_NSM
+
+        if self.L not in TCQ_NSM:
+            raise ValueError(f"L must be one of {sorted(TCQ_NSM)}, got {self.L!r}")
+        object.__setattr__(self, "name", f"tcq{self.L}")
+        object.__setattr__(self, "nsm", TCQ_NSM[self.L])
+
+    def quantize(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from mmquant.weightonly.tcqcoding import quantize_tcq_column
+
+        z = quantize_tcq_column(t, self.L)
+        return z, 0.5 * z.astype(np.float64)
+
+    def points(self, z: np.ndarray) -> np.ndarray:
+        return 0.5 * np.asarray(z, np.float64)
+
+    def code_bits(self, z: np.ndarray) -> float:
+        from mmquant.weightonly.tcqcoding import tcq_column_bits
+
+        return tcq_column_bits(z)
+
+    def encode(self, z: np.ndarray) -> ColumnStream:
+        from mmquant.weightonly.tcqcoding import encode_tcq_columns
+
+        return encode_tcq_columns(z, self.L)
+
+    def decode(self, cs: ColumnStream) -> np.ndarray:
+        from mmquant.weightonly.tcqcoding import decode_tcq_columns
+
+        return decode_tcq_columns(cs, self.L)
+
+
 #: Column codes by coding name.
 COLUMN_CODES: dict[str, ColumnCode] = {"entropy": ScalarCode(), "e8": E8Code()}
+COLUMN_CODES.update({f"tcq{L}": TCQCode(L) for L in range(2, 10)})  # trellis POLYS' lengths
 
 
 def column_code(name: str) -> ColumnCode:

@@ -11,7 +11,7 @@ from mmquant.weightonly.result import WeightQuant
 __all__ = ["waterfill_gap_bits", "quantize_layer", "METHODS", "METHOD_SPECS"]
 
 #: Method names of :func:`quantize_layer` (and of ``mmquant weights --method``).
-METHODS = ("rtn", "gptq", "gptq-rot", "watersic", "e8sic")
+METHODS = ("rtn", "gptq", "gptq-rot", "watersic", "e8sic", "tcqsic")
 #: Registered quantizer (spec) of each method of :data:`METHODS`.
 METHOD_SPECS = {
     "rtn": "rtn",
@@ -19,6 +19,7 @@ METHOD_SPECS = {
     "gptq-rot": "gptq:rotate=true",
     "watersic": "watersic",
     "e8sic": "e8sic",
+    "tcqsic": "tcqsic",
 }
 
 
@@ -59,7 +60,7 @@ def quantize_layer(
     ``gptq:rotate=true``) with ``rate`` and the options ``kw`` (``damp=`` ...);
     ``seed`` is the rotation seed of ``gptq-rot``. ``rtn``, ``gptq`` and ``gptq-rot`` use the
     entropy-coded uniform grid (same coder and side information as WaterSIC; ``e8sic`` codes E8
-    points with the same per-column model index) so that all are compared at the same measured
+    points, ``tcqsic`` trellis levels, with the same per-column model index) so that all are compared at the same measured
     rate.
 
     Returns
