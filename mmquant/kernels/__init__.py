@@ -49,6 +49,7 @@ MODULES = (
     "lattice_groups",
     "trellis",
     "products",
+    "lattice_products",
 )
 
 
