@@ -21,7 +21,7 @@ import numpy as np
 
 from mmquant.kernels import numba_cache
 
-__all__ = ["TILE", "lattice_product"]
+__all__ = ["TILE", "lattice_product", "fwht_rows"]
 
 #: Rows per tile (must equal :data:`mmquant.products.lattice.TILE`).
 TILE = 64
@@ -119,6 +119,35 @@ def _tiles(codes, bscale, v, out):  # pragma: no cover - compiled
             if i < rows:
                 for t in range(b):
                     out[i, t] = y[t, r] + 0.0
+
+
+@numba.njit(cache=numba_cache(), fastmath=False, boundscheck=False, error_model="numpy")
+def _fwht(y):  # pragma: no cover - compiled
+    n = y.shape[1]
+    for t in range(y.shape[0]):
+        row = y[t]
+        h = 1
+        while h < n:
+            for i0 in range(0, n, 2 * h):
+                for i in range(i0, i0 + h):
+                    a = row[i]
+                    b = row[i + h]
+                    row[i] = a + b
+                    row[i + h] = a - b
+            h *= 2
+
+
+def fwht_rows(y: np.ndarray) -> None:
+    """In place: the unnormalised fast Walsh–Hadamard transform of every row of the float64
+    C-contiguous ``(b, n)`` array ``y`` (``n`` a power of two), bit for bit
+    :func:`mmquant.rotations.fwht` (the same butterflies ``a + b``, ``a − b``: each output is
+    one IEEE operation on the same two inputs, whatever the order of the loops)."""
+    if y.ndim != 2 or y.dtype != np.float64 or not y.flags.c_contiguous:
+        raise ValueError("fwht_rows needs a C-contiguous float64 (b, n) array")
+    n = y.shape[1]
+    if n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    _fwht(y)
 
 
 def lattice_product(codes: np.ndarray, bscale: np.ndarray, v: np.ndarray, rows: int) -> np.ndarray:

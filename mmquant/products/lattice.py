@@ -40,6 +40,7 @@ from mmquant.kernels import load
 from mmquant.products.records import LatticeView
 from mmquant.products.reference import CHUNK as _BLOCKS_CHUNK
 from mmquant.products.reference import lattice_dot
+from mmquant.rotations import RandomizedHadamard
 
 __all__ = ["TILE", "LatticeTiles", "lattice_tiles", "reference_dot", "lattice_times"]
 
@@ -181,6 +182,23 @@ def _decoded_dot(view: LatticeView, vp: np.ndarray, k: Any) -> np.ndarray:
     return out
 
 
+def _rotate(view: LatticeView, v: np.ndarray, k: Any) -> np.ndarray:
+    """The activations ``v`` (float64 ``(b, n)``) rotated as the record's rows were.
+
+    With the kernels and a randomized Hadamard rotation of a power-of-two length, the fast
+    Walsh–Hadamard transform runs compiled (:func:`mmquant.kernels.lattice_products.fwht_rows`,
+    the numbers of :meth:`~mmquant.rotations.RandomizedHadamard.apply` bit for bit); otherwise
+    the rotation's own ``apply``.
+    """
+    rot = view.rotation
+    n = v.shape[1]
+    if k is not None and isinstance(rot, RandomizedHadamard) and n & (n - 1) == 0:
+        y = np.ascontiguousarray(v * rot.signs)
+        k.fwht_rows(y)
+        return y * np.float64(1.0 / np.sqrt(n))
+    return rot.apply(v)
+
+
 def lattice_times(enc: Encoded, view: LatticeView, xr: np.ndarray, backend: str) -> np.ndarray:
     """``Ŵ·xrᵀ`` (rows × b, float64) of a lattice record's view for activations ``xr`` ``(b, n)``.
 
@@ -192,8 +210,9 @@ def lattice_times(enc: Encoded, view: LatticeView, xr: np.ndarray, backend: str)
     v = xr.astype(np.float64)
     if view.mean is not None:  # re-centring needs ⟨x̃, 1⟩: one more activation of ones
         v = np.concatenate([v, np.ones((1, n))])
+    k = None if view.points is None else load("lattice_products", backend)
     if view.rotation is not None:
-        v = view.rotation.apply(v)
+        v = _rotate(view, v, k)
     if view.points is None:
         vp = np.zeros((v.shape[0], n8))
         vp[:, :n] = v
@@ -201,7 +220,6 @@ def lattice_times(enc: Encoded, view: LatticeView, xr: np.ndarray, backend: str)
     else:
         vf = np.zeros((v.shape[0], n8), np.float32)
         vf[:, :n] = v
-        k = load("lattice_products", backend)
         if k is None:
             out = reference_dot(view, vf)
         else:

@@ -133,3 +133,29 @@ def test_hostile_lattice_views_are_refused():
     dith = mq.get("e8:dither=true").encode(np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="dithered"):
         lattice_tiles(lattice_view(dith))
+
+
+def test_compiled_walsh_hadamard_is_the_rotations_own():
+    from mmquant.kernels.lattice_products import fwht_rows
+    from mmquant.products.lattice import _rotate
+    from mmquant.rotations import fwht, rotation
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 8, 64, 512):
+        x = rng.standard_normal((3, n))
+        y = x.copy()
+        fwht_rows(y)
+        assert y.tobytes() == fwht(x).tobytes()
+    for n in (256, 384, 100):  # power of two (compiled), 12·32 and block Hadamard (numpy)
+        _, enc = _record("zn", (2, n))
+        view = lattice_view(enc)
+        x = rng.standard_normal((2, n))
+        want = rotation(n, 0).apply(x)
+        assert _rotate(view, x, None).tobytes() == want.tobytes()
+        from mmquant.kernels import lattice_products
+
+        assert _rotate(view, x, lattice_products).tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        fwht_rows(np.zeros((1, 12)))
+    with pytest.raises(ValueError):
+        fwht_rows(np.zeros((1, 8), np.float32))
