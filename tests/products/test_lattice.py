@@ -14,10 +14,9 @@ from mmquant.products.records import lattice_view
 SPECS = [
     "e8",
     "e8:group=32",
-    "e8:q=200",  # coordinates beyond int8: int16 tiles
-    "e8:q=14;15;15;13",  # union code
-    "e8:rule=no-overload,betas=2",
-    "e8:mixed=true,q=6",
+    "e8:q=200,betas=0.01;0.02",  # coordinates beyond int8: int16 tiles
+    "e8:q=9;10;8,betas=0.3;0.4;0.6",  # union code (given scales: no design to compute)
+    "e8:rule=no-overload,betas=0.3;0.6",
     "d4:group=32",
     "d4:center=true",
     "zn",
@@ -55,7 +54,9 @@ def test_equal_to_decode_and_backends_bit_exact(spec):
 
 
 def test_tiles_hold_the_codewords():
-    _, enc = _record("e8:q=200", (70, 19))  # two tiles, the second partly past the end
+    _, enc = _record(
+        "e8:q=200,betas=0.01;0.02", (70, 19)
+    )  # two tiles, the second partly past the end
     view = lattice_view(enc)
     lt = lattice_tiles(view)
     n8 = 24
@@ -110,7 +111,7 @@ def test_kernel_refuses_tiles_that_do_not_fit():
 def test_hostile_lattice_views_are_refused():
     import dataclasses
 
-    q, enc = _record("e8", (9, 16))
+    q, enc = _record("e8:betas=0.3;0.6", (9, 16))
     view = lattice_view(enc)
 
     def wrong_index(r0, r1):
@@ -127,10 +128,10 @@ def test_hostile_lattice_views_are_refused():
             lattice_tiles(bad)
         with pytest.raises(ValueError, match="corrupt codes"):
             reference_dot(bad, np.zeros((1, 16), np.float32))
-    bad = dataclasses.replace(view, betas=np.array([np.nan, 1.0, 2.0, 3.0]))
+    bad = dataclasses.replace(view, betas=np.array([np.nan, 1.0]))
     with pytest.raises(ValueError, match="β list"):
         lattice_tiles(bad)
-    dith = mq.get("e8:dither=true").encode(np.ones((2, 8), np.float32))
+    dith = mq.get("e8:dither=true,betas=0.3;0.5").encode(np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="dithered"):
         lattice_tiles(lattice_view(dith))
 
