@@ -48,6 +48,8 @@ __all__ = ["TILE", "LatticeTiles", "lattice_tiles", "reference_dot", "lattice_ti
 TILE = 64
 #: Entries of the temporaries of the reference and of the tiling, per step.
 CHUNK = 1 << 20
+#: Activations per kernel call (its per-tile row sums, ``BATCH × TILE`` float64, stay in cache).
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,10 @@ def lattice_times(enc: Encoded, view: LatticeView, xr: np.ndarray, backend: str)
             out = reference_dot(view, vf)
         else:
             lt = _tiles_of(enc, view)
-            out = k.lattice_product(lt.codes, lt.bscale, vf, lt.rows)
+            out = np.empty((view.rows, vf.shape[0]))
+            for t0 in range(0, vf.shape[0], BATCH):  # each column on its own: the same numbers
+                vt = vf[t0 : t0 + BATCH]
+                out[:, t0 : t0 + vt.shape[0]] = k.lattice_product(lt.codes, lt.bscale, vt, lt.rows)
     out *= view.row_scale[:, None]
     if view.mean is not None:
         ones = out[:, b]

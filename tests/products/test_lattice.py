@@ -53,6 +53,17 @@ def test_equal_to_decode_and_backends_bit_exact(spec):
     assert np.all(np.abs(a - ref) <= bound + 1e-30), spec
 
 
+def test_large_batches_go_in_parts(monkeypatch):
+    from mmquant.products import lattice
+
+    _, enc = _record("e8:group=32", (20, 24))
+    x = np.random.default_rng(4).standard_normal((24, 7)).astype(np.float32)
+    whole = times(enc, x, backend="numba")
+    monkeypatch.setattr(lattice, "BATCH", 3)
+    assert times(enc, x, backend="numba").tobytes() == whole.tobytes()
+    assert times(enc, x, backend="numpy").tobytes() == whole.tobytes()
+
+
 def test_tiles_hold_the_codewords():
     _, enc = _record(
         "e8:q=200,betas=0.01;0.02", (70, 19)
