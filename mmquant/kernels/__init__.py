@@ -15,12 +15,13 @@ An explicit ``"numpy"`` or ``"numba"`` given to a function (the ``backend=`` arg
 
 The kernel modules (:mod:`~mmquant.kernels.formats`, :mod:`~mmquant.kernels.compander`, for
 the lattice codes :mod:`~mmquant.kernels.lattice_closest`, :mod:`~mmquant.kernels.lattice_block`,
-:mod:`~mmquant.kernels.lattice_groups`, :mod:`~mmquant.kernels.trellis`,
-:mod:`~mmquant.kernels.trellis_rd`,
-:mod:`~mmquant.kernels.rotation` and :mod:`~mmquant.kernels.products`, whose SIMD inner loops
-are numba intrinsics in :mod:`~mmquant.kernels.simd`) are imported only when a kernel of theirs
-runs; they import nothing from the rest of the package (what they need is passed in as
-arguments); each compiles its functions on their first call and keeps the machine code in numba's on-disk cache when one can be
+:mod:`~mmquant.kernels.lattice_groups`, for the trellis codes :mod:`~mmquant.kernels.trellis` and
+:mod:`~mmquant.kernels.trellis_rd`, the inverse rotation :mod:`~mmquant.kernels.rotation`, and
+for products from the codes :mod:`~mmquant.kernels.lattice_products` and
+:mod:`~mmquant.kernels.products`, whose SIMD inner loops are numba intrinsics in
+:mod:`~mmquant.kernels.simd`) are imported only when a kernel of theirs runs; they import nothing
+from the rest of the package (what they need is passed in as arguments); each compiles its
+functions on their first call and keeps the machine code in numba's on-disk cache when one can be
 written (:func:`numba_cache`); in a read-only install without a writable cache folder they compile
 in every process instead of failing.
 """
@@ -53,6 +54,7 @@ MODULES = (
     "trellis_rd",
     "products",
     "rotation",
+    "lattice_products",
 )
 
 

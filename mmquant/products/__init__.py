@@ -15,8 +15,9 @@ Families: the scalar and block formats (``int`` symmetric and affine, ``fp``, ``
 (:mod:`mmquant.products.tiles`, made once per weight; 4-bit codes through 16-entry tables of
 products in SIMD registers), the scale applied once per group; codes × codes of two ``int``
 records as exact integer group sums; the nested-lattice codes (``e8``, ``d4``, ``zn``): the
-other operand rotated once, the blocks decoded
-a chunk of rows at a time and the row factor applied once per row. The numbers are those of
+other operand rotated once, the integer codewords (one byte per entry, made once per weight
+from the digits) accumulated block by block with the β of each block and the row factor applied
+to sums (:mod:`mmquant.products.lattice`). The numbers are those of
 decode-then-multiply within float32 accumulation error; the numba kernels
 (:mod:`mmquant.kernels.products`) and the numpy reference (:mod:`mmquant.products.reference`) agree
 bit for bit (``MMQUANT_KERNELS`` or ``backend=`` chooses). Records are checked by their
@@ -35,6 +36,7 @@ from mmquant.core import Encoded, get
 from mmquant.kernels import load
 from mmquant.packing import unpack
 from mmquant.products import reference
+from mmquant.products.lattice import lattice_times
 from mmquant.products.records import BlockView, LatticeView, block_view, has_view, lattice_view
 from mmquant.products.tiles import TileView, integer_base, tile_view
 from mmquant.validation import as_real_array
@@ -126,7 +128,7 @@ def _times_rows(enc: Encoded, xr: np.ndarray, backend: str) -> np.ndarray:
     k = load("products", backend)
     if isinstance(view, BlockView):
         return _finite(_block_times(enc, view, xr, None, k), enc)
-    return _finite(_lattice_times(view, xr, k), enc)
+    return _finite(lattice_times(enc, view, xr, backend), enc)
 
 
 #: Largest |value| of a group sum of integer products that float32 adds exactly.
@@ -154,29 +156,6 @@ def _integer_codes(enc_w: Encoded, enc_x: Encoded, backend: str) -> np.ndarray |
     xq = vx.table[unpack(vx.codes, vx.width, vx.rows * vx.n)].reshape(vx.rows, vx.n)
     u = vx.scale.astype(np.float64)
     return _finite(_block_times(enc_w, vw, xq, u, load("products", backend)), enc_w)
-
-
-def _lattice_times(view: LatticeView, xr: np.ndarray, k: Any) -> np.ndarray:
-    n, n8 = view.n, -(-view.n // 8) * 8
-    b = xr.shape[0]
-    v = xr.astype(np.float64)
-    if view.mean is not None:  # re-centring needs ⟨x̃, 1⟩: one more activation of ones
-        v = np.concatenate([v, np.ones((1, n))])
-    if view.rotation is not None:
-        v = view.rotation.apply(v)
-    vp = np.zeros((v.shape[0], n8))
-    vp[:, :n] = v
-    dot = (k or reference).lattice_dot
-    out = np.empty((view.rows, vp.shape[0]))
-    step = max(1, reference.CHUNK // n8)
-    for r0 in range(0, view.rows, step):
-        r1 = min(view.rows, r0 + step)
-        out[r0:r1] = dot(view.blocks(r0, r1), vp)
-    out *= view.row_scale[:, None]
-    if view.mean is not None:
-        ones = out[:, b]
-        out = out[:, :b] + (view.mean - ones / n)[:, None] * xr.astype(np.float64).sum(axis=1)
-    return out
 
 
 def times(enc: Encoded, x: Any, *, backend: str = "auto") -> np.ndarray:

@@ -93,6 +93,15 @@ class LatticeView:
         ``r0..r1-1`` (decoded a chunk of rows at a time, from the index coders of the record).
     dithered : bool
         Whether the view holds a float64 dither of every block (then it is not worth keeping).
+    points : callable or None
+        ``points(r0, r1)`` returns the codewords of rows ``r0..r1-1`` as integers in units of
+        :attr:`unit` -- ``(r1 − r0, ⌈n/8⌉·8)`` int64 ``y / unit`` (``y`` the Voronoi-cell point
+        of every block, before β and the dither) -- and the ``(r1 − r0, ⌈n/8⌉)`` β indices of
+        their blocks (each below ``k``); ``None`` for dithered records.
+    unit : float
+        The step of the codewords' coordinates: ½ for E8 (half-integers), 1 for D4 and Zⁿ.
+    betas : numpy.ndarray or None
+        The record's float64 β list (checked: ``k`` positive finite values).
     """
 
     rows: int
@@ -102,6 +111,9 @@ class LatticeView:
     rotation: Any
     blocks: Any
     dithered: bool = False
+    points: Any = None
+    unit: float = 1.0
+    betas: np.ndarray | None = None
 
 
 def _quantizer(enc: Encoded) -> Quantizer:
@@ -230,7 +242,19 @@ def lattice_view(enc: Encoded) -> LatticeView | None:
         zh = voronoi.voronoi_decode_blocks(digits[b0:b1], bi[b0:b1], lat, qs, betas, u)
         return zh.reshape(r1 - r0, n8)
 
+    unit = 0.5 if q.lattice_name == "e8" else 1.0
+
+    def points(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        b0, b1 = r0 * bpr, r1 * bpr
+        ones = np.ones(k)  # y itself: every β 1, no dither (exact: integers or half-integers)
+        y = voronoi.voronoi_decode_blocks(digits[b0:b1], bi[b0:b1], lat, qs, ones, None)
+        c = np.rint(y / unit).astype(np.int64)
+        return c.reshape(r1 - r0, n8), bi[b0:b1].astype(np.int64).reshape(r1 - r0, bpr)
+
     row_scale = norm.astype(np.float64) * alpha
     mean = enc.side["mean"].astype(np.float64) if q.center else None
     rot = rotation(n, q.seed) if q.rotate else None
-    return LatticeView(rows, n, row_scale, mean, rot, blocks, u_all is not None)
+    dithered = u_all is not None
+    return LatticeView(
+        rows, n, row_scale, mean, rot, blocks, dithered, None if dithered else points, unit, betas
+    )

@@ -19,7 +19,9 @@ float32 first) by float32 rounding only. For codes × codes with integer tables 
 (``int`` records), ``x`` holds the activations' integer values and ``u`` their group scales:
 every ``P`` is then an exact integer sum, and the product is that of the exact decoded values.
 
-**Lattice codes.** The other operand is rotated once (``⟨R⁻¹a, v⟩ = ⟨a, Rv⟩``: the rotation is
+**Lattice codes** (dithered records only: the others are multiplied from their integer
+codewords, :mod:`mmquant.products.lattice`, which states its own order). The other operand is
+rotated once (``⟨R⁻¹a, v⟩ = ⟨a, Rv⟩``: the rotation is
 orthogonal) and padded to ``⌈n/8⌉·8``; for every row the 8-block sums ``Σ_l ẑ_l·v_l`` (float64,
 ``l = 0..7`` in order, from ``+0.0``) are added in increasing block order from ``+0.0``, then the
 row is multiplied by its factor ``norm·α`` once.
