@@ -16,6 +16,7 @@ import pytest
 from mmquant.experiments.weight_only import gaussian_problem
 from mmquant.theory.highrate import waterfill_rate
 from mmquant.weightonly import decode, e8sic, vector_sic, watersic
+from mmquant.weightonly.coding import ColumnStream
 from mmquant.weightonly.e8coding import (
     coset_probability,
     decode_e8_columns,
@@ -131,3 +132,21 @@ def test_wiener_option_checked_and_step_path():
     v = np.geomspace(1e-3, 10.0, 50)
     th = _water_level(v, 1.5)
     assert abs(np.mean(np.maximum(0.5 * np.log2(v / th), 0.0)) - 1.5) < 1e-9
+
+
+def test_row_offsets_when_rows_differ():
+    """Rows of unequal scale: the stream carries one offset per row and costs less."""
+    from mmquant.weightonly.e8coding import _choose, _choose_models
+
+    rng = np.random.default_rng(7)
+    t = rng.standard_normal((96, 20)) * np.linspace(0.3, 6.0, 20)
+    t *= np.exp(rng.normal(0.0, 0.6, 96))[:, None]
+    z = np.stack([quantize_e8_column(t[:, j]) for j in range(20)], axis=1)
+    kr, _, bits = _choose(z)
+    assert kr is not None and bits < _choose_models(z)[1].sum() - 100
+    cs = encode_e8_columns(z)
+    np.testing.assert_array_equal(decode_e8_columns(cs), z)
+    assert abs(8 * cs.stream.size - bits) <= 64 + 0.01 * bits
+    bad = ColumnStream(cs.stream[:-4].copy(), cs.std_index, cs.bounds, cs.shape)
+    with pytest.raises(ValueError, match="corrupt"):
+        decode_e8_columns(bad)
