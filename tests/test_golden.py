@@ -55,6 +55,8 @@ EXTRA_SPECS = [
     "tcq:bits=3,L=10,code=lut",
     "tcqec:rate=2.5,L=5",
     "e8sic:rate=8.0",
+    "tcqsic:rate=8.0",
+    "tcq:bits=3,L=10,code=tstrat",
 ]
 
 

@@ -3,8 +3,8 @@
 Every linear layer ``y = Wx`` (36 of them) is quantized with its own calibration covariance
 ``Σ_X`` (inputs of that layer on calibration sentences from CPython's documentation) by RTN,
 GPTQ, GPTQ after a random rotation, WaterSIC, E8-SIC and trellis-SIC (WaterSIC's loop with E8 or
-entropy-coded TCQ columns), all on entropy-coded integers with the same
-per-column coder, at the same target rate. Per layer: measured bits/weight (bitstream + side
+entropy-coded TCQ columns), all entropy coded, at the same target rate (``methods``: a list,
+any of :data:`~mmquant.weightonly.METHODS`). Per layer: measured bits/weight (bitstream + side
 information), WMSE, and the gap ``bits − R_limit(WMSE)`` to the reverse-waterfilling limit of iid
 Gaussian weights with the layer's variance σ² = mean(W²). End to end: mean cosine similarity of
 the sentence embeddings with the unquantized model, on held-out sentences.
@@ -29,6 +29,7 @@ from mmquant.weightonly import METHODS, quantize_layer, waterfill_gap_bits
 __all__ = [
     "LayerResult",
     "MinilmWeights",
+    "GAUSSIAN_METHODS",
     "gaussian_problem",
     "quantize_minilm",
     "weight_only",
@@ -268,29 +269,51 @@ def gaussian_problem(
     return rng.normal(size=(a, n)), sigma, lam
 
 
+def _gaussian_methods() -> dict[str, Any]:
+    """Rows of the Gaussian benchmark: name → ``f(w, sigma, rate) -> WeightQuant``.
+
+    A new method adds one entry (its row and curve follow); ``watersic-mmse`` is WaterSIC's
+    scalar column code inside the vector loop with the MMSE damping and the Wiener pre-filter
+    (:func:`~mmquant.weightonly.vsic.vector_sic` with ``code="entropy"``).
+    """
+    from mmquant.weightonly import e8sic, gptq, rtn, tcqsic, vector_sic, watersic
+
+    return {
+        "rtn": lambda w, s, r: rtn(w, s, r),
+        "gptq": lambda w, s, r: gptq(w, s, r),
+        "gptq-rot": lambda w, s, r: gptq(w, s, r, rotate=True, seed=1),
+        "watersic": lambda w, s, r: watersic(w, s, r),
+        "watersic-mmse": lambda w, s, r: vector_sic(w, s, r, code="entropy"),
+        "e8sic": lambda w, s, r: e8sic(w, s, r),
+        "tcqsic": lambda w, s, r: tcqsic(w, s, r),
+    }
+
+
+#: Rows of :func:`weight_only_gaussian` (name → ``f(w, Σ_X, rate)``); extend to add a method.
+GAUSSIAN_METHODS: dict[str, Any] = _gaussian_methods()
+
+
 @experiment(
     "weight-only-gaussian",
     "iid Gaussian W, Σ_X over four decades: RTN/GPTQ/GPTQ+rotation/WaterSIC/E8-SIC/trellis-SIC gap",
 )
 def weight_only_gaussian(
-    rates: Sequence[float] = (2.0, 3.0, 4.0, 5.0), a: int = 4096, n: int = 512
+    rates: Sequence[float] = (2.0, 3.0, 4.0, 5.0),
+    a: int = 4096,
+    n: int = 512,
+    methods: Sequence[str] | None = None,
 ) -> ExperimentResult:
-    """Gaps of RTN, GPTQ, GPTQ+rotation, WaterSIC, E8-SIC and trellis-SIC (tcqsic) on the problem
-    of arXiv 2601.17187."""
-    from mmquant.weightonly import e8sic, gptq, rtn, tcqsic, watersic
+    """Gaps of every method of :data:`GAUSSIAN_METHODS` on the problem of arXiv 2601.17187."""
     from mmquant.weightonly.tcqcoding import TCQ_NSM
 
+    names = list(GAUSSIAN_METHODS) if methods is None else list(methods)
+    for m in names:
+        if m not in GAUSSIAN_METHODS:
+            raise ValueError(f"unknown method {m!r}; known: {sorted(GAUSSIAN_METHODS)}")
     w, sigma, lam = gaussian_problem(a, n)
     d = np.diag(np.linalg.cholesky(sigma)) ** 2
     predicted = 0.5 * float(np.log2(d.mean() / np.exp(np.mean(np.log(d)))))
-    runs = {
-        "watersic": lambda r: watersic(w, sigma, r),
-        "gptq": lambda r: gptq(w, sigma, r),
-        "gptq-rot": lambda r: gptq(w, sigma, r, rotate=True, seed=1),
-        "rtn": lambda r: rtn(w, sigma, r),
-        "e8sic": lambda r: e8sic(w, sigma, r),
-        "tcqsic": lambda r: tcqsic(w, sigma, r),
-    }
+    runs = {m: (lambda r, f=GAUSSIAN_METHODS[m]: f(w, sigma, r)) for m in names}
     rows: list[list[Any]] = []
     curves: dict[str, list[float]] = {k: [] for k in runs}
     for r in rates:
@@ -300,7 +323,8 @@ def weight_only_gaussian(
             gap = q.bits_per_weight - waterfill_rate(lam, q.wmse)
             curves[name].append(gap)
             row += [q.bits_per_weight, gap]
-        row.append(curves["gptq"][-1] - curves["watersic"][-1])
+        both = "gptq" in curves and "watersic" in curves
+        row.append(curves["gptq"][-1] - curves["watersic"][-1] if both else float("nan"))
         rows.append(row)
     columns = ["R", *[f"{k} {c}" for k in runs for c in ("bits", "gap")], "gptq−watersic"]
 

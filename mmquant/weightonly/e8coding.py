@@ -19,13 +19,24 @@ Gaussian ``N(0, σ_j²)`` per coordinate, conditioned on what the decoder alread
 * ``t`` given ``s`` and ``p``: the quantized Gaussian ``N((−s/2 − p)/2, σ_j²/4)``;
 * the ``a mod 8`` tail integers: the quantized Gaussian ``N(0, σ_j²)``.
 
-The encoder picks ``σ_j`` of least code length. Symbols are coded by constriction's rANS coder
+The encoder picks ``σ_j`` of least code length.
+
+**Row offsets.** When the rows of the matrix differ in scale (real layers: the per-row
+variance's AM/GM is 0.02–0.09 bit on MiniLM), one Gaussian per column pays for the mixture. The
+stream then starts with a mode bit and one uint8 offset ``k_r`` per row (uniform code, 8 bits),
+and entry ``(r, j)`` is modelled with the std index ``k_j + k_r − 128`` (the same log grid;
+offsets from the rows' RMS over the column stds, then each ``k_j`` refined by ±3); the coset
+bit's law is the product form ``ΠΘ₂/(ΠΘ₃ + ΠΘ₄ + ΠΘ₂)`` over the block's 8 stds. The encoder
+takes the mode of fewer bits (offsets included), so iid rows keep one model per column at the
+cost of the mode bit. Symbols are coded by constriction's rANS coder
 (``QuantizedGaussian`` on the pooled symbol range ``bounds``, ``Bernoulli``), columns last to
 first so that they decode first to last. Side information: ``n`` bytes of model indices and two
 int32 bounds, as for the scalar coder.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import ndtr
@@ -44,6 +55,8 @@ __all__ = [
 _K_PER_OCTAVE = 16.0
 _P_MIN = 2.0**-20
 _CHUNK = 1 << 18  # symbols per step of the code-length computation
+_ROW0 = 128  # row offset of a factor 1
+_K_LO, _K_HI = -100, 400  # std indices of the per-entry models (grid of std_grid)
 
 
 def quantize_e8_column(t: np.ndarray) -> np.ndarray:
@@ -125,6 +138,112 @@ def _bits(z: np.ndarray, k: np.ndarray) -> np.ndarray:
     return bits
 
 
+@lru_cache(maxsize=1)
+def _theta_logs() -> tuple[np.ndarray, np.ndarray]:
+    """``ln Θ₂/Θ₃`` and ``ln Θ₄/Θ₃`` on the std index grid ``K = _K_LO … _K_HI``."""
+    sd = std_grid(np.arange(_K_LO, _K_HI + 1))
+    small = np.minimum(sd, 2.0)[None, :]
+    k = np.arange(-24, 25, dtype=np.float64)[:, None]
+    g3 = np.exp(-(k**2) / (2 * small**2))
+    th3 = g3.sum(axis=0)
+    th4 = (g3 * np.where(k % 2 == 0, 1.0, -1.0)).sum(axis=0)
+    th2 = np.exp(-((k + 0.5) ** 2) / (2 * small**2)).sum(axis=0)
+    floor = 1e-300  # finite logs: no NaN from mixed blocks, whatever the offsets
+    l2 = np.where(sd >= 2.0, 0.0, np.log(np.maximum(th2 / th3, floor)))
+    l4 = np.where(sd >= 2.0, np.log(floor), np.log(np.maximum(th4 / th3, floor)))
+    return l2, l4
+
+
+def _coset_p_blocks(kb: np.ndarray) -> np.ndarray:
+    """``P(s = 1)`` of blocks whose 8 coordinates have std indices ``kb`` (``(nb, 8, m)``).
+
+    The product form of :func:`coset_probability` (which it equals when the 8 are equal, up to
+    rounding): ``Π Θ₂ / (Π Θ₃ + Π Θ₄ + Π Θ₂)``, clipped to ``[2^-20, 1 − 2^-20]``.
+    """
+    l2, l4 = _theta_logs()
+    i = np.clip(kb, _K_LO, _K_HI) - _K_LO
+    s2 = l2[i].sum(axis=1)
+    s4 = l4[i].sum(axis=1)
+    with np.errstate(over="ignore"):
+        p = 1.0 / (1.0 + np.exp(-s2) + np.exp(s4 - s2))
+    return np.clip(np.nan_to_num(p, nan=0.5), _P_MIN, 1.0 - _P_MIN)
+
+
+def _std_index(k: np.ndarray, kr: np.ndarray) -> np.ndarray:
+    """Std index of every entry (``(a, m)``): column index plus row offset."""
+    return np.clip(k[None, :] + kr[:, None] - _ROW0, _K_LO, _K_HI)
+
+
+def _bits_rows(z: np.ndarray, k: np.ndarray, kr: np.ndarray) -> np.ndarray:
+    """Ideal bits of each column of ``z`` with per-entry std ``std_grid(k_j + kr_r − 128)``."""
+    a, m = z.shape
+    a8 = a - a % 8
+    kk = _std_index(k, kr)
+    sd = std_grid(kk)
+    s, mm, t, p, tail = _symbols(z)
+    nb = a8 // 8
+    bits = np.zeros(m)
+    if nb:
+        pi = _coset_p_blocks(kk[:a8].reshape(nb, 8, m))
+        bits -= np.sum(np.where(s == 1, np.log2(pi), np.log2(1.0 - pi)), axis=0)
+        sdb = sd[:a8].reshape(nb, 8, m)
+        bits += np.sum(_log2_cell(mm, -0.5 * s[:, None, :], sdb[:, :7, :]), axis=(0, 1))
+        bits += np.sum(_log2_cell(t, (-0.5 * s - p) / 2.0, sdb[:, 7, :] / 2.0), axis=0)
+    bits += np.sum(_log2_cell(tail, 0.0, sd[a8:]), axis=0)
+    return bits
+
+
+def _row_indices(z: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Row offsets (uint8 range, 128 = none): RMS of each row's points over the column stds."""
+    live = k > 0
+    if not np.any(live):
+        return np.full(z.shape[0], _ROW0, np.int64)
+    r = np.mean((0.5 * z[:, live] / std_grid(k[live])[None, :]) ** 2, axis=1)
+    kr = np.rint(0.5 * np.log2(np.maximum(r, 2.0**-16)) * _K_PER_OCTAVE) + _ROW0
+    return np.clip(kr, 0, 255).astype(np.int64)
+
+
+def _choose_row_models(z: np.ndarray, k0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row offsets and column indices (``k0`` refined by ±3 given the rows), with their bits."""
+    kr = _row_indices(z, k0)
+    a, n = z.shape
+    k = k0.copy()
+    best = np.zeros(n)
+    step = max(1, _CHUNK // max(9 * a, 1))
+    for c0 in range(0, n, step):
+        zc = z[:, c0 : c0 + step]
+        kc0 = k0[c0 : c0 + step]
+        live = kc0 > 0
+        kc = kc0.copy()
+        bc = np.where(live, np.inf, 0.0)
+        for dk in (-3, -2, -1, 0, 1, 2, 3):
+            kk = np.where(live, np.clip(kc0 + dk, 1, 255), 1)
+            cost = _bits_rows(zc, kk, kr)
+            better = live & (cost < bc)
+            bc = np.where(better, cost, bc)
+            kc = np.where(better, kk, kc)
+        k[c0 : c0 + step] = kc
+        best[c0 : c0 + step] = bc
+    return kr, k, best
+
+
+def _choose(z: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """The cheaper of one model per column and per-column models times row offsets.
+
+    Returns ``(row offsets or None, column indices, bits)``; the bits count the mode bit and
+    8 bits per row offset.
+    """
+    k, bits = _choose_models(z)
+    plain = float(bits.sum()) + 1.0
+    if z.shape[0] < 2 or not np.any(k):
+        return None, k, plain
+    kr, kk, rb = _choose_row_models(z, k)
+    rows = float(rb.sum()) + 1.0 + 8.0 * z.shape[0]
+    if rows < plain:
+        return kr, kk, rows
+    return None, k, plain
+
+
 def _choose_models(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Model index per column (least ideal code length; 0 for all-zero columns) and its bits."""
     z = np.asarray(z, np.int64)
@@ -161,9 +280,21 @@ def e8_column_bits(z: np.ndarray) -> float:
     """Ideal code length (bits) of the ``(a, n)`` E8 codes ``z`` under their chosen models.
 
     Equals the bitstream length of :func:`encode_e8_columns` up to the coder's ≤ 32-bit flush and
-    its 24-bit probability precision; side information is not included.
+    its 24-bit probability precision (the mode bit and any row offsets included); the side
+    information outside the stream is not.
     """
-    return float(_choose_models(z)[1].sum())
+    return _choose(np.asarray(z, np.int64))[2]
+
+
+def _column_models(
+    kj: int, kr: np.ndarray | None, sd: float, pi: float, a: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-entry stds (``(a,)``) and per-block coset probabilities of one column's models."""
+    nb = a // 8
+    if kr is None:
+        return np.full(a, sd), np.full(nb, pi)
+    kk = _std_index(np.array([kj]), kr)[:, 0]
+    return std_grid(kk), _coset_p_blocks(kk[: 8 * nb].reshape(nb, 8, 1))[:, 0]
 
 
 def _bounds(s: np.ndarray, m: np.ndarray, t: np.ndarray, tail: np.ndarray) -> tuple[int, int]:
@@ -204,34 +335,37 @@ def encode_e8_columns(z: np.ndarray) -> ColumnStream:
             f"E8 symbols span {hi - lo} values; the per-column models code at most "
             f"{MAX_CODE_SPAN} (a larger step or lower rate is needed)"
         )
-    k, _ = _choose_models(z)
+    kr, k, _ = _choose(z)
     c = _constriction()
     gauss = c.stream.model.QuantizedGaussian(lo, hi)
     bern = c.stream.model.Bernoulli(perfect=False)
     coder = c.stream.stack.AnsCoder()
     sd = std_grid(np.maximum(k, 1))
     pi = coset_probability(sd)
+    nb = s.shape[0]
     for j in range(n - 1, -1, -1):
         if k[j] == 0:
             continue
+        sdj, pij = _column_models(k[j], kr, sd[j], pi[j], a)
         sj, pj = s[:, j], p[:, j]
-        ones = np.ones(sj.size)
         if tail.shape[0]:
             coder.encode_reverse(
-                tail[:, j].astype(np.int32),
-                gauss,
-                np.zeros(tail.shape[0]),
-                np.full(tail.shape[0], sd[j]),
+                tail[:, j].astype(np.int32), gauss, np.zeros(tail.shape[0]), sdj[8 * nb :]
             )
         if sj.size:
+            sdb = sdj[: 8 * nb].reshape(nb, 8)
             coder.encode_reverse(
-                t[:, j].astype(np.int32), gauss, (-0.5 * sj - pj) / 2.0, ones * (sd[j] / 2.0)
+                t[:, j].astype(np.int32), gauss, (-0.5 * sj - pj) / 2.0, sdb[:, 7] / 2.0
             )
             mj = m[:, :, j].reshape(-1)
             coder.encode_reverse(
-                mj.astype(np.int32), gauss, np.repeat(-0.5 * sj, 7), np.full(mj.size, sd[j])
+                mj.astype(np.int32), gauss, np.repeat(-0.5 * sj, 7), sdb[:, :7].reshape(-1)
             )
-            coder.encode_reverse(sj.astype(np.int32), bern, ones * pi[j])
+            coder.encode_reverse(sj.astype(np.int32), bern, pij)
+    if np.any(k):
+        if kr is not None:
+            coder.encode_reverse(kr.astype(np.int32), c.stream.model.Uniform(256))
+        coder.encode_reverse(np.array([int(kr is not None)], np.int32), bern, np.array([0.5]))
     words = np.asarray(coder.get_compressed(), dtype="<u4")
     return ColumnStream(
         stream=words.view(np.uint8).copy(),
@@ -273,17 +407,21 @@ def decode_e8_columns(cs: ColumnStream) -> np.ndarray:
     pi = coset_probability(sd)
     try:
         dec = c.stream.stack.AnsCoder(data.view("<u4").astype(np.uint32))
+        kr = None
+        if int(dec.decode(bern, np.array([0.5]))[0]):
+            kr = np.asarray(dec.decode(c.stream.model.Uniform(256), a), np.int64)
         for j in range(n):
             if k[j] == 0:
                 continue
-            ones = np.ones(nb)
-            s = np.asarray(dec.decode(bern, ones * pi[j]), np.int64) if nb else np.zeros(0, int)
+            sdj, pij = _column_models(int(k[j]), kr, float(sd[j]), float(pi[j]), a)
+            s = np.asarray(dec.decode(bern, pij), np.int64) if nb else np.zeros(0, int)
             if nb:
+                sdb = sdj[: 8 * nb].reshape(nb, 8)
                 mean = np.repeat(-0.5 * s, 7)
-                m = np.asarray(dec.decode(gauss, mean, np.full(7 * nb, sd[j])), np.int64)
+                m = np.asarray(dec.decode(gauss, mean, sdb[:, :7].reshape(-1)), np.int64)
                 m = m.reshape(nb, 7)
                 p = m.sum(axis=1) & 1
-                t = np.asarray(dec.decode(gauss, (-0.5 * s - p) / 2.0, ones * (sd[j] / 2.0)))
+                t = np.asarray(dec.decode(gauss, (-0.5 * s - p) / 2.0, sdb[:, 7] / 2.0))
                 blk = _from_symbols(
                     s[:, None],
                     m[:, :, None],
@@ -293,7 +431,7 @@ def decode_e8_columns(cs: ColumnStream) -> np.ndarray:
                 )
                 out[: 8 * nb, j] = blk[:, 0]
             if tl:
-                tail = dec.decode(gauss, np.zeros(tl), np.full(tl, sd[j]))
+                tail = dec.decode(gauss, np.zeros(tl), sdj[8 * nb :])
                 out[8 * nb :, j] = 2 * np.asarray(tail, np.int64)
         left = not dec.is_empty()
     except (ValueError, RuntimeError, OverflowError, TypeError) as exc:

@@ -536,15 +536,23 @@ class E8SIC(WaterSIC):
         As in :class:`WaterSIC`.
     mmse : float
         MMSE feedback damping factor (δ ≥ mmse·D̂/σ², 0 to 100; 0: WaterSIC's damping only).
+    wiener : float
+        Pre-filter strength α in [0, 1] (:func:`~mmquant.weightonly.vsic.wiener_target`; 0: off).
+    feedback : float
+        The loop feeds back each column shrunk by ``γ_j^feedback`` (0 to 1; 1: WaterSIC's loop).
     """
 
     description = "weight-only SIC with E8 lattice columns (encode(w, sigma=Σ_X))"
 
     mmse: float = 1.0
+    wiener: float = 0.5
+    feedback: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_float(self.mmse, "mmse", 0.0, hi=100.0)
+        check_float(self.wiener, "wiener", 0.0, hi=1.0)
+        check_float(self.feedback, "feedback", 0.0, hi=1.0)
 
     def _coding(self) -> str:
         return "e8"
@@ -561,6 +569,8 @@ class E8SIC(WaterSIC):
             lmmse=self.lmmse,
             rescale=self.rescale,
             mmse=self.mmse,
+            wiener=self.wiener,
+            feedback=self.feedback,
             rotate=self.rotate,
             seed=self.seed,
             damp=self.damp,
