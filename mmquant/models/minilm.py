@@ -257,15 +257,18 @@ class MiniLM:
     def _linear(self, name: str, x: np.ndarray) -> np.ndarray:
         return x @ self.weights[name + ".weight"].T + self.weights[name + ".bias"]
 
-    def _act(self, name: str, x: np.ndarray) -> np.ndarray:
+    def _act_code(self, name: str) -> Any:
+        """The activation code of layer ``name`` (None: its input stays exact)."""
         if self.act_quantizer is None or name not in self.act_layers:
-            return x
+            return None
         q = self.act_quantizer
         if isinstance(q, Mapping):  # one quantizer per layer (e.g. covariance-aware codes)
-            q = q.get(name)
-            if q is None:
-                return x
-        return np.asarray(q.quantize(x), dtype=self.dtype)
+            return q.get(name)
+        return q
+
+    def _act(self, name: str, x: np.ndarray) -> np.ndarray:
+        q = self._act_code(name)
+        return x if q is None else np.asarray(q.quantize(x), dtype=self.dtype)
 
     def _forward(self, ids: list[np.ndarray], hooks: ForwardHooks | None) -> np.ndarray:
         cfg, w, dt = self.config, self.weights, self.dtype
@@ -284,9 +287,15 @@ class MiniLM:
         for i in range(cfg.num_layers):
             p = f"encoder.layer.{i}."
             qkv = []
+            code: Any = None
+            xin = x
             for n in QKV:
                 name = p + "attention.self." + n
-                xin = self._act(name, x)
+                # query/key/value read one input: one code object codes it once for all three
+                c = self._act_code(name)
+                if c is None or c is not code:
+                    xin = x if c is None else np.asarray(c.quantize(x), dtype=self.dtype)
+                code = c
                 if hooks is not None:
                     hooks.linear_input(name, xin)
                 qkv.append(self._linear(name, xin).reshape(-1, nh, hd))

@@ -137,3 +137,19 @@ def test_layer_limits_below_measured_minilm() -> None:
         err = product_error(qh, kh, q.decode(eq), q.decode(ek))
         lim = product_limit(qh.T @ qh / len(qh), kh.T @ kh / len(kh), 4.5, 4.5)
         assert lim.generic <= err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MODEL, reason="bundled model not installed")
+def test_retrieval_unquantized_model_deterministic_and_far_above_chance() -> None:
+    from mmquant.models import MiniLM
+    from mmquant.models.retrieval import evaluate_retrieval
+
+    model = MiniLM.load(np.float32)
+    a = evaluate_retrieval(model)
+    b = evaluate_retrieval(model)
+    np.testing.assert_array_equal(a.ranks, b.ranks)
+    assert a.queries == len(retrieval_pairs("evaluation")[0])
+    # chance is 1/57 for recall@1; the model ranks its own document first for a third or more
+    assert a.recall_at_1 >= 0.3 and a.mrr >= a.recall_at_1 and a.mrr > 0.45
+    assert a.mrr == pytest.approx(np.mean(1.0 / a.ranks))
