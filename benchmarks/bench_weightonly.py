@@ -15,9 +15,9 @@ n = 128) with the seconds of each run.
 Measured on a loaded 2-core AMD EPYC (other jobs running; rerun on an idle machine), 4 bits:
 ``--methods watersic e8sic --layers layer.0. --big 1024``: MiniLM layer 0 (6 layers) WaterSIC
 1.07 s/layer, E8-SIC 4.4 s/layer; one 1024×1024 Gaussian layer WaterSIC 6.4 s, E8-SIC 8.6 s.
-All 36 MiniLM layers inside ``quantize_minilm`` (two jobs at once): E8-SIC 14.6 s/layer, WaterSIC
-with the MMSE/Wiener loop 6.4 s/layer. The SIC loop is O(a·n²), so a 4096×4096 layer takes
-about 64× the 1024 figure (not run here: beyond this machine's one-minute budget).
+All 36 MiniLM layers inside ``quantize_minilm``: E8-SIC 1.9 s/layer, trellis-SIC 3.7 s/layer (one
+job, load ≈ 2). ``--no-model --big 4096 --methods watersic e8sic tcqsic`` (load ≈ 2): one
+4096×4096 layer WaterSIC 46.9 s, E8-SIC 134.0 s, trellis-SIC 121.4 s (the SIC loop is O(a·n²)).
 """
 
 from __future__ import annotations
