@@ -30,6 +30,11 @@ __all__ = ["compare_cmd", "rows_table"]
 COMPILING = "compiling kernels (first run, cached afterwards)…"
 
 
+def _figure(x: float) -> str:
+    """A speed with two decimals, or two significant digits below 0.1 (0.055, not 0.0)."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
 def rows_table(rows: list[CompareRow], title: str) -> Table:
     """A rich table of compare rows."""
     t = Table(title=title)
@@ -52,8 +57,8 @@ def rows_table(rows: list[CompareRow], title: str) -> Table:
             f"{r.sqnr_db:.2f}",
             f"{r.gap_db:.2f}",
             f"{r.gap_bits:.3f}",
-            f"{r.encode_meps:.1f}",
-            "—" if math.isnan(r.product_speed) else f"{r.product_speed:.2f}",
+            _figure(r.encode_meps),
+            "—" if math.isnan(r.product_speed) else _figure(r.product_speed),
         )
     return t
 
