@@ -265,6 +265,7 @@ def _tiles_simd16(
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
     mode = 2 if has_off else 1
+    indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -273,12 +274,13 @@ def _tiles_simd16(
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if sidx.shape[2] > 0:
+            if indexed:
                 scale_lookup16(sidx[ti, k], stable, parts, sbuf)
+                srow = sbuf
             else:
-                sbuf[:] = scale[ti, k]
+                srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
-                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
                 h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
@@ -306,6 +308,7 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
     mode = 2 if has_off else 1
+    indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -314,12 +317,13 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if sidx.shape[2] > 0:
+            if indexed:
                 scale_lookup8(sidx[ti, k], stable, parts, sbuf)
+                srow = sbuf
             else:
-                sbuf[:] = scale[ti, k]
+                srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
-                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
                 h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
