@@ -6,7 +6,8 @@ numpy reference :mod:`mmquant.products.reference` (its docstring defines the acc
   per row, so each row's group sum keeps the reference's order; 4-bit codes through the 16-entry
   product tables in SIMD registers, byte codes of integer and minifloat tables decoded
   arithmetically in SIMD registers (:mod:`mmquant.kernels.simd`, AVX-512 or AVX2), other tables
-  one look-up per code; scales read through ``uint8`` indices where a record has ≤ 256 of them; the scale applied once per group; tiles of
+  one look-up per code; float32 group scales laid out with the tile (or, on request, ``uint8``
+  indices into a table of ≤ 256); the scale applied once per group; tiles of
   rows in parallel (``prange``).
 * :func:`lattice_dot` -- the block-ordered float64 inner products of decoded lattice blocks with
   rotated activations, rows in parallel.
@@ -59,6 +60,9 @@ _helper = {
     "inline": "always",
 }
 _H = TILE // 2
+#: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
+#: :mod:`mmquant.kernels.simd` changes, so that the cached tile kernels are compiled again.
+SIMD_REVISION = 2
 
 
 @numba.njit(**_helper)

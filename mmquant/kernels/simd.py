@@ -477,7 +477,8 @@ def _make_scales(vec: int):
     @intrinsic
     def scale_lookup(typingctx, sidx, table, parts, out):
         """``out[r] = table[sidx[r]]`` for the ``TILE`` rows (``sidx`` uint8 ``(TILE,)``,
-        ``table`` float32 ``(256,)``, every index below ``parts · vec``)."""
+        ``table`` float32 ``(256,)``, every index below ``parts · vec``). With AVX-512 and at
+        most two parts (≤ 32 scales: NVFP4, MX), one two-register permute per 16 rows."""
         sig = types.void(sidx, table, parts, out)
 
         def codegen(context, builder, signature, args):
@@ -488,45 +489,76 @@ def _make_scales(vec: int):
             npart = context.cast(builder, args[2], a[2], types.intp)
             f32, i32, i8, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(8), ir.IntType(64)
             vf, vi, vb = ir.VectorType(f32, vec), ir.VectorType(i32, vec), ir.VectorType(i8, vec)
-            perm = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vf, [vf, vi]), name
-            )
             chunks = TILE // vec
-            lanes, hi = [], []
-            slots = []
-            for q in range(chunks):
+
+            def indices(q):
                 bp = builder.gep(iptr, [ir.Constant(i64, vec * q)])
-                idx = builder.zext(builder.load(builder.bitcast(bp, vb.as_pointer()), align=1), vi)
-                lanes.append(builder.and_(idx, ir.Constant(vi, [vec - 1] * vec)))
-                hi.append(builder.lshr(idx, ir.Constant(vi, [shift] * vec)))
-                slots.append(cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * vec)))
-                builder.store(ir.Constant(vf, [0.0] * vec), slots[-1])
-            undef = ir.Constant(vi, ir.Undefined)
-            with cgutils.for_range(builder, npart) as loop:
-                p = loop.index
-                src = builder.gep(tptr, [builder.mul(p, ir.Constant(i64, vec))])
-                part = builder.load(builder.bitcast(src, vf.as_pointer()), align=4)
-                p32 = builder.trunc(p, i32)
-                pv = builder.shuffle_vector(
-                    builder.insert_element(undef, p32, ir.Constant(i32, 0)),
-                    undef,
-                    ir.Constant(vi, [0] * vec),
-                )
-                for q in range(chunks):
-                    cand = builder.call(perm, [part, lanes[q]])
-                    hit = builder.icmp_unsigned("==", hi[q], pv)
-                    builder.store(builder.select(hit, cand, builder.load(slots[q])), slots[q])
-            for q in range(chunks):
-                dst = builder.bitcast(
+                return builder.zext(builder.load(builder.bitcast(bp, vb.as_pointer()), align=1), vi)
+
+            def dest(q):
+                return builder.bitcast(
                     builder.gep(optr, [ir.Constant(i64, vec * q)]), vf.as_pointer()
                 )
-                builder.store(builder.load(slots[q]), dst, align=4)
+
+            def table_part(off):
+                src = builder.gep(tptr, [off])
+                return builder.load(builder.bitcast(src, vf.as_pointer()), align=4)
+
+            def two_parts():
+                perm2 = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vf, [vf, vi, vf]), _PERM2
+                )
+                lo, hi = table_part(ir.Constant(i64, 0)), table_part(ir.Constant(i64, vec))
+                for q in range(chunks):
+                    idx = builder.and_(indices(q), ir.Constant(vi, [2 * vec - 1] * vec))
+                    builder.store(builder.call(perm2, [lo, idx, hi]), dest(q), align=4)
+
+            def any_parts():
+                perm = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vf, [vf, vi]), name
+                )
+                lanes, hi, slots = [], [], []
+                for q in range(chunks):
+                    idx = indices(q)
+                    lanes.append(builder.and_(idx, ir.Constant(vi, [vec - 1] * vec)))
+                    hi.append(builder.lshr(idx, ir.Constant(vi, [shift] * vec)))
+                    slots.append(cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * vec)))
+                    builder.store(ir.Constant(vf, [0.0] * vec), slots[-1])
+                undef = ir.Constant(vi, ir.Undefined)
+                with cgutils.for_range(builder, npart) as loop:
+                    p = loop.index
+                    part = table_part(builder.mul(p, ir.Constant(i64, vec)))
+                    p32 = builder.trunc(p, i32)
+                    pv = builder.shuffle_vector(
+                        builder.insert_element(undef, p32, ir.Constant(i32, 0)),
+                        undef,
+                        ir.Constant(vi, [0] * vec),
+                    )
+                    for q in range(chunks):
+                        cand = builder.call(perm, [part, lanes[q]])
+                        hit = builder.icmp_unsigned("==", hi[q], pv)
+                        builder.store(builder.select(hit, cand, builder.load(slots[q])), slots[q])
+                for q in range(chunks):
+                    builder.store(builder.load(slots[q]), dest(q), align=4)
+
+            if vec == 16:
+                few = builder.icmp_signed("<=", npart, ir.Constant(i64, 2))
+                with builder.if_else(few, likely=True) as (then, otherwise):
+                    with then:
+                        two_parts()
+                    with otherwise:
+                        any_parts()
+            else:
+                any_parts()
             return context.get_dummy_value()
 
         return sig, codegen
 
     return scale_lookup
 
+
+#: Two-register variable permute (AVX-512 ``vpermi2ps``): 32 float32 entries, 5-bit indices.
+_PERM2 = "llvm.x86.avx512.vpermi2var.ps.512"
 
 #: Scale look-ups (AVX-512, AVX2).
 scale_lookup16 = _make_scales(16)
