@@ -62,7 +62,7 @@ _helper = {
 _H = TILE // 2
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` changes, so that the cached tile kernels are compiled again.
-SIMD_REVISION = 2
+SIMD_REVISION = 3
 
 
 @numba.njit(**_helper)
@@ -255,7 +255,7 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
 
 @numba.njit(**_opts)
 def _tiles_simd16(
-    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out
+    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
 ):  # pragma: no cover
     """Tiles with the AVX-512 inner loops (:mod:`mmquant.kernels.simd`): ``kind`` 0 4-bit
     look-ups in ``table``, 1 integer bytes, 2 minifloat bytes (``fi``, ``ii``: their float and
@@ -268,7 +268,7 @@ def _tiles_simd16(
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = 2 if has_off else 1
+    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
     indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
@@ -304,14 +304,16 @@ def _tiles_simd16(
 
 
 @numba.njit(**_opts)
-def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):  # pragma: no cover
+def _tiles_simd8(
+    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
+):  # pragma: no cover
     """As :func:`_tiles_simd16` with the AVX2 inner loops."""
     scale, sidx, stable, offset, has_off = sc
     b = out.shape[1]
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = 2 if has_off else 1
+    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
     indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
@@ -393,7 +395,8 @@ def block_product(
         vp[:b] = vs
         kernel = _tiles_simd16 if simd == 16 else _tiles_simd8
         parts = -(-tv.scale_count // simd)
-        kernel(tv.codes, kind, tv.table, fi, ii, sc, parts, tv.group, tv.n, xg, up, vp, out)
+        unit = bool(np.all(u == 1.0))
+        kernel(tv.codes, kind, tv.table, fi, ii, sc, parts, tv.group, tv.n, xg, up, vp, unit, out)
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)

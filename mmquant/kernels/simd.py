@@ -91,10 +91,11 @@ def simd_width() -> int:
 
 
 def _finish(context, builder, a, args, i0, tb, vec, rows):
-    """The end of a group. With ``mode`` (argument ``i0 + 5``) 1 or 2, step 3 of the contract
+    """The end of a group. With ``mode`` (argument ``i0 + 5``) 1 to 4, step 3 of the contract
     in SIMD registers -- ``y[ta + s, r] += (f64(srow[r]) · u[ta + s, k]) · f64(acc)`` for every
     row ``r`` and activation ``s`` (float64, the reference's order), plus
-    ``(f64(orow[r]) · u[ta + s, k]) · vsum[ta + s, k]`` in mode 2 (affine records) -- in mode 0
+    ``(f64(orow[r]) · u[ta + s, k]) · vsum[ta + s, k]`` in mode 2 (affine records); modes 3 and 4
+    are 1 and 2 for ``u`` all ones (the multiplies by 1 left out: the same numbers) -- in mode 0
     the float32 sums stored to ``acc`` ``(tb, TILE)`` (argument ``i0 − 1``). ``rows[s]`` lists
     ``(first row, slot)`` of the accumulators of activation ``s``."""
     f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
@@ -130,12 +131,12 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
             builder.insert_element(undef_d, v, ir.Constant(i32, 0)), undef_d, dsplat
         )
 
-    def fused(with_off):
+    def fused(with_off, unit):
         scales, offs = {}, {}
         for s in range(tb):
             row_t = builder.add(tav, ir.Constant(i64, s))
             at = builder.add(builder.mul(row_t, ng), kv)
-            utv = splat_d(builder.load(builder.gep(uarr.data, [at])))
+            utv = None if unit else splat_d(builder.load(builder.gep(uarr.data, [at])))
             vtv = splat_d(builder.load(builder.gep(vptr, [at]))) if with_off else None
             ybase = builder.mul(row_t, ir.Constant(i64, TILE))
             for off, slot in rows[s]:
@@ -147,9 +148,12 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
                 for h in range(2):
                     yp = builder.gep(yptr, [builder.add(ybase, ir.Constant(i64, off + h * half))])
                     yp = builder.bitcast(yp, vd.as_pointer())
-                    term = builder.fmul(builder.fmul(scales[off][h], utv), accd[h])
+                    # u ≡ 1 (float activations): S·1 = S exactly, the multiply is left out
+                    su = scales[off][h] if unit else builder.fmul(scales[off][h], utv)
+                    term = builder.fmul(su, accd[h])
                     if with_off:
-                        oterm = builder.fmul(builder.fmul(offs[off][h], utv), vtv)
+                        ou = offs[off][h] if unit else builder.fmul(offs[off][h], utv)
+                        oterm = builder.fmul(ou, vtv)
                         term = builder.fadd(term, oterm)
                     builder.store(builder.fadd(builder.load(yp, align=8), term), yp, align=8)
 
@@ -157,13 +161,18 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
         then,
         otherwise,
     ):
-        with then:
-            two = builder.icmp_signed("==", mode, ir.Constant(i64, 2))
-            with builder.if_else(two) as (with_off, plain):
-                with with_off:
-                    fused(True)
-                with plain:
-                    fused(False)
+        with then:  # mode 1, 2: with u; 3, 4: u ≡ 1; 2 and 4 with offsets
+            unit = builder.icmp_signed(">=", mode, ir.Constant(i64, 3))
+            m = builder.select(unit, builder.sub(mode, ir.Constant(i64, 2)), mode)
+            two = builder.icmp_signed("==", m, ir.Constant(i64, 2))
+            with builder.if_else(unit) as (ones, general):
+                for is_unit, blk in ((True, ones), (False, general)):
+                    with blk:
+                        with builder.if_else(two) as (with_off, plain):
+                            with with_off:
+                                fused(True, is_unit)
+                            with plain:
+                                fused(False, is_unit)
         with otherwise:
             for s in range(tb):
                 for off, slot in rows[s]:

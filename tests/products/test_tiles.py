@@ -148,6 +148,12 @@ def test_every_simd_variant_is_bit_exact(spec, batch):
         for width in VARIANTS:
             got = kp.block_product(tvi, x, u, vsum, simd=width)
             assert got.tobytes() == want.tobytes(), (spec, width, index)
+    # activation group scales other than 1 (codes × codes): the kernels' general epilogue
+    u2 = rng.uniform(0.5, 2.0, u.shape)
+    want2 = reference.block_product(v, x, u2, vsum)
+    for width in VARIANTS:
+        got = kp.block_product(tv, x, u2, vsum, simd=width)
+        assert got.tobytes() == want2.tobytes(), (spec, width, "u")
     with pytest.raises(ValueError, match="not available"):
         kp.block_product(tv, x, u, vsum, simd=32)
 
