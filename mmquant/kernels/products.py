@@ -6,7 +6,8 @@ numpy reference :mod:`mmquant.products.reference` (its docstring defines the acc
   per row, so each row's group sum keeps the reference's order; 4-bit codes through the 16-entry
   product tables in SIMD registers, byte codes of integer and minifloat tables decoded
   arithmetically in SIMD registers (:mod:`mmquant.kernels.simd`, AVX-512 or AVX2), other tables
-  one look-up per code; scales read through ``uint8`` indices where a record has ≤ 256 of them; the scale applied once per group; tiles of
+  one look-up per code; float32 group scales laid out with the tile (or, on request, ``uint8``
+  indices into a table of ≤ 256); the scale applied once per group; tiles of
   rows in parallel (``prange``).
 * :func:`lattice_dot` -- the block-ordered float64 inner products of decoded lattice blocks with
   rotated activations, rows in parallel.
@@ -59,6 +60,9 @@ _helper = {
     "inline": "always",
 }
 _H = TILE // 2
+#: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
+#: :mod:`mmquant.kernels.simd` changes, so that the cached tile kernels are compiled again.
+SIMD_REVISION = 3
 
 
 @numba.njit(**_helper)
@@ -251,7 +255,7 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
 
 @numba.njit(**_opts)
 def _tiles_simd16(
-    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out
+    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
 ):  # pragma: no cover
     """Tiles with the AVX-512 inner loops (:mod:`mmquant.kernels.simd`): ``kind`` 0 4-bit
     look-ups in ``table``, 1 integer bytes, 2 minifloat bytes (``fi``, ``ii``: their float and
@@ -264,7 +268,8 @@ def _tiles_simd16(
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = 2 if has_off else 1
+    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
+    indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -273,12 +278,13 @@ def _tiles_simd16(
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if sidx.shape[2] > 0:
+            if indexed:
                 scale_lookup16(sidx[ti, k], stable, parts, sbuf)
+                srow = sbuf
             else:
-                sbuf[:] = scale[ti, k]
+                srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
-                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
                 h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
@@ -298,14 +304,17 @@ def _tiles_simd16(
 
 
 @numba.njit(**_opts)
-def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):  # pragma: no cover
+def _tiles_simd8(
+    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
+):  # pragma: no cover
     """As :func:`_tiles_simd16` with the AVX2 inner loops."""
     scale, sidx, stable, offset, has_off = sc
     b = out.shape[1]
     ng = sidx.shape[1]
     bp = xg.shape[0] // ng
     p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = 2 if has_off else 1
+    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
+    indexed = sidx.shape[2] > 0
     for ti in numba.prange(codes.shape[0]):
         acc = np.empty((TB, TILE), np.float32)
         sbuf = np.empty(TILE, np.float32)
@@ -314,12 +323,13 @@ def _tiles_simd8(codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, out):
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
-            if sidx.shape[2] > 0:
+            if indexed:
                 scale_lookup8(sidx[ti, k], stable, parts, sbuf)
+                srow = sbuf
             else:
-                sbuf[:] = scale[ti, k]
+                srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
-                e = (acc, sbuf, u, k, t0, y, mode, offset[ti, k], vsum)
+                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
                 h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
@@ -385,7 +395,8 @@ def block_product(
         vp[:b] = vs
         kernel = _tiles_simd16 if simd == 16 else _tiles_simd8
         parts = -(-tv.scale_count // simd)
-        kernel(tv.codes, kind, tv.table, fi, ii, sc, parts, tv.group, tv.n, xg, up, vp, out)
+        unit = bool(np.all(u == 1.0))
+        kernel(tv.codes, kind, tv.table, fi, ii, sc, parts, tv.group, tv.n, xg, up, vp, unit, out)
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)

@@ -91,10 +91,11 @@ def simd_width() -> int:
 
 
 def _finish(context, builder, a, args, i0, tb, vec, rows):
-    """The end of a group. With ``mode`` (argument ``i0 + 5``) 1 or 2, step 3 of the contract
+    """The end of a group. With ``mode`` (argument ``i0 + 5``) 1 to 4, step 3 of the contract
     in SIMD registers -- ``y[ta + s, r] += (f64(srow[r]) · u[ta + s, k]) · f64(acc)`` for every
     row ``r`` and activation ``s`` (float64, the reference's order), plus
-    ``(f64(orow[r]) · u[ta + s, k]) · vsum[ta + s, k]`` in mode 2 (affine records) -- in mode 0
+    ``(f64(orow[r]) · u[ta + s, k]) · vsum[ta + s, k]`` in mode 2 (affine records); modes 3 and 4
+    are 1 and 2 for ``u`` all ones (the multiplies by 1 left out: the same numbers) -- in mode 0
     the float32 sums stored to ``acc`` ``(tb, TILE)`` (argument ``i0 − 1``). ``rows[s]`` lists
     ``(first row, slot)`` of the accumulators of activation ``s``."""
     f32, f64, i32, i64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
@@ -130,12 +131,12 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
             builder.insert_element(undef_d, v, ir.Constant(i32, 0)), undef_d, dsplat
         )
 
-    def fused(with_off):
+    def fused(with_off, unit):
         scales, offs = {}, {}
         for s in range(tb):
             row_t = builder.add(tav, ir.Constant(i64, s))
             at = builder.add(builder.mul(row_t, ng), kv)
-            utv = splat_d(builder.load(builder.gep(uarr.data, [at])))
+            utv = None if unit else splat_d(builder.load(builder.gep(uarr.data, [at])))
             vtv = splat_d(builder.load(builder.gep(vptr, [at]))) if with_off else None
             ybase = builder.mul(row_t, ir.Constant(i64, TILE))
             for off, slot in rows[s]:
@@ -147,9 +148,12 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
                 for h in range(2):
                     yp = builder.gep(yptr, [builder.add(ybase, ir.Constant(i64, off + h * half))])
                     yp = builder.bitcast(yp, vd.as_pointer())
-                    term = builder.fmul(builder.fmul(scales[off][h], utv), accd[h])
+                    # u ≡ 1 (float activations): S·1 = S exactly, the multiply is left out
+                    su = scales[off][h] if unit else builder.fmul(scales[off][h], utv)
+                    term = builder.fmul(su, accd[h])
                     if with_off:
-                        oterm = builder.fmul(builder.fmul(offs[off][h], utv), vtv)
+                        ou = offs[off][h] if unit else builder.fmul(offs[off][h], utv)
+                        oterm = builder.fmul(ou, vtv)
                         term = builder.fadd(term, oterm)
                     builder.store(builder.fadd(builder.load(yp, align=8), term), yp, align=8)
 
@@ -157,13 +161,18 @@ def _finish(context, builder, a, args, i0, tb, vec, rows):
         then,
         otherwise,
     ):
-        with then:
-            two = builder.icmp_signed("==", mode, ir.Constant(i64, 2))
-            with builder.if_else(two) as (with_off, plain):
-                with with_off:
-                    fused(True)
-                with plain:
-                    fused(False)
+        with then:  # mode 1, 2: with u; 3, 4: u ≡ 1; 2 and 4 with offsets
+            unit = builder.icmp_signed(">=", mode, ir.Constant(i64, 3))
+            m = builder.select(unit, builder.sub(mode, ir.Constant(i64, 2)), mode)
+            two = builder.icmp_signed("==", m, ir.Constant(i64, 2))
+            with builder.if_else(unit) as (ones, general):
+                for is_unit, blk in ((True, ones), (False, general)):
+                    with blk:
+                        with builder.if_else(two) as (with_off, plain):
+                            with with_off:
+                                fused(True, is_unit)
+                            with plain:
+                                fused(False, is_unit)
         with otherwise:
             for s in range(tb):
                 for off, slot in rows[s]:
@@ -477,7 +486,8 @@ def _make_scales(vec: int):
     @intrinsic
     def scale_lookup(typingctx, sidx, table, parts, out):
         """``out[r] = table[sidx[r]]`` for the ``TILE`` rows (``sidx`` uint8 ``(TILE,)``,
-        ``table`` float32 ``(256,)``, every index below ``parts · vec``)."""
+        ``table`` float32 ``(256,)``, every index below ``parts · vec``). With AVX-512 and at
+        most two parts (≤ 32 scales: NVFP4, MX), one two-register permute per 16 rows."""
         sig = types.void(sidx, table, parts, out)
 
         def codegen(context, builder, signature, args):
@@ -488,45 +498,76 @@ def _make_scales(vec: int):
             npart = context.cast(builder, args[2], a[2], types.intp)
             f32, i32, i8, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(8), ir.IntType(64)
             vf, vi, vb = ir.VectorType(f32, vec), ir.VectorType(i32, vec), ir.VectorType(i8, vec)
-            perm = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vf, [vf, vi]), name
-            )
             chunks = TILE // vec
-            lanes, hi = [], []
-            slots = []
-            for q in range(chunks):
+
+            def indices(q):
                 bp = builder.gep(iptr, [ir.Constant(i64, vec * q)])
-                idx = builder.zext(builder.load(builder.bitcast(bp, vb.as_pointer()), align=1), vi)
-                lanes.append(builder.and_(idx, ir.Constant(vi, [vec - 1] * vec)))
-                hi.append(builder.lshr(idx, ir.Constant(vi, [shift] * vec)))
-                slots.append(cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * vec)))
-                builder.store(ir.Constant(vf, [0.0] * vec), slots[-1])
-            undef = ir.Constant(vi, ir.Undefined)
-            with cgutils.for_range(builder, npart) as loop:
-                p = loop.index
-                src = builder.gep(tptr, [builder.mul(p, ir.Constant(i64, vec))])
-                part = builder.load(builder.bitcast(src, vf.as_pointer()), align=4)
-                p32 = builder.trunc(p, i32)
-                pv = builder.shuffle_vector(
-                    builder.insert_element(undef, p32, ir.Constant(i32, 0)),
-                    undef,
-                    ir.Constant(vi, [0] * vec),
-                )
-                for q in range(chunks):
-                    cand = builder.call(perm, [part, lanes[q]])
-                    hit = builder.icmp_unsigned("==", hi[q], pv)
-                    builder.store(builder.select(hit, cand, builder.load(slots[q])), slots[q])
-            for q in range(chunks):
-                dst = builder.bitcast(
+                return builder.zext(builder.load(builder.bitcast(bp, vb.as_pointer()), align=1), vi)
+
+            def dest(q):
+                return builder.bitcast(
                     builder.gep(optr, [ir.Constant(i64, vec * q)]), vf.as_pointer()
                 )
-                builder.store(builder.load(slots[q]), dst, align=4)
+
+            def table_part(off):
+                src = builder.gep(tptr, [off])
+                return builder.load(builder.bitcast(src, vf.as_pointer()), align=4)
+
+            def two_parts():
+                perm2 = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vf, [vf, vi, vf]), _PERM2
+                )
+                lo, hi = table_part(ir.Constant(i64, 0)), table_part(ir.Constant(i64, vec))
+                for q in range(chunks):
+                    idx = builder.and_(indices(q), ir.Constant(vi, [2 * vec - 1] * vec))
+                    builder.store(builder.call(perm2, [lo, idx, hi]), dest(q), align=4)
+
+            def any_parts():
+                perm = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vf, [vf, vi]), name
+                )
+                lanes, hi, slots = [], [], []
+                for q in range(chunks):
+                    idx = indices(q)
+                    lanes.append(builder.and_(idx, ir.Constant(vi, [vec - 1] * vec)))
+                    hi.append(builder.lshr(idx, ir.Constant(vi, [shift] * vec)))
+                    slots.append(cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * vec)))
+                    builder.store(ir.Constant(vf, [0.0] * vec), slots[-1])
+                undef = ir.Constant(vi, ir.Undefined)
+                with cgutils.for_range(builder, npart) as loop:
+                    p = loop.index
+                    part = table_part(builder.mul(p, ir.Constant(i64, vec)))
+                    p32 = builder.trunc(p, i32)
+                    pv = builder.shuffle_vector(
+                        builder.insert_element(undef, p32, ir.Constant(i32, 0)),
+                        undef,
+                        ir.Constant(vi, [0] * vec),
+                    )
+                    for q in range(chunks):
+                        cand = builder.call(perm, [part, lanes[q]])
+                        hit = builder.icmp_unsigned("==", hi[q], pv)
+                        builder.store(builder.select(hit, cand, builder.load(slots[q])), slots[q])
+                for q in range(chunks):
+                    builder.store(builder.load(slots[q]), dest(q), align=4)
+
+            if vec == 16:
+                few = builder.icmp_signed("<=", npart, ir.Constant(i64, 2))
+                with builder.if_else(few, likely=True) as (then, otherwise):
+                    with then:
+                        two_parts()
+                    with otherwise:
+                        any_parts()
+            else:
+                any_parts()
             return context.get_dummy_value()
 
         return sig, codegen
 
     return scale_lookup
 
+
+#: Two-register variable permute (AVX-512 ``vpermi2ps``): 32 float32 entries, 5-bit indices.
+_PERM2 = "llvm.x86.avx512.vpermi2var.ps.512"
 
 #: Scale look-ups (AVX-512, AVX2).
 scale_lookup16 = _make_scales(16)

@@ -157,3 +157,16 @@ def test_bad_arguments():
         times(mq.get("nf4").encode(rng.standard_normal((2, 2, 16))), np.zeros(16))
     with pytest.raises(ValueError, match="inner dimensions"):
         product(enc, mq.get("nf4").encode(rng.standard_normal((4, 8))))
+
+
+@pytest.mark.parametrize("b,n,g", [(1, 4096, 32), (16, 300, 32), (3, 1001, 7), (2, 100, 256)])
+def test_activation_sums_are_the_group_sums_of_ones(b, n, g):
+    """Step 2 of the contract: the batched sums equal :func:`group_sums` with ``vals`` ones."""
+    from mmquant.products import reference
+
+    x = (np.random.default_rng(b * n + g).standard_normal((b, n)) * 37.0).astype(np.float32)
+    ones = np.ones(n, np.float32)
+    want = np.stack([reference.group_sums(x[t][None], ones, g)[0] for t in range(b)])
+    got = reference.activation_sums(x, g)
+    assert got.dtype == np.float64 and got.shape == (b, -(-n // g))
+    np.testing.assert_array_equal(got, want.astype(np.float64))

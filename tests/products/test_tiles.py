@@ -69,8 +69,9 @@ def test_wide_scales_take_several_registers():
     x = rng.standard_normal((4, n)).astype(np.float32)
     for spec, least in (("nvfp4", 33), ("mxfp8", 17)):
         v = block_view(mq.get(spec).encode(w.astype(np.float32)))
-        tv = tile_view(v)
+        tv = tile_view(v, index_scales=True)
         assert tv.indexed and tv.scale_count >= least, (spec, tv.scale_count)
+        assert not tile_view(v).indexed  # float32 scales by default
         for b in (1, 4):
             u = np.ones((b, v.scale.shape[1]))
             want = reference.block_product(v, x[:b], u, None)
@@ -105,6 +106,8 @@ def test_tile_layout_holds_every_code():
         np.testing.assert_array_equal(back[: v.rows], codes)
         assert not back[v.rows :].any()
         np.testing.assert_array_equal(tv.scales()[0].T, v.scale[:TILE])
+        ti = tile_view(v, index_scales=True)
+        np.testing.assert_array_equal(ti.scales()[0].T, v.scale[:TILE])
 
 
 @pytest.mark.parametrize(
@@ -140,9 +143,17 @@ def test_every_simd_variant_is_bit_exact(spec, batch):
     vsum = None if v.offset is None else reference.activation_sums(x, v.group)
     want = reference.block_product(v, x, u, vsum)
     tv = tile_view(v)
+    for index in (False, True):  # float32 scales, and uint8 indices where a record allows
+        tvi = tile_view(v, index_scales=index)
+        for width in VARIANTS:
+            got = kp.block_product(tvi, x, u, vsum, simd=width)
+            assert got.tobytes() == want.tobytes(), (spec, width, index)
+    # activation group scales other than 1 (codes × codes): the kernels' general epilogue
+    u2 = rng.uniform(0.5, 2.0, u.shape)
+    want2 = reference.block_product(v, x, u2, vsum)
     for width in VARIANTS:
-        got = kp.block_product(tv, x, u, vsum, simd=width)
-        assert got.tobytes() == want.tobytes(), (spec, width)
+        got = kp.block_product(tv, x, u2, vsum, simd=width)
+        assert got.tobytes() == want2.tobytes(), (spec, width, "u")
     with pytest.raises(ValueError, match="not available"):
         kp.block_product(tv, x, u, vsum, simd=32)
 
