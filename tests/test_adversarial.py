@@ -74,10 +74,20 @@ EXTRA_SPECS = [
     "tcqec:rate=2.5,L=5",
     "e8sic:rate=8.0",
     "e8sic:rate=8.0,rotate=true,rescale=both",
+    "tcqsic:rate=8.0",
+    "tcqsic:rate=8.0,L=4,rotate=true",
 ]
 #: Families whose bitstream length is not fixed by the record's layout: a stream that does not
 #: fit the shape is found by decoding it (``load_one(verify=True)``).
-STREAM_SPECS = ("e8ec", "rtn", "gptq:rate=6.0", "watersic", "tcqec", "e8sic:rate=8.0")
+STREAM_SPECS = (
+    "e8ec",
+    "rtn",
+    "gptq:rate=6.0",
+    "watersic",
+    "tcqec",
+    "e8sic:rate=8.0",
+    "tcqsic:rate=8.0",
+)
 SPECS = list(dict.fromkeys([q.spec for q in default_quantizers()] + EXTRA_SPECS))
 FAMILIES = sorted({mq.get(s).name for s in SPECS})
 X = np.random.default_rng(12).standard_normal((5, 40)).astype(np.float32)

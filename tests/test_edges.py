@@ -31,12 +31,14 @@ import pytest
 
 import mmquant as mq
 from mmquant.lattices.entropy_coded import RateNotMetWarning
+from mmquant.weightonly.quantizers import WeightOnlyQuantizer
 
-# The weight-only families (rtn, gptq, watersic, e8sic) are left out: their records hold per-column side
-# information (6.5 bits/weight on 4 rows at their default rate of 4) and quantize a matrix for an
+# The weight-only families (every WeightOnlyQuantizer: rtn, gptq, watersic, e8sic, tcqsic) are left
+# out: their records hold per-column side information (6.5 bits/weight on 4 rows at their default rate of 4) and quantize a matrix for an
 # input covariance, not rows near the float limits of product formats; their edge cases are in
 # tests/weightonly/test_registered.py.
-NAMES = [n for n in mq.available() if n not in {"rtn", "gptq", "watersic", "e8sic"}]
+WEIGHT_ONLY = {n for n, c in mq.registry().items() if issubclass(c, WeightOnlyQuantizer)}
+NAMES = [n for n in mq.available() if n not in WEIGHT_ONLY]
 ROWS, N = 4, 64
 C = 2.5
 F32_MAX = float(np.finfo(np.float32).max)

@@ -44,6 +44,7 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 import mmquant as mq
+from mmquant.weightonly.quantizers import WeightOnlyQuantizer
 
 # Families whose error can exceed max|x| (e.g. lattice overload wrap-around), with their bound.
 ERROR_BOUND: dict[str, float] = {}
@@ -78,7 +79,7 @@ NAMES = sorted(FAMILIES)
 # information that needs enough rows to fit a rate; the random shapes and rates of the round-trip
 # fuzz and the 1-D edge cases are not their inputs. Their round trips, edge cases and corrupt
 # records are tested in tests/weightonly/test_registered.py and tests/test_adversarial.py.
-WEIGHT_ONLY = {"rtn", "gptq", "watersic", "e8sic"}
+WEIGHT_ONLY = {n for n, c in mq.registry().items() if issubclass(c, WeightOnlyQuantizer)}
 ROUND_TRIP_NAMES = [f for f in NAMES if f not in WEIGHT_ONLY]
 
 

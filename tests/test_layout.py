@@ -64,6 +64,8 @@ WEIGHT_ONLY_SPECS = [
     "watersic:rescale=none,lmmse=false,step=0.5",
     "e8sic",
     "e8sic:rate=3,rotate=true",
+    "tcqsic",
+    "tcqsic:rate=3,L=5,rotate=true",
 ]
 
 

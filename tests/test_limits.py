@@ -19,6 +19,7 @@ import mmquant
 from mmquant.core import registry
 from mmquant.lattices import voronoi
 from mmquant.lattices.entropy_coded import RATE_MAX, TABLE_MIN
+from mmquant.weightonly.quantizers import WeightOnlyQuantizer
 
 
 def _numeric_fields(cls: type) -> list[tuple[str, type]]:
@@ -122,7 +123,7 @@ def test_e8ec_model_tables_are_bounded_by_the_input():
 BOUND = 8.0
 
 #: Weight-only families are measured separately below (their input includes Σ_X).
-WEIGHT_ONLY = {"rtn", "gptq", "watersic", "e8sic"}
+WEIGHT_ONLY = {n for n, c in registry().items() if issubclass(c, WeightOnlyQuantizer)}
 SPECS = [
     *sorted(set(registry()) - WEIGHT_ONLY),
     "int:group=-1",
@@ -209,6 +210,8 @@ WEIGHT_ONLY_SPECS = [
     "watersic:rotate=true,rescale=both",
     "e8sic",
     "e8sic:rotate=true",
+    "tcqsic",
+    "tcqsic:rotate=true",
     "watersic:rate=None,step=0.00001",  # a step whose codes span ~10^6 values
 ]
 
