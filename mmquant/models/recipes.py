@@ -64,7 +64,7 @@ from mmquant.models.channelcode import (
 from mmquant.models.limits import weight_covariance
 from mmquant.models.minilm import MiniLM
 from mmquant.models.quantized import quantize_model
-from mmquant.validation import check_float
+from mmquant.validation import check_choice, check_float
 
 __all__ = [
     "ChannelCode",
@@ -75,6 +75,10 @@ __all__ = [
     "Recipe",
     "aware_recipe",
 ]
+
+
+#: Labels of the weight-only methods in recipe names.
+WEIGHT_LABELS = {"watersic": "WaterSIC", "tcqsic": "trellis-SIC", "e8sic": "E8-SIC"}
 
 
 def _heads(model: MiniLM) -> tuple[int, int]:
@@ -124,20 +128,26 @@ def watersic_weights(
     rate: float,
     *,
     damp: float = 1e-2,
+    method: str = "watersic",
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """WaterSIC of every linear layer of ``model`` against ``covariances[name]`` (Σ_X).
 
-    Returns the reconstructions ``name -> Ŵ`` and the measured bits per weight of each layer
-    (bitstream and side information).
+    ``method`` picks another weight-only method of
+    :data:`mmquant.weightonly.metrics.METHODS` (e.g. ``"tcqsic"``, trellis-SIC) with the same
+    Σ_X and damping. Returns the reconstructions ``name -> Ŵ`` and the measured bits per
+    weight of each layer (bitstream and side information).
     """
     from mmquant.weightonly import quantize_layer
+    from mmquant.weightonly.metrics import METHODS
+
+    check_choice(method, "method", METHODS)
 
     r = check_float(rate, "rate", 0.0, lo_open=True)
     w_hat: dict[str, np.ndarray] = {}
     bits: dict[str, float] = {}
     for name in model.linear_names:
         w = np.asarray(model.weights[name + ".weight"], np.float64)
-        q = quantize_layer("watersic", w, np.asarray(covariances[name], np.float64), r, damp=damp)
+        q = quantize_layer(method, w, np.asarray(covariances[name], np.float64), r, damp=damp)
         w_hat[name] = q.w_hat
         bits[name] = float(q.bits_per_weight)
     return w_hat, bits
@@ -279,6 +289,8 @@ def aware_recipe(
     weights: bool = True,
     online: bool = False,
     codes: str = "token",
+    weight_method: str = "watersic",
+    act_allocation: str = "site",
 ) -> Recipe:
     """The covariance-aware recipe: folded transforms, waterfilled/scaled codes, WaterSIC.
 
@@ -306,8 +318,18 @@ def aware_recipe(
         Activation codes: ``"token"`` the per-token-scaled codes after online transforms of
         :func:`mmquant.models.actcodes.token_codes`; ``"static"`` the first round's choice per
         layer between a static :class:`ChannelCode` and a :class:`ScaledCode` (E8).
+    weight_method : str
+        Weight-only method of :func:`watersic_weights` (``"watersic"``, ``"tcqsic"`` ...),
+        run against Σ of the coded inputs.
+    act_allocation : {"site", "joint"}
+        Bits of the token codes: ``act_rate`` at every input, or one waterfilling across all
+        inputs (``allocation`` of :func:`~mmquant.models.actcodes.token_codes`; mean ≤ ``act_rate``).
     """
     r = check_float(rate, "rate", 0.0, lo_open=True)
+    if weights:
+        from mmquant.weightonly.metrics import METHODS
+
+        check_choice(weight_method, "weight_method", METHODS)
     ra = r if act_rate is None else check_float(act_rate, "act_rate", 0.0, lo_open=True)
     rq = r if qk_rate is None else check_float(qk_rate, "qk_rate", 0.0, lo_open=True)
     cap0 = calibration_capture(n_sentences, model.dtype.name, model.max_length)
@@ -323,7 +345,7 @@ def aware_recipe(
     if codes == "token":
         from mmquant.models.actcodes import token_codes
 
-        act = dict(token_codes(mt, cap.inputs, ra))
+        act = dict(token_codes(mt, cap.inputs, ra, allocation=act_allocation))
     for name in mt.linear_names:
         x = np.asarray(cap.inputs[name], np.float64)
         if codes == "token":
@@ -382,11 +404,12 @@ def aware_recipe(
                 xq = np.asarray(act[name].quantize(np.asarray(cap.inputs[name], np.float64)))
                 done[id(act[name])] = xq.T @ xq / len(xq)
             covs[name] = done[id(act[name])]
-        w_hat, w_bits = watersic_weights(mt, covs, r, damp=damp)
+        w_hat, w_bits = watersic_weights(mt, covs, r, damp=damp, method=weight_method)
     qm = quantize_model(mt, weights=w_hat, activations=act, qk=qk)
-    label = ("WaterSIC" if weights else "none") + (" / aware+online" if online else " / aware")
+    wl = WEIGHT_LABELS.get(weight_method, weight_method) if weights else "none"
+    label = wl + (" / aware+online" if online else " / aware")
     if codes == "token":
-        label = ("WaterSIC" if weights else "none") + " / token codes"
+        label = wl + " / token codes"
     return Recipe(
         name=label,
         model=qm.replace(weight_bits=w_bits, description=label),
