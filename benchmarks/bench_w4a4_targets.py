@@ -35,7 +35,9 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--weights", default=None, help="weight method (default: the recipe's)")
-    ap.add_argument("--allocation", default=None, help="activation bits: site or joint")
+    ap.add_argument(
+        "--allocation", default=None, help="activation bits: site, joint or sensitivity"
+    )
     ap.add_argument("--acts-only", action="store_true", help="leave the weights unquantized")
     args = ap.parse_args()
     kw: dict = {} if args.weights is None else {"weight_method": args.weights}

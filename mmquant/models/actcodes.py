@@ -34,6 +34,7 @@ __all__ = [
     "SITE_TRANSFORMS",
     "hadamard_rotation",
     "input_site",
+    "sensitivity_gains",
     "token_codes",
 ]
 
@@ -285,3 +286,59 @@ def token_codes(
             if name.endswith(("attention.self.key", "attention.self.value")):
                 codes[name] = codes[name.rsplit(".", 1)[0] + ".query"]
     return codes
+
+
+def _site_error(model: Any, inputs: Any, name: str, code: Any) -> float:
+    """Relative error ``Σ ‖W(x̂ − x)‖² / ‖Wx‖²`` that ``code`` gives the products of ``name``."""
+    from mmquant.models.limits import weight_covariance
+
+    x = np.asarray(inputs[name], np.float64)
+    e = np.asarray(code.quantize(x), np.float64) - x
+    if name.endswith("attention.self.query"):
+        p = name.rsplit(".", 1)[0]
+        names = [p + "." + s for s in ("query", "key", "value")]
+    else:
+        names = [name]
+    total = 0.0
+    for n in names:
+        c = weight_covariance(model.weight(n))
+        total += float(np.sum((e @ c) * e) / max(float(np.sum((x @ c) * x)), 1e-300))
+    return total
+
+
+def sensitivity_gains(
+    model: Any,
+    inputs: Any,
+    codes: dict[str, Any],
+    sentences: Any,
+    targets: tuple[float, float] = (8e-3, 1e-2),
+) -> dict[str, float]:
+    """Measured sensitivity of the model's outputs to each layer input's relative error.
+
+    Each input (the shared query/key/value input counts once) is coded alone with
+    ``codes[name]``; on ``sentences`` (calibration sentences, not the evaluation ones) the
+    damage ``(1 − cos)/targets[0] + (logit error)/targets[1]`` is divided by the relative
+    product error of that code on ``inputs`` (:func:`_site_error`). The result is the ``gains``
+    of :func:`token_codes` (``allocation="joint"``): bits go where a unit of relative error
+    costs the most output error, in units of the two targets.
+    """
+    from mmquant.models.capture import capture
+    from mmquant.models.quantized import attention_logit_error, embedding_cosine, quantize_model
+
+    t_cos = check_float(targets[0], "targets[0]", 0.0, lo_open=True)
+    t_logit = check_float(targets[1], "targets[1]", 0.0, lo_open=True)
+    ref = capture(model, sentences)
+    gains: dict[str, float] = {}
+    for name in model.linear_names:
+        if name.endswith(("attention.self.key", "attention.self.value")):
+            continue
+        group = [name]
+        if name.endswith("attention.self.query"):
+            p = name.rsplit(".", 1)[0]
+            group = [p + "." + s for s in ("query", "key", "value")]
+        qm = quantize_model(model, activations={n: codes[name] for n in group})
+        got = capture(qm, sentences)
+        damage = float(1.0 - embedding_cosine(ref.embeddings, got.embeddings).mean()) / t_cos
+        damage += attention_logit_error(ref, got) / t_logit
+        gains[name] = damage / max(_site_error(model, inputs, name, codes[name]), 1e-300)
+    return gains

@@ -29,7 +29,8 @@ codes from the two covariances, offline:
    transform) drops most: the integer, measured form of reverse waterfilling. Massive
    activation channels get 8 bits, channels that meet small weights get few or none.
 
-3. **Weights by WaterSIC** against the covariance of the (transformed, quantized) inputs.
+3. **Weights by WaterSIC** against the covariance of the (transformed, quantized) inputs
+   (third round: by trellis-SIC, ``weight_method="tcqsic"``, the default).
 
 Second round (default, ``aware_recipe(codes="token")``): the inputs of the linear layers are
 coded by :mod:`mmquant.models.actcodes` instead — an online transform (dense balancing
@@ -76,6 +77,9 @@ __all__ = [
     "aware_recipe",
 ]
 
+
+#: Calibration sentences on which ``act_allocation="sensitivity"`` measures the gains.
+SENSITIVITY_SENTENCES = 16
 
 #: Labels of the weight-only methods in recipe names.
 WEIGHT_LABELS = {"watersic": "WaterSIC", "tcqsic": "trellis-SIC", "e8sic": "E8-SIC"}
@@ -289,7 +293,7 @@ def aware_recipe(
     weights: bool = True,
     online: bool = False,
     codes: str = "token",
-    weight_method: str = "watersic",
+    weight_method: str = "tcqsic",
     act_allocation: str = "site",
 ) -> Recipe:
     """The covariance-aware recipe: folded transforms, waterfilled/scaled codes, WaterSIC.
@@ -320,16 +324,22 @@ def aware_recipe(
         layer between a static :class:`ChannelCode` and a :class:`ScaledCode` (E8).
     weight_method : str
         Weight-only method of :func:`watersic_weights` (``"watersic"``, ``"tcqsic"`` ...),
-        run against Σ of the coded inputs.
-    act_allocation : {"site", "joint"}
+        run against Σ of the coded inputs. Default trellis-SIC: at 4.5 bits on 64 held-out
+        sentences 1 − cos 1.10e-2 → 1.02e-2 and logit error 1.08e-2 → 1.05e-2 against WaterSIC
+        (``benchmarks/bench_w4a4_targets.py --weights watersic``).
+    act_allocation : {"site", "joint", "sensitivity"}
         Bits of the token codes: ``act_rate`` at every input, or one waterfilling across all
-        inputs (``allocation`` of :func:`~mmquant.models.actcodes.token_codes`; mean ≤ ``act_rate``).
+        inputs (``allocation`` of :func:`~mmquant.models.actcodes.token_codes`; mean ≤
+        ``act_rate``) on relative product errors (``"joint"``) or on them times each input's
+        measured sensitivity (:func:`~mmquant.models.actcodes.sensitivity_gains` on the first
+        :data:`SENSITIVITY_SENTENCES` calibration sentences).
     """
     r = check_float(rate, "rate", 0.0, lo_open=True)
     if weights:
         from mmquant.weightonly.metrics import METHODS
 
         check_choice(weight_method, "weight_method", METHODS)
+    check_choice(act_allocation, "act_allocation", ("site", "joint", "sensitivity"))
     ra = r if act_rate is None else check_float(act_rate, "act_rate", 0.0, lo_open=True)
     rq = r if qk_rate is None else check_float(qk_rate, "qk_rate", 0.0, lo_open=True)
     cap0 = calibration_capture(n_sentences, model.dtype.name, model.max_length)
@@ -345,7 +355,14 @@ def aware_recipe(
     if codes == "token":
         from mmquant.models.actcodes import token_codes
 
-        act = dict(token_codes(mt, cap.inputs, ra, allocation=act_allocation))
+        if act_allocation == "sensitivity":
+            from mmquant.models.actcodes import sensitivity_gains
+
+            site = token_codes(mt, cap.inputs, ra)
+            gains = sensitivity_gains(mt, cap.inputs, site, cap.sentences[:SENSITIVITY_SENTENCES])
+            act = dict(token_codes(mt, cap.inputs, ra, allocation="joint", gains=gains))
+        else:
+            act = dict(token_codes(mt, cap.inputs, ra, allocation=act_allocation))
     for name in mt.linear_names:
         x = np.asarray(cap.inputs[name], np.float64)
         if codes == "token":

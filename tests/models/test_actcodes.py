@@ -156,3 +156,20 @@ def test_joint_allocation_keeps_the_mean_rate_and_lowers_the_objective() -> None
     assert objective(joint) < objective(site)
     with pytest.raises(ValueError, match="allocation"):
         token_codes(m, cap.inputs, rate, allocation="greedy")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MODEL, reason="bundled model not installed")
+def test_sensitivity_gains_positive_per_input() -> None:
+    from mmquant.models import MiniLM, calibration_capture
+    from mmquant.models.actcodes import sensitivity_gains, token_codes
+
+    m = MiniLM.load(np.float32)
+    cap = calibration_capture(4, "float32")
+    codes = token_codes(m, cap.inputs, 3.0)
+    g = sensitivity_gains(m, cap.inputs, codes, cap.sentences[:2])
+    inputs = [n for n in m.linear_names if not n.endswith(("self.key", "self.value"))]
+    assert list(g) == inputs
+    assert all(np.isfinite(v) and v > 0 for v in g.values())
+    with pytest.raises(ValueError, match="targets"):
+        sensitivity_gains(m, cap.inputs, codes, cap.sentences[:2], targets=(0.0, 1e-2))
