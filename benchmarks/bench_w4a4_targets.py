@@ -65,7 +65,7 @@ def main() -> int:
     ]
     print(f"{rec.name} at {args.rate} bits ({time.perf_counter() - t0:.0f} s); MRR {rt.mrr:.4f}")
     for label, value, ok in checks:
-        print(f"  {'PASS' if ok else 'MISS'}  {label:44s} {value:.4g}")
+        print(f"  {'PASS' if ok else 'MISS'}  {label:44s} {value:.6g}")
     return 0 if all(ok for _, _, ok in checks) else 1
 
 
