@@ -332,7 +332,9 @@ def aware_recipe(
         inputs (``allocation`` of :func:`~mmquant.models.actcodes.token_codes`; mean ≤
         ``act_rate``) on relative product errors (``"joint"``) or on them times each input's
         measured sensitivity (:func:`~mmquant.models.actcodes.sensitivity_gains` on the first
-        :data:`SENSITIVITY_SENTENCES` calibration sentences).
+        :data:`SENSITIVITY_SENTENCES` calibration sentences). Measured at 4.5 bits with WaterSIC
+        weights (64 held-out sentences, 1 − cos / logit error): site 1.10e-2 / 1.08e-2, joint
+        1.42e-2 / 1.47e-2, sensitivity 1.22e-2 / 9.5e-3 — hence the default ``"site"``.
     """
     r = check_float(rate, "rate", 0.0, lo_open=True)
     if weights:
