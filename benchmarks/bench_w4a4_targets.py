@@ -34,10 +34,20 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=4.5)
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--calibration", type=int, default=64)
+    ap.add_argument("--weights", default=None, help="weight method (default: the recipe's)")
+    ap.add_argument(
+        "--allocation", default=None, help="activation bits: site, joint or sensitivity"
+    )
+    ap.add_argument("--acts-only", action="store_true", help="leave the weights unquantized")
     args = ap.parse_args()
+    kw: dict = {} if args.weights is None else {"weight_method": args.weights}
+    if args.allocation is not None:
+        kw["act_allocation"] = args.allocation
+    if args.acts_only:
+        kw["weights"] = False
     model = MiniLM.load(np.float32)
     t0 = time.perf_counter()
-    rec = aware_recipe(model, args.rate, n_sentences=args.calibration)
+    rec = aware_recipe(model, args.rate, n_sentences=args.calibration, **kw)
     ev = evaluate(rec.model, n_sentences=args.sentences)
     rt = evaluate_retrieval(rec.model)
     fp = evaluate_retrieval(model)
@@ -55,7 +65,7 @@ def main() -> int:
     ]
     print(f"{rec.name} at {args.rate} bits ({time.perf_counter() - t0:.0f} s); MRR {rt.mrr:.4f}")
     for label, value, ok in checks:
-        print(f"  {'PASS' if ok else 'MISS'}  {label:44s} {value:.4g}")
+        print(f"  {'PASS' if ok else 'MISS'}  {label:44s} {value:.6g}")
     return 0 if all(ok for _, _, ok in checks) else 1
 
 

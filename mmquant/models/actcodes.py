@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mmquant.models.channelcode import ChannelCode, balance
+from mmquant.models.channelcode import ChannelCode, allocate_bits, balance
 from mmquant.validation import check_choice, check_float
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SITE_TRANSFORMS",
     "hadamard_rotation",
     "input_site",
+    "sensitivity_gains",
     "token_codes",
 ]
 
@@ -132,13 +133,40 @@ class TokenCode:
             Seed of the Hadamard signs.
         """
         a = np.asarray(x, np.float64)
+        n = a.shape[1] if a.ndim == 2 else 0
+        side = SCALE_BITS / n if dynamic and n else 0.0
+        r = check_float(rate, "rate", side, lo_open=True) - side
+        code, u, wts = cls.prepare(a, sigma_w, transform=transform, dynamic=dynamic, seed=seed)
+        return code.with_inner(ChannelCode.fit(u, wts, r))
+
+    def with_inner(self, inner: ChannelCode) -> TokenCode:
+        """This code with the channel code ``inner`` (fitted on :meth:`prepare`'s ``u``)."""
+        if inner.bits.size != self.mean.size:
+            raise ValueError(f"inner code has {inner.bits.size} channels, need {self.mean.size}")
+        return TokenCode(self.mean, self.t, self.t_inv, inner, self.dynamic, self.kind)
+
+    @classmethod
+    def prepare(
+        cls,
+        x: Any,
+        sigma_w: Any,
+        *,
+        transform: str = "hadamard",
+        dynamic: bool = True,
+        seed: int = 0,
+    ) -> tuple[TokenCode, np.ndarray, np.ndarray]:
+        """Transform and scale of :meth:`fit`, without the channel code.
+
+        Returns ``(code, u, weights)``: the code with a 0-bit channel code (complete it with
+        :meth:`with_inner`), the transformed, scaled calibration data ``u`` and the error weight
+        of each of its coordinates (for :func:`~mmquant.models.channelcode.allocate_bits`).
+        """
+        a = np.asarray(x, np.float64)
         sw = np.asarray(sigma_w, np.float64)
         if a.ndim != 2 or sw.shape != (a.shape[1], a.shape[1]):
             raise ValueError(f"need x [tokens, n] and sigma_w n×n, got {a.shape} and {sw.shape}")
         check_choice(transform, "transform", ("identity", "hadamard", "balance"))
         n = a.shape[1]
-        side = SCALE_BITS / n if dynamic else 0.0
-        r = check_float(rate, "rate", side, lo_open=True) - side
         mean = a.mean(axis=0)
         xc = a - mean
         if transform == "identity":
@@ -151,10 +179,10 @@ class TokenCode:
         else:
             t, t_inv, mu = balance(xc.T @ xc / len(xc), sw)
             wts = np.sqrt(mu)
-        code = cls(mean, t, t_inv, ChannelCode(np.zeros(n), np.zeros(n), np.zeros(n, int)), dynamic)
+        zero = ChannelCode(np.zeros(n), np.zeros(n), np.zeros(n, int))
+        code = cls(mean, t, t_inv, zero, dynamic, transform)
         u, _ = code._forward(a)
-        inner = ChannelCode.fit(u, np.clip(wts, 0.0, None), r)
-        return cls(mean, t, t_inv, inner, dynamic, transform)
+        return code, u, np.clip(wts, 0.0, None)
 
 
 #: Online transform of each kind of layer input in :func:`token_codes`, chosen on the held-out
@@ -183,6 +211,9 @@ def token_codes(
     inputs: Any,
     rate: float,
     transforms: dict[str, str] | None = None,
+    *,
+    allocation: str = "site",
+    gains: dict[str, float] | None = None,
 ) -> dict[str, TokenCode]:
     """A :class:`TokenCode` for the input of every linear layer of ``model`` (a MiniLM).
 
@@ -197,15 +228,30 @@ def token_codes(
         Bits per activation entry, side information included.
     transforms : dict, optional
         Site → transform, default :data:`SITE_TRANSFORMS`.
+    allocation : {"site", "joint"}
+        ``"site"``: every input gets ``rate`` bits per entry; ``"joint"``: one waterfilling over
+        the coordinates of all inputs, each coordinate's error weighed by what it adds to the
+        *relative* error of its layer's product (``E[s²]·wᵢ / tr(Σ_W Σ_X)``, the query/key/value
+        input the sum of its three products), times ``gains[name]`` — the mean rate over all
+        entries, scales included, stays ≤ ``rate``.
+    gains : dict, optional
+        Layer name (the query's for the shared input) → sensitivity factor of ``"joint"``
+        (default 1).
     """
+    check_choice(allocation, "allocation", ("site", "joint"))
     from mmquant.models.limits import weight_covariance
 
     tr = dict(SITE_TRANSFORMS if transforms is None else transforms)
     codes: dict[str, TokenCode] = {}
+    joint: list[tuple] = []
+    curves: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    budget = 0
     for name in model.linear_names:
         site = input_site(name)
         if name.endswith(("attention.self.key", "attention.self.value")):
-            codes[name] = codes[name.rsplit(".", 1)[0] + ".query"]
+            if allocation == "site":
+                codes[name] = codes[name.rsplit(".", 1)[0] + ".query"]
             continue
         x = np.asarray(inputs[name], np.float64)
         if site == "qkv":
@@ -220,5 +266,79 @@ def token_codes(
                 sw += c / max(float(np.sum(c * sx)), 1e-300)
         else:
             sw = weight_covariance(model.weight(name))
-        codes[name] = TokenCode.fit(x, sw, rate, transform=tr[site])
+        if allocation == "site":
+            codes[name] = TokenCode.fit(x, sw, rate, transform=tr[site])
+            continue
+        code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+        _, s = code._forward(x)
+        power = 1.0 if site == "qkv" else float(np.sum(sw * (x.T @ x))) / len(x)
+        g = 1.0 if gains is None else float(gains.get(name, 1.0))
+        mu, mse, clip = ChannelCode.curves(u)
+        joint.append((name, code, mu, mse, clip))
+        curves.append(mse)
+        weights.append(wts * (g * float(np.mean(s * s)) / max(power, 1e-300)))
+        budget += int(x.shape[1] * check_float(rate, "rate", SCALE_BITS / x.shape[1]) - SCALE_BITS)
+    if joint:
+        alloc = allocate_bits(curves, weights, budget)
+        for (name, code, mu, mse, clip), b in zip(joint, alloc):
+            codes[name] = code.with_inner(ChannelCode.from_curves(mu, mse, clip, b))
+        for name in model.linear_names:  # key/value share the query's code
+            if name.endswith(("attention.self.key", "attention.self.value")):
+                codes[name] = codes[name.rsplit(".", 1)[0] + ".query"]
     return codes
+
+
+def _site_error(model: Any, inputs: Any, name: str, code: Any) -> float:
+    """Relative error ``Σ ‖W(x̂ − x)‖² / ‖Wx‖²`` that ``code`` gives the products of ``name``."""
+    from mmquant.models.limits import weight_covariance
+
+    x = np.asarray(inputs[name], np.float64)
+    e = np.asarray(code.quantize(x), np.float64) - x
+    if name.endswith("attention.self.query"):
+        p = name.rsplit(".", 1)[0]
+        names = [p + "." + s for s in ("query", "key", "value")]
+    else:
+        names = [name]
+    total = 0.0
+    for n in names:
+        c = weight_covariance(model.weight(n))
+        total += float(np.sum((e @ c) * e) / max(float(np.sum((x @ c) * x)), 1e-300))
+    return total
+
+
+def sensitivity_gains(
+    model: Any,
+    inputs: Any,
+    codes: dict[str, Any],
+    sentences: Any,
+    targets: tuple[float, float] = (8e-3, 1e-2),
+) -> dict[str, float]:
+    """Measured sensitivity of the model's outputs to each layer input's relative error.
+
+    Each input (the shared query/key/value input counts once) is coded alone with
+    ``codes[name]``; on ``sentences`` (calibration sentences, not the evaluation ones) the
+    damage ``(1 − cos)/targets[0] + (logit error)/targets[1]`` is divided by the relative
+    product error of that code on ``inputs`` (:func:`_site_error`). The result is the ``gains``
+    of :func:`token_codes` (``allocation="joint"``): bits go where a unit of relative error
+    costs the most output error, in units of the two targets.
+    """
+    from mmquant.models.capture import capture
+    from mmquant.models.quantized import attention_logit_error, embedding_cosine, quantize_model
+
+    t_cos = check_float(targets[0], "targets[0]", 0.0, lo_open=True)
+    t_logit = check_float(targets[1], "targets[1]", 0.0, lo_open=True)
+    ref = capture(model, sentences)
+    gains: dict[str, float] = {}
+    for name in model.linear_names:
+        if name.endswith(("attention.self.key", "attention.self.value")):
+            continue
+        group = [name]
+        if name.endswith("attention.self.query"):
+            p = name.rsplit(".", 1)[0]
+            group = [p + "." + s for s in ("query", "key", "value")]
+        qm = quantize_model(model, activations={n: codes[name] for n in group})
+        got = capture(qm, sentences)
+        damage = float(1.0 - embedding_cosine(ref.embeddings, got.embeddings).mean()) / t_cos
+        damage += attention_logit_error(ref, got) / t_logit
+        gains[name] = damage / max(_site_error(model, inputs, name, codes[name]), 1e-300)
+    return gains

@@ -116,3 +116,60 @@ def test_shared_qkv_input_coded_once() -> None:
     assert Counting.calls == 4 * m.config.num_layers
     qm2 = quantize_model(m, activations={n: Counting() for n in m.linear_names})
     np.testing.assert_array_equal(qm2.encode(["A cat sits on the mat."]), e)
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="bundled model not installed")
+def test_joint_allocation_keeps_the_mean_rate_and_lowers_the_objective() -> None:
+    from mmquant.models import MiniLM, calibration_capture
+    from mmquant.models.actcodes import token_codes
+    from mmquant.models.limits import weight_covariance
+
+    m = MiniLM.load(np.float32)
+    cap = calibration_capture(4, "float32")
+    rate = 4.5
+    site = token_codes(m, cap.inputs, rate)
+    joint = token_codes(m, cap.inputs, rate, allocation="joint")
+    assert set(joint) == set(m.linear_names)
+    p = "encoder.layer.0.attention.self."
+    assert joint[p + "key"] is joint[p + "query"] is joint[p + "value"]
+    names = [n for n in m.linear_names if not n.endswith(("self.key", "self.value"))]
+    n_in = [site[n].mean.size for n in names]
+    mean_bits = sum(joint[n].bits_per_entry * k for n, k in zip(names, n_in)) / sum(n_in)
+    assert mean_bits <= rate + 1e-12
+    assert mean_bits > rate - 0.01
+    rates = {round(joint[n].bits_per_entry, 3) for n in names}
+    assert len(rates) > 3  # the bits moved between inputs
+
+    def objective(codes: dict) -> float:
+        total = 0.0
+        for n in names:
+            x = np.asarray(cap.inputs[n], np.float64)
+            e = np.asarray(codes[n].quantize(x), np.float64) - x
+            if n.endswith("self.query"):
+                q = n.rsplit(".", 1)[0]
+                ws = [weight_covariance(m.weight(q + "." + s)) for s in ("query", "key", "value")]
+            else:
+                ws = [weight_covariance(m.weight(n))]
+            total += sum(np.sum((e @ w) * e) / np.sum((x @ w) * x) for w in ws)
+        return float(total)
+
+    assert objective(joint) < objective(site)
+    with pytest.raises(ValueError, match="allocation"):
+        token_codes(m, cap.inputs, rate, allocation="greedy")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MODEL, reason="bundled model not installed")
+def test_sensitivity_gains_positive_per_input() -> None:
+    from mmquant.models import MiniLM, calibration_capture
+    from mmquant.models.actcodes import sensitivity_gains, token_codes
+
+    m = MiniLM.load(np.float32)
+    cap = calibration_capture(4, "float32")
+    codes = token_codes(m, cap.inputs, 3.0)
+    g = sensitivity_gains(m, cap.inputs, codes, cap.sentences[:2])
+    inputs = [n for n in m.linear_names if not n.endswith(("self.key", "self.value"))]
+    assert list(g) == inputs
+    assert all(np.isfinite(v) and v > 0 for v in g.values())
+    with pytest.raises(ValueError, match="targets"):
+        sensitivity_gains(m, cap.inputs, codes, cap.sentences[:2], targets=(0.0, 1e-2))

@@ -91,3 +91,12 @@ def test_fold_transforms_keeps_the_model() -> None:
         mt.weight("encoder.layer.0.attention.self.query"),
         m.weight("encoder.layer.0.attention.self.query"),
     )
+
+
+def test_weight_method_is_checked() -> None:
+    from mmquant.models.recipes import aware_recipe, watersic_weights
+
+    with pytest.raises(ValueError, match="method"):
+        watersic_weights(object(), {}, 4.0, method="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weight_method"):
+        aware_recipe(object(), 4.0, weight_method="nope")  # type: ignore[arg-type]
