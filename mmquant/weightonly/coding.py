@@ -204,6 +204,40 @@ def encode_columns(z: np.ndarray) -> ColumnStream:
     )
 
 
+def check_vector_stream(
+    cs: ColumnStream, what: str
+) -> tuple[int, int, int, int, np.ndarray, np.ndarray]:
+    """The checks shared by the vector column codes' decoders (E8, trellis) before any decoding.
+
+    Returns ``(a, n, lo, hi, std_index as int64, stream bytes)``, or raises ``ValueError``
+    naming the problem: bounds not ``lo < 0 < hi`` or more than :data:`MAX_CODE_SPAN` apart, a
+    ``std_index`` of the wrong length, a stream that is not whole uint8 words, a non-empty stream
+    for all-zero columns, or a coded stream that is empty or ends in a zero word (never an rANS
+    stream). ``what`` names the code in the messages (``"E8"``, ``"trellis"``).
+    """
+    if not isinstance(cs, ColumnStream):
+        raise TypeError(f"expected a ColumnStream, got {type(cs).__name__}")
+    a, n = cs.shape
+    lo, hi = int(cs.bounds[0]), int(cs.bounds[1])
+    if not (lo < 0 < hi and hi - lo <= MAX_CODE_SPAN):
+        raise ValueError(
+            f"corrupt {what} symbol bounds [{lo}, {hi}]: expected lo < 0 < hi, at most "
+            f"{MAX_CODE_SPAN} apart"
+        )
+    k = np.asarray(cs.std_index, np.int64)
+    if k.size != n:
+        raise ValueError(f"std_index has {k.size} entries for {n} columns")
+    data = np.asarray(cs.stream)
+    if data.dtype != np.uint8 or data.size % 4:
+        raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    if not np.any(k):
+        if data.size:
+            raise ValueError("corrupt bitstream: every column is zero but the stream is not empty")
+    elif data.size == 0 or not np.any(data[-4:]):
+        raise ValueError("corrupt bitstream: empty or ending in a zero word (not an rANS stream)")
+    return a, n, lo, hi, k, data
+
+
 def decode_columns(cs: ColumnStream) -> np.ndarray:
     """Decode a :class:`ColumnStream` back to the ``int64`` matrix (exact inverse)."""
     if not isinstance(cs, ColumnStream):

@@ -42,7 +42,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from mmquant.lattices.closest import closest_e8
-from mmquant.weightonly.coding import MAX_CODE_SPAN, ColumnStream, std_grid
+from mmquant.weightonly.coding import MAX_CODE_SPAN, ColumnStream, check_vector_stream, std_grid
 
 __all__ = [
     "quantize_e8_column",
@@ -377,28 +377,10 @@ def encode_e8_columns(z: np.ndarray) -> ColumnStream:
 
 def decode_e8_columns(cs: ColumnStream) -> np.ndarray:
     """Decode :func:`encode_e8_columns`'s stream back to the ``int64`` codes ``2λ`` (exact)."""
-    if not isinstance(cs, ColumnStream):
-        raise TypeError(f"expected a ColumnStream, got {type(cs).__name__}")
-    a, n = cs.shape
-    lo, hi = int(cs.bounds[0]), int(cs.bounds[1])
-    if not (lo < 0 < hi and hi - lo <= MAX_CODE_SPAN):
-        raise ValueError(
-            f"corrupt E8 symbol bounds [{lo}, {hi}]: expected lo < 0 < hi, at most "
-            f"{MAX_CODE_SPAN} apart"
-        )
-    k = np.asarray(cs.std_index, np.int64)
-    if k.size != n:
-        raise ValueError(f"std_index has {k.size} entries for {n} columns")
-    data = np.asarray(cs.stream)
-    if data.dtype != np.uint8 or data.size % 4:
-        raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    a, n, lo, hi, k, data = check_vector_stream(cs, "E8")
     out = np.zeros((a, n), np.int64)
     if not np.any(k):
-        if data.size:
-            raise ValueError("corrupt bitstream: every column is zero but the stream is not empty")
         return out
-    if data.size == 0 or not np.any(data[-4:]):
-        raise ValueError("corrupt bitstream: empty or ending in a zero word (not an rANS stream)")
     nb, tl = a // 8, a % 8
     c = _constriction()
     gauss = c.stream.model.QuantizedGaussian(lo, hi)

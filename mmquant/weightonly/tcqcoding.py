@@ -41,7 +41,13 @@ from scipy.special import ndtr
 from mmquant.kernels import load
 from mmquant.trellis import viterbi
 from mmquant.trellis.entropy_coded import POLYS, labels
-from mmquant.weightonly.coding import MAX_CODE_SPAN, ColumnStream, _occurring, std_grid
+from mmquant.weightonly.coding import (
+    MAX_CODE_SPAN,
+    ColumnStream,
+    _occurring,
+    check_vector_stream,
+    std_grid,
+)
 
 __all__ = [
     "TCQ_NSM",
@@ -229,31 +235,13 @@ def encode_tcq_columns(z: np.ndarray, L: int) -> ColumnStream:
 
 def decode_tcq_columns(cs: ColumnStream, L: int) -> np.ndarray:
     """Decode :func:`encode_tcq_columns`'s stream back to the ``int64`` levels (exact)."""
-    if not isinstance(cs, ColumnStream):
-        raise TypeError(f"expected a ColumnStream, got {type(cs).__name__}")
     if L not in POLYS:
         raise ValueError(f"L must be one of {TCQ_STATES}, got {L!r}")
-    a, n = cs.shape
-    lo, hi = int(cs.bounds[0]), int(cs.bounds[1])
-    if not (lo < 0 < hi and hi - lo <= MAX_CODE_SPAN):
-        raise ValueError(
-            f"corrupt trellis symbol bounds [{lo}, {hi}]: expected lo < 0 < hi, at most "
-            f"{MAX_CODE_SPAN} apart"
-        )
-    k = np.asarray(cs.std_index, np.int64)
-    if k.size != n:
-        raise ValueError(f"std_index has {k.size} entries for {n} columns")
-    data = np.asarray(cs.stream)
-    if data.dtype != np.uint8 or data.size % 4:
-        raise ValueError("bitstream must be uint8 with a length multiple of 4")
+    a, n, lo, hi, k, data = check_vector_stream(cs, "trellis")
     out = np.zeros((a, n), np.int64)
     coded = np.flatnonzero(k)
     if not coded.size:
-        if data.size:
-            raise ValueError("corrupt bitstream: every column is zero but the stream is not empty")
         return out
-    if data.size == 0 or not np.any(data[-4:]):
-        raise ValueError("corrupt bitstream: empty or ending in a zero word (not an rANS stream)")
     _, pa, pb = labels(L)
     mask = (1 << (L + 1)) - 1
     c = _constriction()
