@@ -37,7 +37,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
-__all__ = ["BACKENDS", "ENV_VAR", "load", "numba_cache", "on_compile", "resolve", "use_numba"]
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "load",
+    "numba_cache",
+    "on_compile",
+    "product_options",
+    "resolve",
+    "use_numba",
+]
 
 #: Values of a ``backend`` argument and of the environment variable :data:`ENV_VAR`.
 BACKENDS = ("auto", "numpy", "numba")
@@ -215,3 +224,24 @@ def numba_cache() -> bool:
         )
         return False
     return True
+
+
+def product_options(*, parallel: bool = False, inline: bool = False) -> dict[str, object]:
+    """``numba.njit`` options of the product kernels (block formats and lattice codes).
+
+    No fastmath (the numpy reference's bits), no bounds checks and numpy's error model (the
+    drivers check every size before a kernel runs), the on-disk cache when writable; with
+    ``parallel`` a ``prange`` kernel without the GIL, with ``inline`` a helper inlined into its
+    caller.
+    """
+    opts: dict[str, object] = {
+        "cache": numba_cache(),
+        "fastmath": False,
+        "boundscheck": False,
+        "error_model": "numpy",
+    }
+    if parallel:
+        opts.update(parallel=True, nogil=True)
+    if inline:
+        opts["inline"] = "always"
+    return opts

@@ -19,28 +19,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mmquant.kernels import numba_cache
+from mmquant.kernels import product_options
 
 __all__ = ["TILE", "lattice_product", "fwht_rows"]
 
 #: Rows per tile (must equal :data:`mmquant.products.lattice.TILE`).
 TILE = 64
 
-_opts = {
-    "parallel": True,
-    "cache": numba_cache(),
-    "fastmath": False,
-    "nogil": True,
-    "boundscheck": False,
-    "error_model": "numpy",
-}
-_helper = {
-    "cache": numba_cache(),
-    "fastmath": False,
-    "boundscheck": False,
-    "error_model": "numpy",
-    "inline": "always",
-}
+_opts = product_options(parallel=True)
+_helper = product_options(inline=True)
 
 
 @numba.njit(**_helper)
@@ -121,7 +108,7 @@ def _tiles(codes, bscale, v, out):  # pragma: no cover - compiled
                     out[i, t] = y[t, r] + 0.0
 
 
-@numba.njit(cache=numba_cache(), fastmath=False, boundscheck=False, error_model="numpy")
+@numba.njit(**product_options())
 def _fwht(y):  # pragma: no cover - compiled
     n = y.shape[1]
     for t in range(y.shape[0]):

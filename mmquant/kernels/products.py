@@ -21,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mmquant.kernels import numba_cache
+from mmquant.kernels import product_options
 from mmquant.kernels.simd import (
     TB,
     TILE,
@@ -44,21 +44,8 @@ from mmquant.kernels.simd import (
 
 __all__ = ["block_product", "lattice_dot", "simd_width", "TILE", "TB"]
 
-_opts = {
-    "parallel": True,
-    "cache": numba_cache(),
-    "fastmath": False,
-    "nogil": True,
-    "boundscheck": False,
-    "error_model": "numpy",
-}
-_helper = {
-    "cache": numba_cache(),
-    "fastmath": False,
-    "boundscheck": False,
-    "error_model": "numpy",
-    "inline": "always",
-}
+_opts = product_options(parallel=True)
+_helper = product_options(inline=True)
 _H = TILE // 2
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` changes, so that the cached tile kernels are compiled again.
