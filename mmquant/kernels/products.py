@@ -41,6 +41,7 @@ from mmquant.kernels.simd import (
     scale_lookup16,
     simd_width,
 )
+from mmquant.kernels.simd_tiles import gemv_tile8, gemv_tile16
 
 __all__ = ["block_product", "lattice_dot", "simd_width", "TILE", "TB"]
 
@@ -48,8 +49,9 @@ _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
 _H = TILE // 2
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
-#: :mod:`mmquant.kernels.simd` changes, so that the cached tile kernels are compiled again.
-SIMD_REVISION = 3
+#: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
+#: tile kernels are compiled again.
+SIMD_REVISION = 4
 
 
 @numba.njit(**_helper)
@@ -335,6 +337,65 @@ def _tiles_simd8(
         _store(out, y, ti)
 
 
+@numba.njit(**_opts)
+def _gemv16(
+    codes, kind, table, fi, ii, scale, offset, g, n, x, u, vsum, mode, out
+):  # pragma: no cover
+    """One activation, float32 scales: a whole tile per call of the AVX-512 loop
+    (:mod:`mmquant.kernels.simd_tiles`)."""
+    for ti in numba.prange(codes.shape[0]):
+        y = np.empty((1, TILE))
+        gemv_tile16(
+            codes[ti],
+            x,
+            n,
+            g,
+            kind,
+            fi[0],
+            fi[1],
+            ii[0],
+            ii[1],
+            ii[2],
+            table,
+            scale[ti],
+            offset[ti],
+            u,
+            vsum,
+            mode,
+            y[0],
+        )
+        _store(out, y, ti)
+
+
+@numba.njit(**_opts)
+def _gemv8(
+    codes, kind, table, fi, ii, scale, offset, g, n, x, u, vsum, mode, out
+):  # pragma: no cover
+    """As :func:`_gemv16` with the AVX2 loop."""
+    for ti in numba.prange(codes.shape[0]):
+        y = np.empty((1, TILE))
+        gemv_tile8(
+            codes[ti],
+            x,
+            n,
+            g,
+            kind,
+            fi[0],
+            fi[1],
+            ii[0],
+            ii[1],
+            ii[2],
+            table,
+            scale[ti],
+            offset[ti],
+            u,
+            vsum,
+            mode,
+            y[0],
+        )
+        _store(out, y, ti)
+
+
 def _group_major(x: np.ndarray, g: int, ng: int) -> np.ndarray:
     """``(b, n)`` activations → ``(ng·bp, g)``: row ``k·bp + t`` is group ``k`` of activation
     ``t`` (zero-padded; ``bp`` is 1, or ``b`` rounded up to a multiple of ``TB``), so that the
@@ -372,7 +433,14 @@ def block_product(
     vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
     sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
     kind, fi, ii = _simd_kind(tv)
-    if simd and kind >= 0:
+    if simd and kind >= 0 and b == 1 and not tv.indexed:
+        mode = (2 if tv.has_offset else 1) + (2 if bool(np.all(u == 1.0)) else 0)
+        kernel = _gemv16 if simd == 16 else _gemv8
+        sc, of = tv.scale, tv.offset
+        kernel(
+            tv.codes, kind, tv.table, fi, ii, sc, of, tv.group, tv.n, x[0], u[0], vs[0], mode, out
+        )
+    elif simd and kind >= 0:
         ng = tv.scale_index.shape[1]
         xg = _group_major(x, tv.group, ng)
         bp = xg.shape[0] // ng

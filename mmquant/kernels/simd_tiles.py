@@ -1,0 +1,247 @@
+"""Whole-tile GEMV inner loops (one activation) in LLVM IR, as numba intrinsics.
+
+The group variants of :mod:`mmquant.kernels.simd` are called once per group of a tile: each call
+sets up its registers, sums the group's columns, then scales the sums and adds them to the
+tile's float64 row sums in memory. For a GEMV (one activation, 4-bit codes in groups of 32) that
+set-up and epilogue cost about as much as the columns themselves. ``gemv_tile*`` run the whole
+row of groups of a tile in one call: the 16-entry table (or the byte decoder's constants) is
+loaded once, the float64 row sums stay in registers from the first group to the last, and every
+group's epilogue (step 3 of :mod:`mmquant.products.reference`: ``y += (S·u)·P [+ (O·u)·V]``, in
+float64, the reference's order) is a few register operations. The columns are the group variants'
+(same loads, look-ups and float32 additions in increasing column order from ``+0.0``, no fused
+multiply-add): the numbers are the same, bit for bit.
+
+Kinds: 0 -- 4-bit codes through the 16-entry table of products (variable permutes); 1 -- integer
+bytes; 2 -- minifloat bytes (the decoders of :mod:`mmquant.kernels.simd`). Widths 16 (AVX-512)
+and 8 (AVX2) float32 lanes.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from mmquant.kernels.simd import TILE
+
+__all__ = ["gemv_tile16", "gemv_tile8", "PREFETCH"]
+
+_H = TILE // 2
+#: Bytes of codes ahead of the column being read that each column prefetches (0: none).
+PREFETCH = 0
+
+
+def _make(vec: int):
+    perm_name = "llvm.x86.avx512.permvar.sf.512" if vec == 16 else "llvm.x86.avx2.permps"
+
+    @intrinsic
+    def gemv_tile(
+        typingctx, codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, u, vsum, mode, y
+    ):
+        """``y[r] = Σ_k ((S[k, r]·u[k])·P_kr [+ (O[k, r]·u[k])·vsum[k]])`` for the ``TILE``
+        rows ``r`` of one tile (``codes`` its row of the tiled layout, ``x`` the activation
+        ``(≥ n,)``, ``scale`` and ``offset`` ``(groups, TILE)``, ``u`` and ``vsum``
+        ``(groups,)``), ``P_kr`` the float32 group sums; ``mode`` as in
+        :func:`mmquant.kernels.simd._finish` (1 to 4)."""
+        sig = types.void(
+            codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, u, vsum, mode, y
+        )
+        kinds = (0, 1, 2)
+
+        def codegen(context, builder, signature, args):
+            a = signature.args
+
+            def data(i):
+                return context.make_array(a[i])(context, builder, args[i]).data
+
+            def cast(i, ty):
+                return context.cast(builder, args[i], a[i], ty)
+
+            cptr, xptr, tptr, sptr, optr, uptr, vptr, yptr = (
+                data(i) for i in (0, 1, 10, 11, 12, 13, 14, 16)
+            )
+            nv, gv, kindv, modev = (cast(i, types.intp) for i in (2, 3, 4, 15))
+            fav, fbv = cast(5, types.float32), cast(6, types.float32)
+            iav, ibv, icv = (cast(i, types.int32) for i in (7, 8, 9))
+            f32, f64 = ir.FloatType(), ir.DoubleType()
+            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            vf, vi, vb = ir.VectorType(f32, vec), ir.VectorType(i32, vec), ir.VectorType(i8, vec)
+            half = vec // 2
+            vd, vhf = ir.VectorType(f64, half), ir.VectorType(f32, half)
+            zero_i = ir.Constant(i32, 0)
+
+            def c64(v):
+                return ir.Constant(i64, v)
+
+            def splat(val, vty):
+                undef = ir.Constant(vty, ir.Undefined)
+                ins = builder.insert_element(undef, val, zero_i)
+                mask = ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
+                return builder.shuffle_vector(ins, undef, mask)
+
+            def vload(ptr, off, vty, align=4):
+                p = builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer())
+                return builder.load(p, align=align)
+
+            perm = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vf, [vf, vi]), perm_name
+            )
+            # row sums (float64, in registers across the groups): 2 halves per accumulator
+            nacc = TILE // vec
+            zero_f = ir.Constant(vf, [0.0] * vec)
+            zero_d = ir.Constant(vd, [0.0] * half)
+            ys = [cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nacc)]
+            accs = [cgutils.alloca_once_value(builder, zero_f) for _ in range(nacc)]
+            for s in ys:
+                builder.store(zero_d, s)
+            ng = builder.sdiv(builder.add(nv, builder.sub(gv, c64(1))), gv)
+            unit = builder.icmp_signed(">=", modev, c64(3))
+            with_off = builder.icmp_signed(
+                "==", builder.select(unit, builder.sub(modev, c64(2)), modev), c64(2)
+            )
+            lo_idx = ir.Constant(ir.VectorType(i32, half), list(range(half)))
+            hi_idx = ir.Constant(ir.VectorType(i32, half), list(range(half, vec)))
+            undef_f = ir.Constant(vf, ir.Undefined)
+
+            def group_loop(kd):
+                """The groups of the tile for one kind of code (``kd``), the column body
+                specialised at compile time."""
+                if kd == 0:
+                    parts = [vload(tptr, c64(p * vec), vf) for p in range(16 // vec)]
+                    rows = [vec * q for q in range(nacc // 2)]
+                    rows += [_H + vec * q for q in range(nacc // 2)]
+                    per = _H
+                else:
+                    fa_v, fb_v = splat(fav, vf), splat(fbv, vf)
+                    ia_v, ib_v, ic_v = splat(iav, vi), splat(ibv, vi), splat(icv, vi)
+                    rows = [vec * q for q in range(nacc)]
+                    per = TILE
+                m8 = ir.Constant(vi, [8] * vec)
+                s4 = ir.Constant(vi, [4] * vec)
+                izero = ir.Constant(vi, [0] * vec)
+
+                def column(j):
+                    """Values ``fl32(value(code(r, j)) · x_j)`` of the tile's rows, by
+                    accumulator."""
+                    xs = splat(builder.load(builder.gep(xptr, [j])), vf)
+                    base = builder.mul(j, c64(per))
+                    if PREFETCH:
+                        pf = cgutils.get_or_insert_function(
+                            builder.module,
+                            ir.FunctionType(
+                                ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]
+                            ),
+                            "llvm.prefetch.p0i8",
+                        )
+                        pa = builder.gep(cptr, [builder.add(base, c64(PREFETCH))])
+                        builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                    out = [None] * nacc
+                    if kd == 0:
+                        prods = [builder.fmul(p, xs) for p in parts]
+                        for q in range(nacc // 2):
+                            byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
+                            b32 = builder.zext(byte, vi)
+                            for h, nib in enumerate((b32, builder.lshr(b32, s4))):
+                                if vec == 16:  # vpermps reads the index's low 4 bits only
+                                    val = builder.call(perm, [prods[0], nib])
+                                else:
+                                    up = builder.icmp_unsigned("!=", builder.and_(nib, m8), izero)
+                                    lo = builder.call(perm, [prods[0], nib])
+                                    hi = builder.call(perm, [prods[1], nib])
+                                    val = builder.select(up, hi, lo)
+                                out[h * (nacc // 2) + q] = val
+                        return out
+                    for q in range(nacc):
+                        byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
+                        c = builder.zext(byte, vi)
+                        if kd == 2:
+                            one = ir.Constant(vi, [1] * vec)
+                            sgn = builder.shl(
+                                builder.and_(builder.lshr(c, ia_v), one),
+                                ir.Constant(vi, [31] * vec),
+                            )
+                            raw = builder.shl(builder.and_(c, ib_v), ic_v)
+                            t = builder.add(raw, builder.bitcast(fa_v, vi))
+                            normal = builder.icmp_unsigned(
+                                "!=",
+                                builder.and_(raw, ir.Constant(vi, [0x7F800000] * vec)),
+                                izero,
+                            )
+                            rn = builder.bitcast(
+                                builder.sub(t, ir.Constant(vi, [1 << 23] * vec)), vf
+                            )
+                            rs = builder.fsub(builder.bitcast(t, vf), fa_v)
+                            r = builder.bitcast(builder.select(normal, rn, rs), vi)
+                            f = builder.bitcast(builder.or_(r, sgn), vf)
+                        else:
+                            v = builder.sub(builder.xor(c, ia_v), ia_v)
+                            f = builder.fmul(builder.fadd(builder.sitofp(v, vf), fa_v), fb_v)
+                        out[q] = builder.fmul(f, xs)
+                    return out
+
+                def epilogue(k, with_o, is_unit):
+                    at = builder.mul(k, c64(TILE))
+                    uk = None if is_unit else splat(builder.load(builder.gep(uptr, [k])), vd)
+                    vk = splat(builder.load(builder.gep(vptr, [k])), vd) if with_o else None
+                    for q, off in enumerate(rows):
+                        acc = builder.load(accs[q])
+                        for h, ix in enumerate((lo_idx, hi_idx)):
+                            accd = builder.fpext(builder.shuffle_vector(acc, undef_f, ix), vd)
+                            o = builder.add(at, c64(off + h * half))
+                            sd = builder.fpext(vload(sptr, o, vhf), vd)
+                            su = sd if is_unit else builder.fmul(sd, uk)
+                            term = builder.fmul(su, accd)
+                            if with_o:
+                                od = builder.fpext(vload(optr, o, vhf), vd)
+                                ou = od if is_unit else builder.fmul(od, uk)
+                                term = builder.fadd(term, builder.fmul(ou, vk))
+                            slot = ys[2 * q + h]
+                            builder.store(builder.fadd(builder.load(slot), term), slot)
+
+                # the groups in increasing order, each summed over its columns from +0.0
+                with cgutils.for_range(builder, ng) as gl:
+                    k = gl.index
+                    j0 = builder.mul(k, gv)
+                    j1 = builder.add(j0, gv)
+                    j1 = builder.select(builder.icmp_signed("<", j1, nv), j1, nv)
+                    for s in accs:
+                        builder.store(zero_f, s)
+                    with cgutils.for_range_slice(builder, j0, j1, c64(1)) as (j, _):
+                        for s, val in zip(accs, column(j)):
+                            builder.store(builder.fadd(builder.load(s), val), s)
+                    with builder.if_else(unit) as (ones, general):
+                        for is_unit, blk in ((True, ones), (False, general)):
+                            with blk:
+                                with builder.if_else(with_off) as (wo, plain):
+                                    with wo:
+                                        epilogue(k, True, is_unit)
+                                    with plain:
+                                        epilogue(k, False, is_unit)
+                for q, off in enumerate(rows):
+                    for h in range(2):
+                        yp = builder.gep(yptr, [c64(off + h * half)])
+                        builder.store(
+                            builder.load(ys[2 * q + h]),
+                            builder.bitcast(yp, vd.as_pointer()),
+                            align=8,
+                        )
+
+            bb_end = builder.append_basic_block("gemv_tile.end")
+            sw = builder.switch(kindv, bb_end)
+            for kd in kinds:
+                bb = builder.append_basic_block(f"gemv_tile.kind{kd}")
+                sw.add_case(c64(kd), bb)
+                builder.position_at_end(bb)
+                group_loop(kd)
+                builder.branch(bb_end)
+            builder.position_at_end(bb_end)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemv_tile
+
+
+#: The whole-tile GEMV loops: AVX-512 (16 lanes), AVX2 (8 lanes).
+gemv_tile16 = _make(16)
+gemv_tile8 = _make(8)
