@@ -47,39 +47,52 @@ __all__ = ["block_product", "lattice_dot", "simd_width", "TILE", "TB"]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
-_H = TILE // 2
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
 #: tile kernels are compiled again.
-SIMD_REVISION = 4
+SIMD_REVISION = 6
+
+
+@numba.njit(**_helper)
+def _nib_column(codes, j, vals):  # pragma: no cover - compiled
+    """``vals[r] = code(r, j)`` for the ``TILE`` rows of a tile (the pair layout of
+    :mod:`mmquant.products.tiles`: row ``16q + l`` in byte ``64·(j div 2) + 4l + 2·(j mod 2) +
+    q div 2``, low nibble for even ``q``)."""
+    base = (j >> 1) * 64 + 2 * (j & 1)
+    c = codes[base : base + 64]  # a slice: LLVM then sees no aliasing
+    for l in range(16):
+        b0 = c[4 * l]
+        b1 = c[4 * l + 1]
+        vals[l] = b0 & 15
+        vals[16 + l] = b0 >> 4
+        vals[32 + l] = b1 & 15
+        vals[48 + l] = b1 >> 4
 
 
 @numba.njit(**_helper)
 def _nib_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compiled
-    """4-bit codes ``c + base``: decoded arithmetically (vectorises without a look-up)."""
+    """4-bit codes ``c + base`` from column ``c0``: decoded arithmetically (no look-up)."""
     for r in range(TILE):
         acc[r] = 0.0
+    vals = np.empty(TILE, np.uint8)
     for jj in range(ncols):
         xj = x[x0 + jj]
-        c = codes[c0 + jj * _H : c0 + jj * _H + _H]  # a slice: LLVM then sees no aliasing
-        for r in range(_H):
-            v = c[r]
-            acc[r] += (np.float32(np.int32(v & 15)) + base) * xj
-            acc[r + _H] += (np.float32(np.int32(v >> 4)) + base) * xj
+        _nib_column(codes, c0 + jj, vals)
+        for r in range(TILE):
+            acc[r] += (np.float32(np.int32(vals[r])) + base) * xj
 
 
 @numba.njit(**_helper)
 def _nib_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compiled
-    """4-bit codes through their table, one look-up per code (no SIMD look-up available)."""
+    """4-bit codes from column ``c0`` through their table, one look-up per code."""
     for r in range(TILE):
         acc[r] = 0.0
+    vals = np.empty(TILE, np.uint8)
     for jj in range(ncols):
         xj = x[x0 + jj]
-        c = codes[c0 + jj * _H : c0 + jj * _H + _H]  # a slice: LLVM then sees no aliasing
-        for r in range(_H):
-            v = c[r]
-            acc[r] += table[v & 15] * xj
-            acc[r + _H] += table[v >> 4] * xj
+        _nib_column(codes, c0 + jj, vals)
+        for r in range(TILE):
+            acc[r] += table[vals[r]] * xj
 
 
 @numba.njit(**_helper)
@@ -156,18 +169,17 @@ def _store(out, y, ti):  # pragma: no cover - compiled
 def _decode_group(codes, c0, ncols, mode, table, base, buf):  # pragma: no cover - compiled
     """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile (``mode`` and
     ``base`` as in :func:`_tiles_loop`: arithmetic where the table allows it)."""
+    vals = np.empty(TILE, np.uint8)
     for jj in range(ncols):
         w = buf[jj]
-        if mode < 2:
-            c = codes[c0 + jj * _H : c0 + jj * _H + _H]
+        if mode < 2:  # c0: the first column (the pair layout)
+            _nib_column(codes, c0 + jj, vals)
             if mode == 0:
-                for r in range(_H):
-                    w[r] = np.float32(np.int32(c[r] & 15)) + base
-                    w[r + _H] = np.float32(np.int32(c[r] >> 4)) + base
+                for r in range(TILE):
+                    w[r] = np.float32(np.int32(vals[r])) + base
             else:
-                for r in range(_H):
-                    w[r] = table[c[r] & 15]
-                    w[r + _H] = table[c[r] >> 4]
+                for r in range(TILE):
+                    w[r] = table[vals[r]]
         else:
             c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
             if mode == 2:
@@ -208,7 +220,7 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
     b, n = x.shape
     ng = sidx.shape[1]
     indexed = sidx.shape[2] > 0
-    per = _H if mode < 2 else TILE  # bytes per column (modes 2, 3 and 4: one code per byte)
+    per = 1 if mode < 2 else TILE  # 4-bit codes: c0 is a column; else a byte offset
     buffered = b > 1 and g <= BUFFERED
     for ti in numba.prange(tiles):
         acc = np.empty(TILE, np.float32)
@@ -274,7 +286,7 @@ def _tiles_simd16(
                 srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
                 e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
-                h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
+                h = (cf, j0, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
                     if kind == 0:
@@ -319,7 +331,7 @@ def _tiles_simd8(
                 srow = scale[ti, k]  # a view: no copy
             for t0 in range(0, b, TB):
                 e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
-                h = (cf, j0 * _H, gl, xg, k * bp + t0, 0)
+                h = (cf, j0, gl, xg, k * bp + t0, 0)
                 w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
                 if b == 1:
                     if kind == 0:

@@ -52,9 +52,10 @@ __all__ = [
 # avoids on most CPUs), so a 4-bit code × float GEMV in plain numba decodes one code at a time.
 # ``lut4_group*`` write the inner loop of one group in LLVM IR: for every column j the 16
 # products P[c] = fl32(table[c]·x_j) are formed once in a register; the codes of the tile's rows
-# (mmquant.products.tiles: H bytes, two rows per byte) are loaded as a vector, split into
-# nibbles, and P[code] is picked for every row with a variable permute (AVX-512 vpermps over 16
-# lanes, or two AVX2 vpermps over 8 lanes and a select on bit 3) and added to the row's float32
+# (mmquant.products.tiles: the pair layout, 64 bytes per two columns) are loaded as 32-bit
+# words, shifted so that each row's code is in the low 4 bits of its lane, and P[code] is picked
+# for every row with a variable permute (AVX-512 vpermps over 16 lanes, which reads 4 index bits;
+# or two AVX2 vpermps over 8 lanes, 3 bits, and a select on bit 3) and added to the row's float32
 # accumulator. The batched variants (TB activations per pass) pick table[code] once per column
 # and multiply it by each activation: the same products, one permute for all of them. Each row's
 # sum is Σ_j fl32(table[c_j]·x_j) added in increasing j from +0.0, the order of the numpy
@@ -190,9 +191,9 @@ def _make(vec: int, tb: int):
         typingctx, codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse, orow, vsum
     ):
         """``acc[s, r] = Σ_{jj < ncols} fl32(table[code(r, jj)] · x[t0 + s, x0 + jj])`` for the
-        ``TILE`` rows ``r`` of a tile whose column ``jj`` starts at byte ``c0 + jj·H`` of
-        ``codes``, and the ``tb`` activations ``s`` (``x`` C-contiguous ``(b, n)``, ``acc``
-        ``(tb, TILE)``)."""
+        ``TILE`` rows ``r`` of a tile whose codes ``codes`` are in the pair layout of
+        :mod:`mmquant.products.tiles`, ``jj`` counting from its column ``c0``, and the ``tb``
+        activations ``s`` (``x`` C-contiguous ``(b, n)``, ``acc`` ``(tb, TILE)``)."""
         sig = types.void(
             codes, c0, ncols, x, t0, x0, table, acc, srow, u, k, ta, y, fuse, orow, vsum
         )
@@ -208,8 +209,8 @@ def _make(vec: int, tb: int):
             ncv = context.cast(builder, args[2], a[2], types.intp)
             t0v = context.cast(builder, args[4], a[4], types.intp)
             x0v = context.cast(builder, args[5], a[5], types.intp)
-            f32, i32, i8, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(8), ir.IntType(64)
-            vf, vi, vb = ir.VectorType(f32, vec), ir.VectorType(i32, vec), ir.VectorType(i8, vec)
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vf, vi = ir.VectorType(f32, vec), ir.VectorType(i32, vec)
             perm = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vf, [vf, vi]), name
             )
@@ -240,9 +241,7 @@ def _make(vec: int, tb: int):
             for row in accs:  # (alloca_once_value stores only in the entry block)
                 for slot in row:
                     builder.store(zero, slot)
-            m15 = ir.Constant(vi, [15] * vec)
             m8 = ir.Constant(vi, [8] * vec)
-            s4 = ir.Constant(vi, [4] * vec)
             izero = ir.Constant(vi, [0] * vec)
             undef = ir.Constant(vf, ir.Undefined)
             splat = ir.Constant(vi, [0] * vec)
@@ -254,15 +253,29 @@ def _make(vec: int, tb: int):
                 hi = builder.call(perm, [prods[1], idx])
                 return builder.select(upper, hi, lo)
 
+            words_per = 16 // vec  # word vectors per pair of columns
             with cgutils.for_range(builder, ncv) as loop:
                 jj = loop.index
-                base = builder.add(c0v, builder.mul(jj, ir.Constant(i64, _H)))
-                idx = []  # (index, bit-3 mask) of the low and high nibbles of every chunk
-                for q in range(chunks):
-                    bp = builder.gep(cptr, [builder.add(base, ir.Constant(i64, vec * q))])
-                    byte = builder.load(builder.bitcast(bp, vb.as_pointer()), align=1)
-                    b32 = builder.zext(byte, vi)
-                    for nib in (builder.and_(b32, m15), builder.lshr(b32, s4)):
+                j = builder.add(c0v, jj)  # the column (pair layout, mmquant.products.tiles)
+                pbase = builder.mul(builder.lshr(j, ir.Constant(i64, 1)), ir.Constant(i64, 64))
+                odd = builder.and_(j, ir.Constant(i64, 1))
+                sh0 = builder.trunc(builder.shl(odd, ir.Constant(i64, 4)), i32)
+                words = []
+                for w in range(words_per):
+                    bp = builder.gep(cptr, [builder.add(pbase, ir.Constant(i64, 4 * vec * w))])
+                    words.append(builder.load(builder.bitcast(bp, vi.as_pointer()), align=1))
+                idx = []  # (index, bit-3 mask) of rows 16q + vec·w .. for q = 0..3
+                for q in range(4):
+                    shv = builder.add(sh0, ir.Constant(i32, 4 * q))
+                    sh = builder.shuffle_vector(
+                        builder.insert_element(
+                            ir.Constant(vi, ir.Undefined), shv, ir.Constant(i32, 0)
+                        ),
+                        ir.Constant(vi, ir.Undefined),
+                        splat,
+                    )
+                    for word in words:
+                        nib = builder.lshr(word, sh)
                         up = None
                         if vec != 16:
                             up = builder.icmp_unsigned("!=", builder.and_(nib, m8), izero)
@@ -276,22 +289,15 @@ def _make(vec: int, tb: int):
                         builder.insert_element(undef, xj, ir.Constant(i32, 0)), undef, splat
                     )
                     prods = [builder.fmul(p, xs) for p in parts] if tb == 1 else None
-                    for q in range(chunks):
-                        for h in range(2):  # low nibbles: rows vec·q.., high: H + vec·q..
-                            nib, up = idx[2 * q + h]
-                            slot = accs[s][h * chunks + q]
-                            if vals is None:
-                                val = look(prods, nib, up)
-                            else:
-                                val = builder.fmul(vals[2 * q + h], xs)
-                            builder.store(builder.fadd(builder.load(slot), val), slot)
-            rows = [
-                [
-                    (vec * q if q < chunks else _H + vec * (q - chunks), accs[s][q])
-                    for q in range(2 * chunks)
-                ]
-                for s in range(tb)
-            ]
+                    for q in range(2 * chunks):
+                        nib, up = idx[q]
+                        slot = accs[s][q]
+                        if vals is None:
+                            val = look(prods, nib, up)
+                        else:
+                            val = builder.fmul(vals[q], xs)
+                        builder.store(builder.fadd(builder.load(slot), val), slot)
+            rows = [[(vec * q, accs[s][q]) for q in range(2 * chunks)] for s in range(tb)]
             _finish(context, builder, a, args, 8, tb, vec, rows)
             return context.get_dummy_value()
 

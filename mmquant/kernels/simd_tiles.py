@@ -24,11 +24,7 @@ from numba.extending import intrinsic
 
 from mmquant.kernels.simd import TILE
 
-__all__ = ["gemv_tile16", "gemv_tile8", "PREFETCH"]
-
-_H = TILE // 2
-#: Bytes of codes ahead of the column being read that each column prefetches (0: none).
-PREFETCH = 0
+__all__ = ["gemv_tile16", "gemv_tile8"]
 
 
 def _make(vec: int):
@@ -106,51 +102,43 @@ def _make(vec: int):
             def group_loop(kd):
                 """The groups of the tile for one kind of code (``kd``), the column body
                 specialised at compile time."""
+                rows = [vec * q for q in range(nacc)]  # the first row of each accumulator
                 if kd == 0:
                     parts = [vload(tptr, c64(p * vec), vf) for p in range(16 // vec)]
-                    rows = [vec * q for q in range(nacc // 2)]
-                    rows += [_H + vec * q for q in range(nacc // 2)]
-                    per = _H
                 else:
                     fa_v, fb_v = splat(fav, vf), splat(fbv, vf)
                     ia_v, ib_v, ic_v = splat(iav, vi), splat(ibv, vi), splat(icv, vi)
-                    rows = [vec * q for q in range(nacc)]
-                    per = TILE
                 m8 = ir.Constant(vi, [8] * vec)
-                s4 = ir.Constant(vi, [4] * vec)
                 izero = ir.Constant(vi, [0] * vec)
 
                 def column(j):
                     """Values ``fl32(value(code(r, j)) · x_j)`` of the tile's rows, by
                     accumulator."""
                     xs = splat(builder.load(builder.gep(xptr, [j])), vf)
-                    base = builder.mul(j, c64(per))
-                    if PREFETCH:
-                        pf = cgutils.get_or_insert_function(
-                            builder.module,
-                            ir.FunctionType(
-                                ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]
-                            ),
-                            "llvm.prefetch.p0i8",
-                        )
-                        pa = builder.gep(cptr, [builder.add(base, c64(PREFETCH))])
-                        builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
                     out = [None] * nacc
-                    if kd == 0:
+                    if kd == 0:  # the pair layout (mmquant.products.tiles)
                         prods = [builder.fmul(p, xs) for p in parts]
-                        for q in range(nacc // 2):
-                            byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
-                            b32 = builder.zext(byte, vi)
-                            for h, nib in enumerate((b32, builder.lshr(b32, s4))):
+                        pbase = builder.mul(builder.lshr(j, c64(1)), c64(64))
+                        # (a loop over pairs of columns with constant shifts measured slower)
+                        sh0 = builder.trunc(builder.shl(builder.and_(j, c64(1)), c64(4)), i32)
+                        words = [
+                            vload(cptr, builder.add(pbase, c64(4 * vec * w)), vi, 1)
+                            for w in range(16 // vec)
+                        ]
+                        for q in range(4):
+                            sh = splat(builder.add(sh0, ir.Constant(i32, 4 * q)), vi)
+                            for w, word in enumerate(words):
+                                nib = builder.lshr(word, sh)
                                 if vec == 16:  # vpermps reads the index's low 4 bits only
                                     val = builder.call(perm, [prods[0], nib])
-                                else:
+                                else:  # the low 3 bits, and a select on bit 3
                                     up = builder.icmp_unsigned("!=", builder.and_(nib, m8), izero)
                                     lo = builder.call(perm, [prods[0], nib])
                                     hi = builder.call(perm, [prods[1], nib])
                                     val = builder.select(up, hi, lo)
-                                out[h * (nacc // 2) + q] = val
+                                out[q * (16 // vec) + w] = val  # rows 16q + vec·w ..
                         return out
+                    base = builder.mul(j, c64(TILE))
                     for q in range(nacc):
                         byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
                         c = builder.zext(byte, vi)
@@ -198,6 +186,10 @@ def _make(vec: int):
                             slot = ys[2 * q + h]
                             builder.store(builder.fadd(builder.load(slot), term), slot)
 
+                def add(vals):
+                    for s, val in zip(accs, vals):
+                        builder.store(builder.fadd(builder.load(s), val), s)
+
                 # the groups in increasing order, each summed over its columns from +0.0
                 with cgutils.for_range(builder, ng) as gl:
                     k = gl.index
@@ -207,8 +199,7 @@ def _make(vec: int):
                     for s in accs:
                         builder.store(zero_f, s)
                     with cgutils.for_range_slice(builder, j0, j1, c64(1)) as (j, _):
-                        for s, val in zip(accs, column(j)):
-                            builder.store(builder.fadd(builder.load(s), val), s)
+                        add(column(j))
                     with builder.if_else(unit) as (ones, general):
                         for is_unit, blk in ((True, ones), (False, general)):
                             with blk:

@@ -10,9 +10,14 @@ across lanes, no reordering of a float sum.
 
 Layout of :attr:`TileView.codes` (``uint8``, shape ``(tiles, n · bytes_per_column)``):
 
-* 4-bit codes: column ``j`` of tile ``ti`` is the ``H = TILE/2`` bytes at ``j·H``; byte ``r``
-  holds the code of row ``ti·TILE + r`` in its low nibble and of row ``ti·TILE + H + r`` in its
-  high nibble (the same number of bytes as the record's packed codes);
+* 4-bit codes, by pairs of columns: columns ``2p`` and ``2p + 1`` of tile ``ti`` are the 64
+  bytes at ``64·p``, read as 16 little-endian 32-bit words ``w[l]``; bits ``4q .. 4q + 3`` of
+  ``w[l]`` hold the code of row ``ti·TILE + 16·(q mod 4) + l`` in column ``2p + q div 4``
+  (``q = 0 .. 7``). A word shifted right by ``16·(j mod 2) + 4q`` has the code of row
+  ``16q + l``, column ``j`` in its low 4 bits, which are all a 16-lane variable permute reads:
+  the codes of a column become look-up indices with shifts only, no widening shuffle. An odd
+  last column is padded with code 0 (the same number of bytes as the record's packed codes, up
+  to that padding);
 * other widths: one code per byte, column ``j`` at ``j·TILE``, byte ``r`` for row
   ``ti·TILE + r``.
 
@@ -50,6 +55,7 @@ __all__ = [
     "integer_base",
     "signed_step",
     "minifloat_fields",
+    "nibble_codes",
 ]
 
 #: Rows per tile (one SIMD lane per row; 4 AVX-512 or 8 AVX2 registers of float32 per column).
@@ -63,7 +69,7 @@ class TileView:
     Attributes
     ----------
     codes : numpy.ndarray
-        ``uint8`` ``(tiles, n · H)`` for 4-bit codes, ``(tiles, n · TILE)`` otherwise.
+        ``uint8`` ``(tiles, 64 · ⌈n/2⌉)`` for 4-bit codes, ``(tiles, n · TILE)`` otherwise.
     nibbles : bool
         Whether the codes are 4-bit (two per byte).
     table : numpy.ndarray
@@ -204,6 +210,42 @@ def _tiled(a: np.ndarray, tiles: int) -> np.ndarray:
     return np.moveaxis(pad.reshape(tiles, TILE, *a.shape[1:]), 1, -1)
 
 
+#: Alignment of the arrays of a tile view, in bytes (a cache line: a 64-byte load of the SIMD
+#: kernels never spans two).
+ALIGN = 64
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an :data:`ALIGN`-byte boundary."""
+    raw = np.empty(a.nbytes + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    out = raw[off : off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _nibble_pairs(ct: np.ndarray) -> np.ndarray:
+    """``(tiles, n, TILE)`` 4-bit codes → ``(tiles, 64·⌈n/2⌉)`` bytes, the pair layout of the
+    module docstring: byte ``64p + 4l + 2c + qh`` holds row ``16·(2qh) + l`` of column
+    ``2p + c`` in its low nibble and row ``16·(2qh + 1) + l`` in its high nibble."""
+    tiles, n, _ = ct.shape
+    pairs = -(-n // 2)
+    pad = np.zeros((tiles, 2 * pairs, TILE), np.uint8)
+    pad[:, :n] = ct
+    # [tile, p, c, qh, ql, l] -> [tile, p, l, c, qh, ql]
+    v = pad.reshape(tiles, pairs, 2, 2, 2, 16).transpose(0, 1, 5, 2, 3, 4)
+    return np.ascontiguousarray(v[..., 0] | (v[..., 1] << np.uint8(4))).reshape(tiles, -1)
+
+
+def nibble_codes(tv: TileView) -> np.ndarray:
+    """``(tiles·TILE, n)`` codes of a 4-bit tile view (the inverse of the pair layout)."""
+    tiles = tv.codes.shape[0]
+    b = tv.codes.reshape(tiles, -1, 16, 2, 2)  # [tile, p, l, c, qh]
+    v = np.stack([b & 15, b >> 4], axis=-1)  # [tile, p, l, c, qh, ql]
+    ct = v.transpose(0, 1, 3, 4, 5, 2).reshape(tiles, -1, TILE)[:, : tv.n]
+    return ct.transpose(0, 2, 1).reshape(tiles * TILE, tv.n)
+
+
 def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
     """The row-tiled layout of a block view (module docstring); numpy, once per weight.
 
@@ -221,23 +263,22 @@ def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
     ct = np.ascontiguousarray(_tiled(codes, tiles))  # (tiles, n, TILE)
     nibbles = w == 4
     if nibbles:
-        h = TILE // 2
-        ct = ct[:, :, :h] | (ct[:, :, h:] << np.uint8(4))
+        ct = _nibble_pairs(ct)
     table = np.zeros(16 if nibbles else 256, np.float32)
     table[: view.table.size] = view.table
     has_offset = view.offset is not None
     ng = view.scale.shape[1]
     indexed = None if has_offset or not index_scales else _index_scales(view.scale)
     if indexed is None:
-        scale = np.ascontiguousarray(_tiled(view.scale, tiles), np.float32)
+        scale = _aligned(_tiled(view.scale, tiles).astype(np.float32))
         sidx, stable, count = np.zeros((tiles, ng, 0), np.uint8), np.zeros(256, np.float32), 0
     else:
         scale = np.zeros((tiles, ng, 0), np.float32)
         sidx, stable, count = np.ascontiguousarray(_tiled(indexed[0], tiles)), *indexed[1:]
     off = view.offset if view.offset is not None else np.zeros_like(view.scale)
-    offset = np.ascontiguousarray(_tiled(off, tiles), np.float32)
+    offset = _aligned(_tiled(off, tiles).astype(np.float32))
     return TileView(
-        codes=np.ascontiguousarray(ct).reshape(tiles, -1),
+        codes=_aligned(ct.reshape(tiles, -1)),
         nibbles=nibbles,
         table=table,
         base=integer_base(view.table),

@@ -16,6 +16,7 @@ from mmquant.products.tiles import (
     TILE,
     integer_base,
     minifloat_fields,
+    nibble_codes,
     signed_step,
     tile_view,
 )
@@ -92,15 +93,23 @@ def test_nan_codes_are_refused_before_the_kernels():
 
 def test_tile_layout_holds_every_code():
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((TILE + 5, 40)).astype(np.float32)
-    for spec in ("nf4", "int:bits=8", "int:bits=3,group=8"):
+    for spec, n in (("nf4", 40), ("nf4", 41), ("int:bits=8", 40), ("int:bits=3,group=8", 40)):
+        w = rng.standard_normal((TILE + 5, n)).astype(np.float32)
         v = block_view(mq.get(spec).encode(w))
         tv = tile_view(v)
         codes = unpack(v.codes, v.width, v.rows * v.n).reshape(v.rows, v.n)
         back = np.zeros((2 * TILE, v.n), np.uint8)
         if tv.nibbles:
-            c = tv.codes.reshape(2, v.n, TILE // 2)
-            back = np.concatenate([c & 15, c >> 4], axis=2).transpose(0, 2, 1).reshape(-1, v.n)
+            back = nibble_codes(tv)
+            # the pair layout, read directly: row 16q + l, column j in bits 16(j mod 2) + 4q
+            words = tv.codes.reshape(2, -1, 16, 4).astype(np.uint32)
+            words = words[..., 0] | words[..., 1] << 8 | words[..., 2] << 16 | words[..., 3] << 24
+            for j in (0, 1, v.n - 1):
+                for q in range(4):
+                    got = (words[:, j // 2] >> (16 * (j % 2) + 4 * q)) & 15
+                    np.testing.assert_array_equal(
+                        got.reshape(-1), back.reshape(2, 4, 16, -1)[:, q, :, j].reshape(-1)
+                    )
         else:
             back = tv.codes.reshape(2, v.n, TILE).transpose(0, 2, 1).reshape(-1, v.n)
         np.testing.assert_array_equal(back[: v.rows], codes)
