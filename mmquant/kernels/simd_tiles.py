@@ -24,10 +24,14 @@ from numba.extending import intrinsic
 
 from mmquant.kernels.simd import TILE
 
-__all__ = ["gemv_tile16", "gemv_tile8"]
+__all__ = ["gemv_tile16", "gemv_tile8", "PREFETCH"]
+
+#: Bytes ahead of the column being read that each column prefetches its tile's codes from
+#: (measured one thread, 4096², flushed caches: int4 GEMV 0.44 → 0.40 ms, int8 0.79 → 0.76).
+PREFETCH = 4096
 
 
-def _make(vec: int):
+def _make(vec: int, prefetch: int = PREFETCH):
     perm_name = "llvm.x86.avx512.permvar.sf.512" if vec == 16 else "llvm.x86.avx2.permps"
 
     @intrinsic
@@ -79,6 +83,11 @@ def _make(vec: int):
                 p = builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer())
                 return builder.load(p, align=align)
 
+            pf = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]),
+                "llvm.prefetch.p0i8",
+            )
             perm = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vf, [vf, vi]), perm_name
             )
@@ -111,6 +120,13 @@ def _make(vec: int):
                 m8 = ir.Constant(vi, [8] * vec)
                 izero = ir.Constant(vi, [0] * vec)
 
+                def ahead(off):
+                    """Prefetch the codes ``prefetch`` bytes past ``off`` (the hardware
+                    prefetchers alone leave the core waiting for memory now and then)."""
+                    if prefetch:
+                        pa = builder.gep(cptr, [builder.add(off, c64(prefetch))])
+                        builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
                 def column(j):
                     """Values ``fl32(value(code(r, j)) · x_j)`` of the tile's rows, by
                     accumulator."""
@@ -125,6 +141,7 @@ def _make(vec: int):
                             vload(cptr, builder.add(pbase, c64(4 * vec * w)), vi, 1)
                             for w in range(16 // vec)
                         ]
+                        ahead(pbase)
                         for q in range(4):
                             sh = splat(builder.add(sh0, ir.Constant(i32, 4 * q)), vi)
                             for w, word in enumerate(words):
@@ -139,6 +156,7 @@ def _make(vec: int):
                                 out[q * (16 // vec) + w] = val  # rows 16q + vec·w ..
                         return out
                     base = builder.mul(j, c64(TILE))
+                    ahead(base)
                     for q in range(nacc):
                         byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
                         c = builder.zext(byte, vi)
