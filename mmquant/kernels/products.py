@@ -21,36 +21,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mmquant.kernels import product_options
-from mmquant.kernels.simd import (
-    TB,
-    TILE,
-    bytes_group8,
-    bytes_group8m,
-    bytes_group8mx4,
-    bytes_group8x4,
-    bytes_group16,
-    bytes_group16m,
-    bytes_group16mx4,
-    bytes_group16x4,
-    lut4_group8,
-    lut4_group8x4,
-    lut4_group16,
-    lut4_group16x4,
-    scale_lookup8,
-    scale_lookup16,
-    simd_width,
-)
-from mmquant.kernels.simd_tiles import gemv_tile8, gemv_tile16
+from mmquant.kernels import product_options, products_simd
+from mmquant.kernels.products_simd import store
+from mmquant.kernels.simd import TB, TILE, simd_width
 
 __all__ = ["block_product", "lattice_dot", "simd_width", "TILE", "TB"]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
-#: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
-#: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
-#: tile kernels are compiled again.
-SIMD_REVISION = 7
 
 
 @numba.njit(**_helper)
@@ -156,16 +134,6 @@ def _plain_scales(sidx, stable, ti, k, sbuf):  # pragma: no cover - compiled
 
 
 @numba.njit(**_helper)
-def _store(out, y, ti):  # pragma: no cover - compiled
-    rows, b = out.shape
-    for r in range(TILE):
-        i = ti * TILE + r
-        if i < rows:
-            for t in range(b):
-                out[i, t] = y[t, r] + 0.0
-
-
-@numba.njit(**_helper)
 def _decode_group(codes, c0, ncols, mode, table, base, buf):  # pragma: no cover - compiled
     """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile (``mode`` and
     ``base`` as in :func:`_tiles_loop`: arithmetic where the table allows it)."""
@@ -251,172 +219,7 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
                 else:
                     _byte_table(cf, j0 * per, gl, x[t], j0, table, acc)
                 _add_group(y, acc, sbuf, offset[ti, k], has_off, k, t, u, vsum)
-        _store(out, y, ti)
-
-
-@numba.njit(**_opts)
-def _tiles_simd16(
-    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
-):  # pragma: no cover
-    """Tiles with the AVX-512 inner loops (:mod:`mmquant.kernels.simd`): ``kind`` 0 4-bit
-    look-ups in ``table``, 1 integer bytes, 2 minifloat bytes (``fi``, ``ii``: their float and
-    integer parameters); ``sc`` = (scale, sidx, stable, offset, has_off), ``parts`` registers of
-    indexed scales; the activations group-major (:func:`_group_major`: ``xg[k·bp + t]`` is group
-    ``k`` of activation ``t``), ``u`` and ``vsum`` padded to ``bp`` rows. The group sums are
-    scaled (and offset) and added in the inner loop's registers."""
-    scale, sidx, stable, offset, has_off = sc
-    b = out.shape[1]
-    ng = sidx.shape[1]
-    bp = xg.shape[0] // ng
-    p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
-    indexed = sidx.shape[2] > 0
-    for ti in numba.prange(codes.shape[0]):
-        acc = np.empty((TB, TILE), np.float32)
-        sbuf = np.empty(TILE, np.float32)
-        y = np.zeros((bp, TILE))
-        cf = codes[ti]
-        for k in range(ng):
-            j0 = k * g
-            gl = min(g, n - j0)
-            if indexed:
-                scale_lookup16(sidx[ti, k], stable, parts, sbuf)
-                srow = sbuf
-            else:
-                srow = scale[ti, k]  # a view: no copy
-            for t0 in range(0, b, TB):
-                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
-                h = (cf, j0, gl, xg, k * bp + t0, 0)
-                w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
-                if b == 1:
-                    if kind == 0:
-                        lut4_group16(*h, table, *e)
-                    elif kind == 1:
-                        bytes_group16(*w, *p, *e)
-                    else:
-                        bytes_group16m(*w, *p, *e)
-                elif kind == 0:
-                    lut4_group16x4(*h, table, *e)
-                elif kind == 1:
-                    bytes_group16x4(*w, *p, *e)
-                else:
-                    bytes_group16mx4(*w, *p, *e)
-        _store(out, y, ti)
-
-
-@numba.njit(**_opts)
-def _tiles_simd8(
-    codes, kind, table, fi, ii, sc, parts, g, n, xg, u, vsum, unit, out
-):  # pragma: no cover
-    """As :func:`_tiles_simd16` with the AVX2 inner loops."""
-    scale, sidx, stable, offset, has_off = sc
-    b = out.shape[1]
-    ng = sidx.shape[1]
-    bp = xg.shape[0] // ng
-    p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
-    mode = (2 if has_off else 1) + (2 if unit else 0)  # unit: u ≡ 1
-    indexed = sidx.shape[2] > 0
-    for ti in numba.prange(codes.shape[0]):
-        acc = np.empty((TB, TILE), np.float32)
-        sbuf = np.empty(TILE, np.float32)
-        y = np.zeros((bp, TILE))
-        cf = codes[ti]
-        for k in range(ng):
-            j0 = k * g
-            gl = min(g, n - j0)
-            if indexed:
-                scale_lookup8(sidx[ti, k], stable, parts, sbuf)
-                srow = sbuf
-            else:
-                srow = scale[ti, k]  # a view: no copy
-            for t0 in range(0, b, TB):
-                e = (acc, srow, u, k, t0, y, mode, offset[ti, k], vsum)
-                h = (cf, j0, gl, xg, k * bp + t0, 0)
-                w = (cf, j0 * TILE, gl, xg, k * bp + t0, 0)
-                if b == 1:
-                    if kind == 0:
-                        lut4_group8(*h, table, *e)
-                    elif kind == 1:
-                        bytes_group8(*w, *p, *e)
-                    else:
-                        bytes_group8m(*w, *p, *e)
-                elif kind == 0:
-                    lut4_group8x4(*h, table, *e)
-                elif kind == 1:
-                    bytes_group8x4(*w, *p, *e)
-                else:
-                    bytes_group8mx4(*w, *p, *e)
-        _store(out, y, ti)
-
-
-@numba.njit(**_opts)
-def _gemv16(
-    codes, kind, table, fi, ii, scale, offset, g, n, x, u, vsum, mode, out
-):  # pragma: no cover
-    """One activation, float32 scales: a whole tile per call of the AVX-512 loop
-    (:mod:`mmquant.kernels.simd_tiles`)."""
-    for ti in numba.prange(codes.shape[0]):
-        y = np.empty((1, TILE))
-        gemv_tile16(
-            codes[ti],
-            x,
-            n,
-            g,
-            kind,
-            fi[0],
-            fi[1],
-            ii[0],
-            ii[1],
-            ii[2],
-            table,
-            scale[ti],
-            offset[ti],
-            u,
-            vsum,
-            mode,
-            y[0],
-        )
-        _store(out, y, ti)
-
-
-@numba.njit(**_opts)
-def _gemv8(
-    codes, kind, table, fi, ii, scale, offset, g, n, x, u, vsum, mode, out
-):  # pragma: no cover
-    """As :func:`_gemv16` with the AVX2 loop."""
-    for ti in numba.prange(codes.shape[0]):
-        y = np.empty((1, TILE))
-        gemv_tile8(
-            codes[ti],
-            x,
-            n,
-            g,
-            kind,
-            fi[0],
-            fi[1],
-            ii[0],
-            ii[1],
-            ii[2],
-            table,
-            scale[ti],
-            offset[ti],
-            u,
-            vsum,
-            mode,
-            y[0],
-        )
-        _store(out, y, ti)
-
-
-def _group_major(x: np.ndarray, g: int, ng: int) -> np.ndarray:
-    """``(b, n)`` activations → ``(ng·bp, g)``: row ``k·bp + t`` is group ``k`` of activation
-    ``t`` (zero-padded; ``bp`` is 1, or ``b`` rounded up to a multiple of ``TB``), so that the
-    activations of one group lie together in memory."""
-    b, n = x.shape
-    bp = 1 if b == 1 else -(-b // TB) * TB
-    xp = np.zeros((bp, ng * g), np.float32)
-    xp[:b, :n] = x
-    return np.ascontiguousarray(xp.reshape(bp, ng, g).transpose(1, 0, 2)).reshape(ng * bp, g)
+        store(out, y, ti)
 
 
 def block_product(
@@ -445,25 +248,13 @@ def block_product(
     vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
     sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
     kind, fi, ii = _simd_kind(tv)
-    if simd and kind >= 0 and b == 1 and not tv.indexed:
-        mode = (2 if tv.has_offset else 1) + (2 if bool(np.all(u == 1.0)) else 0)
-        kernel = _gemv16 if simd == 16 else _gemv8
-        sc, of = tv.scale, tv.offset
-        kernel(
-            tv.codes, kind, tv.table, fi, ii, sc, of, tv.group, tv.n, x[0], u[0], vs[0], mode, out
-        )
-    elif simd and kind >= 0:
-        ng = tv.scale_index.shape[1]
-        xg = _group_major(x, tv.group, ng)
-        bp = xg.shape[0] // ng
-        up = np.ones((bp, ng))
-        up[:b] = u
-        vp = np.zeros((bp, ng))
-        vp[:b] = vs
-        kernel = _tiles_simd16 if simd == 16 else _tiles_simd8
-        parts = -(-tv.scale_count // simd)
-        unit = bool(np.all(u == 1.0))
-        kernel(tv.codes, kind, tv.table, fi, ii, sc, parts, tv.group, tv.n, xg, up, vp, unit, out)
+    if simd and kind >= 0:
+        p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
+        mode = (2 if tv.has_offset else 1) + (2 if bool(np.all(u == 1.0)) else 0)  # u ≡ 1: +2
+        if b == 1:
+            products_simd.gemv(simd, tv, kind, p, x[0], u[0], vs[0], mode, out)
+        else:
+            products_simd.batched(simd, tv, kind, p, x, u, vs, mode, out)
     else:
         mode = (0 if tv.base is not None else 1) + (0 if tv.nibbles else 2)
         base = np.float32(tv.base if tv.base is not None else 0.0)
