@@ -5,10 +5,11 @@ numpy reference :mod:`mmquant.products.reference` (its docstring defines the acc
   float32 activations, from the row-tiled layout (:mod:`mmquant.products.tiles`): one SIMD lane
   per row, so each row's group sum keeps the reference's order; 4-bit codes through the 16-entry
   product tables in SIMD registers, byte codes of integer and minifloat tables decoded
-  arithmetically in SIMD registers (:mod:`mmquant.kernels.simd`, AVX-512 or AVX2), other tables
-  one look-up per code; float32 group scales laid out with the tile (or, on request, ``uint8``
-  indices into a table of ≤ 256); the scale applied once per group; tiles of
-  rows in parallel (``prange``).
+  arithmetically in SIMD registers (:mod:`mmquant.kernels.simd`, AVX-512 or AVX2; one
+  activation: a whole tile per call, :mod:`mmquant.kernels.simd_tiles`; the tile loops:
+  :mod:`mmquant.kernels.products_simd`), other tables one look-up per code; float32 group
+  scales laid out with the tile (or, on request, ``uint8`` indices into a table of ≤ 256); the
+  scale applied once per group; tiles of rows in parallel (``prange``).
 * :func:`lattice_dot` -- the block-ordered float64 inner products of decoded lattice blocks with
   rotated activations, rows in parallel.
 

@@ -99,7 +99,9 @@ def _make(vec: int, prefetch: int = PREFETCH):
             accs = [cgutils.alloca_once_value(builder, zero_f) for _ in range(nacc)]
             for s in ys:
                 builder.store(zero_d, s)
-            ng = builder.sdiv(builder.add(nv, builder.sub(gv, c64(1))), gv)
+            # the groups: the rows of ``scale`` (a group past column n has no columns)
+            sarr = context.make_array(a[11])(context, builder, args[11])
+            ng = cgutils.unpack_tuple(builder, sarr.shape, 2)[0]
             unit = builder.icmp_signed(">=", modev, c64(3))
             with_off = builder.icmp_signed(
                 "==", builder.select(unit, builder.sub(modev, c64(2)), modev), c64(2)

@@ -1,9 +1,10 @@
 """Row-tiled layout of block-format codes, the layout the numba product kernels read.
 
 A GEMV from 4-bit codes is bound by how fast the codes are turned into float products, not by
-memory. The kernels (:mod:`mmquant.kernels.products`) therefore work on :data:`TILE` rows at a
-time, one SIMD lane per row: for every column ``j`` of a tile the codes of its rows are adjacent,
-so one vector load brings the codes of all rows for ``x_j``, and the group sums of all rows are
+memory. The kernels (:mod:`mmquant.kernels.products`, :mod:`mmquant.kernels.products_simd`)
+therefore work on :data:`TILE` rows at a time, one SIMD lane per row: for every column ``j`` of
+a tile the codes of its rows are adjacent, so one vector load brings the codes of all rows for
+``x_j``, and the group sums of all rows are
 accumulated in independent lanes in the order of the contract
 (:mod:`mmquant.products.reference`: each group summed in increasing column order) -- no reduction
 across lanes, no reordering of a float sum.
@@ -28,15 +29,16 @@ to the group sums without a conversion or a look-up. On request (``index_scales=
 with at most 256 distinct group scales (MX E8M0 exponents, NVFP4 E4M3 block scales × the tensor
 scale) keeps them as one ``uint8`` index per group and row into a 256-entry float32 table
 (:attr:`TileView.scale_index`): a quarter of the bytes, the same values, but a look-up per group
-in the kernels (measured one thread, 4096², AVX-512: NVFP4 GEMV 1.19 ms indexed, 0.87 ms float32;
-MXFP4 0.79 / 0.67), so float32 is the default.
+in the kernels (measured one thread, 4096², AVX-512, caches flushed, loaded machine: NVFP4 GEMV
+0.62 ms indexed, 0.50 ms float32; MXFP4 0.53 / 0.44), so float32 is the default.
 
 Codes one per byte decode without a look-up where the table allows: integer tables
 (``code + base``, or ``int8(code) · step``), and minifloat tables (:func:`minifloat_fields`:
 ``bitcast(sign << 31 | magnitude << shift) · mult``, exactly the table's float32 values). Codes
 that look up a non-finite table entry (the NaN codes of E4M3/E5M2) are refused here, before any
-kernel reads them. The layout is made once per weight with numpy (:func:`tile_view`) and kept beside the
-record's view, the way CPU inference engines repack weights for their SIMD kernels.
+kernel reads them. The layout is made once per weight with numpy (:func:`tile_view`) and kept
+beside the record's view, the way CPU inference engines repack weights for their SIMD kernels;
+its arrays start on a 64-byte boundary (:data:`ALIGN`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "signed_step",
     "minifloat_fields",
     "nibble_codes",
+    "ALIGN",
 ]
 
 #: Rows per tile (one SIMD lane per row; 4 AVX-512 or 8 AVX2 registers of float32 per column).
