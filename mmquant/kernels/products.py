@@ -33,45 +33,35 @@ _helper = product_options(inline=True)
 
 
 @numba.njit(**_helper)
-def _nib_column(codes, j, vals):  # pragma: no cover - compiled
-    """``vals[r] = code(r, j)`` for the ``TILE`` rows of a tile (the pair layout of
-    :mod:`mmquant.products.tiles`: row ``16q + l`` in byte ``64·(j div 2) + 4l + 2·(j mod 2) +
-    q div 2``, low nibble for even ``q``)."""
-    base = (j >> 1) * 64 + 2 * (j & 1)
-    c = codes[base : base + 64]  # a slice: LLVM then sees no aliasing
+def _nib_values(words, j, mode, table, base, vals):  # pragma: no cover - compiled
+    """``vals[r]`` = the value of row ``r``'s 4-bit code in column ``j``: ``c + base`` (mode 0)
+    or ``table[c]`` (mode 1). ``words``: the tile's codes as 32-bit words (the pair layout of
+    :mod:`mmquant.products.tiles`: row ``16q + l`` in bits ``16·(j mod 2) + 4q`` of word
+    ``16·(j div 2) + l``)."""
+    w = words[(j >> 1) * 16 : (j >> 1) * 16 + 16]  # a slice: LLVM then sees no aliasing
+    sh = np.uint32((j & 1) * 16)
+    m = np.uint32(15)
     for l in range(16):
-        b0 = c[4 * l]
-        b1 = c[4 * l + 1]
-        vals[l] = b0 & 15
-        vals[16 + l] = b0 >> 4
-        vals[32 + l] = b1 & 15
-        vals[48 + l] = b1 >> 4
+        wl = w[l] >> sh
+        for q in range(4):
+            c = (wl >> np.uint32(4 * q)) & m
+            if mode == 0:
+                vals[16 * q + l] = np.float32(np.int32(c)) + base
+            else:
+                vals[16 * q + l] = table[c]
 
 
 @numba.njit(**_helper)
-def _nib_int(codes, c0, ncols, x, x0, base, acc):  # pragma: no cover - compiled
-    """4-bit codes ``c + base`` from column ``c0``: decoded arithmetically (no look-up)."""
+def _nib(words, c0, ncols, x, x0, mode, table, base, acc, vals):  # pragma: no cover - compiled
+    """4-bit codes from column ``c0``: each column decoded into ``vals``, then accumulated
+    (measured 6× faster than shifting inside the accumulation loop)."""
     for r in range(TILE):
         acc[r] = 0.0
-    vals = np.empty(TILE, np.uint8)
     for jj in range(ncols):
         xj = x[x0 + jj]
-        _nib_column(codes, c0 + jj, vals)
+        _nib_values(words, c0 + jj, mode, table, base, vals)
         for r in range(TILE):
-            acc[r] += (np.float32(np.int32(vals[r])) + base) * xj
-
-
-@numba.njit(**_helper)
-def _nib_table(codes, c0, ncols, x, x0, table, acc):  # pragma: no cover - compiled
-    """4-bit codes from column ``c0`` through their table, one look-up per code."""
-    for r in range(TILE):
-        acc[r] = 0.0
-    vals = np.empty(TILE, np.uint8)
-    for jj in range(ncols):
-        xj = x[x0 + jj]
-        _nib_column(codes, c0 + jj, vals)
-        for r in range(TILE):
-            acc[r] += table[vals[r]] * xj
+            acc[r] += vals[r] * xj
 
 
 @numba.njit(**_helper)
@@ -135,20 +125,13 @@ def _plain_scales(sidx, stable, ti, k, sbuf):  # pragma: no cover - compiled
 
 
 @numba.njit(**_helper)
-def _decode_group(codes, c0, ncols, mode, table, base, buf):  # pragma: no cover - compiled
+def _decode_group(codes, words, c0, ncols, mode, table, base, buf):  # pragma: no cover
     """``buf[jj, r] = table[code(r, jj)]`` for the columns of one group of a tile (``mode`` and
     ``base`` as in :func:`_tiles_loop`: arithmetic where the table allows it)."""
-    vals = np.empty(TILE, np.uint8)
     for jj in range(ncols):
         w = buf[jj]
-        if mode < 2:  # c0: the first column (the pair layout)
-            _nib_column(codes, c0 + jj, vals)
-            if mode == 0:
-                for r in range(TILE):
-                    w[r] = np.float32(np.int32(vals[r])) + base
-            else:
-                for r in range(TILE):
-                    w[r] = table[vals[r]]
+        if mode < 2:  # c0: the first column; the codes as 32-bit words (_nib_values)
+            _nib_values(words, c0 + jj, mode, table, base, w)
         else:
             c = codes[c0 + jj * TILE : c0 + jj * TILE + TILE]
             if mode == 2:
@@ -197,11 +180,13 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
         buf = np.empty((g if buffered else 1, TILE), np.float32)
         y = np.zeros((b, TILE))
         cf = codes[ti]
+        cw = cf.view(np.uint32)  # 4-bit codes: the pair layout's words
+        vals = np.empty(TILE, np.float32)
         for k in range(ng):
             j0 = k * g
             gl = min(g, n - j0)
             if buffered:
-                _decode_group(cf, j0 * per, gl, mode, table, base, buf)
+                _decode_group(cf, cw, j0 * per, gl, mode, table, base, buf)
             if indexed:
                 _plain_scales(sidx, stable, ti, k, sbuf)
             else:
@@ -209,10 +194,8 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
             for t in range(b):
                 if buffered:
                     _dot_group(buf, gl, x[t], j0, acc)
-                elif mode == 0:
-                    _nib_int(cf, j0 * per, gl, x[t], j0, base, acc)
-                elif mode == 1:
-                    _nib_table(cf, j0 * per, gl, x[t], j0, table, acc)
+                elif mode < 2:
+                    _nib(cw, j0, gl, x[t], j0, mode, table, base, acc, vals)
                 elif mode == 2:
                     _byte_int(cf, j0 * per, gl, x[t], j0, base, acc)
                 elif mode == 4:
