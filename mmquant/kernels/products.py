@@ -26,7 +26,7 @@ from mmquant.kernels import product_options, products_simd
 from mmquant.kernels.products_simd import store
 from mmquant.kernels.simd import TB, TILE, simd_width
 
-__all__ = ["block_product", "lattice_dot", "simd_width", "TILE", "TB"]
+__all__ = ["block_product", "activation_sums", "lattice_dot", "simd_width", "TILE", "TB"]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
@@ -246,6 +246,27 @@ def block_product(
             mode, base = 4, np.float32(tv.step)
         _tiles_loop(tv.codes, mode, tv.table, base, *sc[:4], sc[4], tv.group, x, u, vs, out)
     return out
+
+
+@numba.njit(**product_options())
+def _asums(x, g, out):  # pragma: no cover - compiled
+    b, n = x.shape
+    for t in range(b):
+        for k in range(out.shape[1]):
+            s = np.float32(0.0)
+            for j in range(k * g, min(n, k * g + g)):
+                s += x[t, j]
+            out[t, k] = s
+
+
+def activation_sums(x: np.ndarray, g: int) -> np.ndarray:
+    """Numba version of :func:`mmquant.products.reference.activation_sums` (the same float32
+    additions in the same order; the reference's zero padding adds ``+0`` to sums that are never
+    ``-0``, which changes nothing)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty((x.shape[0], -(-x.shape[1] // g)), np.float32)
+    _asums(x, g, out)
+    return out.astype(np.float64)
 
 
 def _simd_kind(tv) -> tuple[int, tuple[float, float], tuple[int, int, int]]:

@@ -107,7 +107,10 @@ def _block_times(
     x = np.ascontiguousarray(x, np.float32)
     if u is None:
         u = np.ones((x.shape[0], view.scale.shape[1]))
-    vsum = None if view.offset is None else reference.activation_sums(x, view.group)
+    vsum = None
+    if view.offset is not None:
+        asums = reference.activation_sums if k is None else k.activation_sums
+        vsum = asums(x, view.group)
     if k is None:
         return reference.block_product(view, x, u, vsum)
     return k.block_product(_tiles(enc, view), x, u, vsum)

@@ -200,3 +200,16 @@ def test_other_activations_are_decoded():
         want = times(ew, qa.decode(ea).T)
         for backend in ("numpy", "numba"):
             assert product(ew, ea, backend=backend).tobytes() == want.tobytes(), spec
+
+
+def test_activation_sums_match_the_reference():
+    # the kernels' group sums of the activations (affine records): the reference's bits,
+    # partial last groups and sums that cancel to zero included
+    rng = np.random.default_rng(7)
+    for (b, n), g in (((1, 64), 32), ((3, 71), 24), ((2, 5), 7), ((1, 0), 4)):
+        x = (rng.standard_normal((b, n)) * 10.0 ** rng.integers(-3, 4, (b, n))).astype(np.float32)
+        if n >= 2:
+            x[:, 1] = -x[:, 0]
+        want = reference.activation_sums(x, g)
+        got = kp.activation_sums(x, g)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (b, n, g)
