@@ -30,6 +30,8 @@ __all__ = ["block_product", "activation_sums", "lattice_dot", "simd_width", "TIL
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
+# The kernels built on mmquant.kernels.simd / simd_tiles live in products_simd: after editing
+# those modules, bump products_simd.SIMD_REVISION (numba's cache keys a kernel on its own file).
 
 
 @numba.njit(**_helper)
