@@ -253,7 +253,8 @@ def token_codes(
     act_code : {"channel", "ecsq"}
         Inner code after the transform and the scale: the fixed-rate :class:`ChannelCode`, or
         the entropy-coded :class:`~mmquant.models.ecsqcode.ECSQCode` (steps ``Δ0/√wᵢ``, measured
-        rates; ``allocation="site"`` only).
+        rates; ``allocation="site"`` only). Its target is ``rate`` less the rate inflation that
+        a transform and code fitted on the first half of the tokens show on the second half.
     block : int
         Tokens per rANS message of ``"ecsq"`` (1: every token its own message).
     """
@@ -291,9 +292,18 @@ def token_codes(
         if act_code == "ecsq":
             from mmquant.models.ecsqcode import ECSQCode
 
-            code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+            # the transform is fitted on the calibration tokens too: its rate inflation on
+            # unseen tokens is measured with transform and code fitted on one half, coded on
+            # the other, and taken off the target
             r = check_float(rate, "rate", SCALE_BITS / x.shape[1], lo_open=True)
-            inner = ECSQCode.fit(u, wts, r - SCALE_BITS / x.shape[1], block=block)
+            r -= SCALE_BITS / x.shape[1]
+            half = len(x) // 2
+            code_a, u_a, w_a = TokenCode.prepare(x[:half], sw, transform=tr[site])
+            probe = ECSQCode.fit(u_a, w_a, r, block=block)
+            probe.quantize(code_a._forward(x[half:])[0])
+            inflation = max(0.0, probe.meter.bits_per_entry - probe.fit_rate)
+            code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+            inner = ECSQCode.fit(u, wts, r - inflation, block=block)
             codes[name] = code.with_inner(inner)
             continue
         if allocation == "site":
