@@ -13,7 +13,11 @@ MISS:
 Exit status 0 when every target passes, 1 otherwise. Takes minutes (about 7 on a loaded 2-core
 machine): fitting the codes on 64 calibration sentences dominates.
 
-Run: ``python benchmarks/bench_w4a4_targets.py [--rate 4.5] [--sentences 64]``.
+With ``--act-code ecsq`` / ``--qk-code ecsq`` (entropy-coded scalar codes) the activation and
+query/key rates checked are those the codes counted on the evaluation sentences (printed with
+their calibration estimates).
+
+Run: ``python benchmarks/bench_w4a4_targets.py [--rate 4.5] [--sentences 64] [--act-code ecsq]``.
 """
 
 from __future__ import annotations
