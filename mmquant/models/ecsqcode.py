@@ -8,7 +8,8 @@ is searched so that the rate estimated on held-out calibration tokens meets the 
 
 The indices are entropy coded with a **static** probability model per coordinate, part of the
 code like a weight: a table of integer frequencies (``PRECISION = 24`` bits, each symbol ≥ 1)
-over the calibration support ``[lo_j, hi_j]`` plus an escape symbol. A value outside the support
+over the calibration support widened by a Laplace tail component (:func:`_tables`: unseen
+tokens spread wider than the calibration ones) plus an escape symbol. A value outside the support
 is coded as the escape, one side bit, a 5-bit length ``L`` and ``L`` raw bits of the distance to
 the support (:func:`escape_bits`): any finite value is codable, at a counted cost (indices
 saturate at ``±MAX_INDEX`` steps).
