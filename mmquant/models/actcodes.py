@@ -84,6 +84,11 @@ class TokenCode:
         side = SCALE_BITS / self.mean.size if self.dynamic else 0.0
         return float(self.inner.bits_per_entry + side)
 
+    @property
+    def scale_bits(self) -> int:
+        """Bits of side information per token (the scale; 0 for a static code)."""
+        return SCALE_BITS if self.dynamic else 0
+
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = x - self.mean
         if self.t is not None:
@@ -139,10 +144,16 @@ class TokenCode:
         code, u, wts = cls.prepare(a, sigma_w, transform=transform, dynamic=dynamic, seed=seed)
         return code.with_inner(ChannelCode.fit(u, wts, r))
 
-    def with_inner(self, inner: ChannelCode) -> TokenCode:
-        """This code with the channel code ``inner`` (fitted on :meth:`prepare`'s ``u``)."""
-        if inner.bits.size != self.mean.size:
-            raise ValueError(f"inner code has {inner.bits.size} channels, need {self.mean.size}")
+    def with_inner(self, inner: Any) -> TokenCode:
+        """This code with the inner code ``inner`` (fitted on :meth:`prepare`'s ``u``).
+
+        ``inner`` is a :class:`ChannelCode` or an
+        :class:`~mmquant.models.ecsqcode.ECSQCode` (anything with ``mean``, ``quantize`` and
+        ``bits_per_entry``).
+        """
+        size = np.asarray(inner.mean).size
+        if size != self.mean.size:
+            raise ValueError(f"inner code has {size} channels, need {self.mean.size}")
         return TokenCode(self.mean, self.t, self.t_inv, inner, self.dynamic, self.kind)
 
     @classmethod
@@ -214,6 +225,8 @@ def token_codes(
     *,
     allocation: str = "site",
     gains: dict[str, float] | None = None,
+    act_code: str = "channel",
+    block: int = 1,
 ) -> dict[str, TokenCode]:
     """A :class:`TokenCode` for the input of every linear layer of ``model`` (a MiniLM).
 
@@ -237,8 +250,18 @@ def token_codes(
     gains : dict, optional
         Layer name (the query's for the shared input) → sensitivity factor of ``"joint"``
         (default 1).
+    act_code : {"channel", "ecsq"}
+        Inner code after the transform and the scale: the fixed-rate :class:`ChannelCode`, or
+        the entropy-coded :class:`~mmquant.models.ecsqcode.ECSQCode` (steps ``Δ0/√wᵢ``, measured
+        rates; ``allocation="site"`` only). Its target is ``rate`` less the rate inflation that
+        a transform and code fitted on the first half of the tokens show on the second half.
+    block : int
+        Tokens per rANS message of ``"ecsq"`` (1: every token its own message).
     """
     check_choice(allocation, "allocation", ("site", "joint"))
+    check_choice(act_code, "act_code", ("channel", "ecsq"))
+    if act_code == "ecsq" and allocation != "site":
+        raise ValueError("act_code='ecsq' allocates by its step sizes: allocation must be 'site'")
     from mmquant.models.limits import weight_covariance
 
     tr = dict(SITE_TRANSFORMS if transforms is None else transforms)
@@ -266,6 +289,23 @@ def token_codes(
                 sw += c / max(float(np.sum(c * sx)), 1e-300)
         else:
             sw = weight_covariance(model.weight(name))
+        if act_code == "ecsq":
+            from mmquant.models.ecsqcode import ECSQCode
+
+            # the transform is fitted on the calibration tokens too: its rate inflation on
+            # unseen tokens is measured with transform and code fitted on one half, coded on
+            # the other, and taken off the target
+            r = check_float(rate, "rate", SCALE_BITS / x.shape[1], lo_open=True)
+            r -= SCALE_BITS / x.shape[1]
+            half = len(x) // 2
+            code_a, u_a, w_a = TokenCode.prepare(x[:half], sw, transform=tr[site])
+            probe = ECSQCode.fit(u_a, w_a, r, block=block)
+            probe.quantize(code_a._forward(x[half:])[0])
+            inflation = max(0.0, probe.meter.bits_per_entry - probe.fit_rate)
+            code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+            inner = ECSQCode.fit(u, wts, r - inflation, block=block)
+            codes[name] = code.with_inner(inner)
+            continue
         if allocation == "site":
             codes[name] = TokenCode.fit(x, sw, rate, transform=tr[site])
             continue

@@ -100,3 +100,17 @@ def test_weight_method_is_checked() -> None:
         watersic_weights(object(), {}, 4.0, method="nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="weight_method"):
         aware_recipe(object(), 4.0, weight_method="nope")  # type: ignore[arg-type]
+
+
+def test_ecsq_options_are_checked() -> None:
+    from mmquant.models.actcodes import token_codes
+    from mmquant.models.recipes import aware_recipe
+
+    with pytest.raises(ValueError, match="act_code"):
+        aware_recipe(object(), 4.0, act_code="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="qk_code"):
+        aware_recipe(object(), 4.0, qk_code="tcq?")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="codes='token'"):
+        aware_recipe(object(), 4.0, act_code="ecsq", codes="static")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="allocation"):
+        token_codes(object(), {}, 4.0, allocation="joint", act_code="ecsq")
