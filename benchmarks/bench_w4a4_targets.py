@@ -38,11 +38,14 @@ def main() -> int:
     ap.add_argument(
         "--allocation", default=None, help="activation bits: site, joint or sensitivity"
     )
+    ap.add_argument("--act-code", default=None, help="inner activation code: channel or tcq")
     ap.add_argument("--acts-only", action="store_true", help="leave the weights unquantized")
     args = ap.parse_args()
     kw: dict = {} if args.weights is None else {"weight_method": args.weights}
     if args.allocation is not None:
         kw["act_allocation"] = args.allocation
+    if args.act_code is not None:
+        kw["act_code"] = args.act_code
     if args.acts_only:
         kw["weights"] = False
     model = MiniLM.load(np.float32)

@@ -214,6 +214,7 @@ def token_codes(
     *,
     allocation: str = "site",
     gains: dict[str, float] | None = None,
+    act_code: str = "channel",
 ) -> dict[str, TokenCode]:
     """A :class:`TokenCode` for the input of every linear layer of ``model`` (a MiniLM).
 
@@ -237,8 +238,15 @@ def token_codes(
     gains : dict, optional
         Layer name (the query's for the shared input) → sensitivity factor of ``"joint"``
         (default 1).
+    act_code : {"channel", "tcq"}
+        Inner code after the transform and the per-token scale: the uniform
+        :class:`~mmquant.models.channelcode.ChannelCode`, or the trellis-coded rate classes of
+        :class:`~mmquant.models.tokentrellis.TrellisChannelCode` (``allocation="site"`` only).
     """
     check_choice(allocation, "allocation", ("site", "joint"))
+    check_choice(act_code, "act_code", ("channel", "tcq"))
+    if act_code != "channel" and allocation != "site":
+        raise ValueError(f"act_code={act_code!r} needs allocation='site', got {allocation!r}")
     from mmquant.models.limits import weight_covariance
 
     tr = dict(SITE_TRANSFORMS if transforms is None else transforms)
@@ -266,6 +274,13 @@ def token_codes(
                 sw += c / max(float(np.sum(c * sx)), 1e-300)
         else:
             sw = weight_covariance(model.weight(name))
+        if allocation == "site" and act_code == "tcq":
+            from mmquant.models.tokentrellis import TrellisChannelCode
+
+            r = check_float(rate, "rate", SCALE_BITS / x.shape[1], lo_open=True)
+            code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+            codes[name] = code.with_inner(TrellisChannelCode.fit(u, wts, r - SCALE_BITS / len(wts)))
+            continue
         if allocation == "site":
             codes[name] = TokenCode.fit(x, sw, rate, transform=tr[site])
             continue

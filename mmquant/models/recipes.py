@@ -295,6 +295,7 @@ def aware_recipe(
     codes: str = "token",
     weight_method: str = "tcqsic",
     act_allocation: str = "site",
+    act_code: str = "channel",
 ) -> Recipe:
     """The covariance-aware recipe: folded transforms, waterfilled/scaled codes, WaterSIC.
 
@@ -335,6 +336,9 @@ def aware_recipe(
         :data:`SENSITIVITY_SENTENCES` calibration sentences). Measured at 4.5 bits with WaterSIC
         weights (64 held-out sentences, 1 − cos / logit error): site 1.10e-2 / 1.08e-2, joint
         1.42e-2 / 1.47e-2, sensitivity 1.22e-2 / 9.5e-3 — hence the default ``"site"``.
+    act_code : {"channel", "tcq"}
+        Inner code of the token codes (``codes="token"``): the uniform channel code, or trellis
+        codes per rate class (:mod:`mmquant.models.tokentrellis`, ``act_allocation="site"``).
     """
     r = check_float(rate, "rate", 0.0, lo_open=True)
     if weights:
@@ -354,6 +358,9 @@ def aware_recipe(
     act_entries = 0
     if codes not in ("token", "static"):
         raise ValueError(f"codes must be 'token' or 'static', got {codes!r}")
+    check_choice(act_code, "act_code", ("channel", "tcq"))
+    if act_code != "channel" and (codes != "token" or act_allocation != "site"):
+        raise ValueError(f"act_code={act_code!r} needs codes='token' and act_allocation='site'")
     if codes == "token":
         from mmquant.models.actcodes import token_codes
 
@@ -364,7 +371,9 @@ def aware_recipe(
             gains = sensitivity_gains(mt, cap.inputs, site, cap.sentences[:SENSITIVITY_SENTENCES])
             act = dict(token_codes(mt, cap.inputs, ra, allocation="joint", gains=gains))
         else:
-            act = dict(token_codes(mt, cap.inputs, ra, allocation=act_allocation))
+            act = dict(
+                token_codes(mt, cap.inputs, ra, allocation=act_allocation, act_code=act_code)
+            )
     for name in mt.linear_names:
         x = np.asarray(cap.inputs[name], np.float64)
         if codes == "token":
@@ -428,7 +437,7 @@ def aware_recipe(
     wl = WEIGHT_LABELS.get(weight_method, weight_method) if weights else "none"
     label = wl + (" / aware+online" if online else " / aware")
     if codes == "token":
-        label = wl + " / token codes"
+        label = wl + " / token codes" + ("" if act_code == "channel" else f" ({act_code})")
     return Recipe(
         name=label,
         model=qm.replace(weight_bits=w_bits, description=label),

@@ -1,0 +1,294 @@
+"""Trellis-coded static channel codes: the ``act_code="tcq"`` inner code of the token codes.
+
+:class:`TrellisChannelCode` is a drop-in for :class:`~mmquant.models.channelcode.ChannelCode`
+inside :class:`~mmquant.models.actcodes.TokenCode` (same ``bits``, ``bits_per_entry`` and
+``quantize``). A token ``u`` (a row of ``[tokens, n]``, already transformed and divided by its
+per-token scale) is coded as
+
+1. ``v_j = (u_j − m_j) / σ_j``: offset and standard deviation of each coordinate, constants of
+   the layer fitted on calibration data (so ``v`` has unit variance per coordinate);
+2. coordinate ``j`` gets ``b_j ∈ {0, …, 8}`` bits, chosen once by greedy integer reverse
+   waterfilling (:func:`~mmquant.models.channelcode.allocate_bits`) on the error weight
+   ``w_j σ_j²`` times the trellis code's measured normalised MSE at ``b`` bits on Gaussian data
+   (:func:`trellis_curve`); coordinates with the same ``b`` form a *class*;
+3. the ``n_c`` coordinates of class ``b`` of a token (in coordinate order) are one tail-biting
+   trellis row of the bitshift trellis of :mod:`mmquant.trellis` (``b`` bits per step, ``V = 1``,
+   ``L_c = min(L, n_c·b)`` state bits, the trained stratified code ``"tstrat"`` where it exists,
+   else ``"strat"``), coded by the Viterbi search (:func:`mmquant.trellis.quantizer.encode_rows`);
+   a class of one coordinate (no trellis fits) uses a uniform scalar code with a fitted range;
+4. ``v̂`` is the decoded row times a static least-squares gain of the class (fitted on the
+   calibration data), and ``û = m + σ·v̂``.
+
+Everything but the symbols is a constant of the layer, so a token costs exactly
+``Σ_c n_c·b_c = Σ_j b_j`` bits (the tail-biting trellis stores no start state):
+``bits_per_entry = mean(b)`` is what is stored (:meth:`TrellisChannelCode.encode`,
+:func:`stored_bits`). No rotation inside a class: the coordinates after the balancing transform
+or the Hadamard rotation of :mod:`mmquant.models.actcodes` are close to Gaussian already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from mmquant.kernels import load
+from mmquant.models.channelcode import CLIP_FRACTIONS, MAX_BITS, allocate_bits
+from mmquant.trellis.codes import code_table
+from mmquant.trellis.quantizer import L_MAX, decode_symbols, encode_rows
+from mmquant.validation import check_float, check_int
+
+__all__ = [
+    "DEFAULT_L",
+    "TrellisChannelCode",
+    "TrellisRecord",
+    "class_table",
+    "stored_bits",
+    "trellis_curve",
+]
+
+#: State bits of the trellis (2^12 states: about 1 µs per coded entry on one core).
+DEFAULT_L = 12
+#: (bits per entry) with a trained stratified code at V = 1 (:mod:`mmquant.trellis.lut`).
+_TRAINED = (1, 2, 3, 4, 5)
+
+
+def class_table(bits: int, L: int) -> np.ndarray:
+    """Reconstruction table (float32 ``(1, 2^L)``) of the trellis of a class of ``bits`` bits."""
+    b = check_int(bits, "bits", 1, MAX_BITS)
+    L = check_int(L, "L", b + 1, L_MAX)
+    return code_table("tstrat" if b in _TRAINED else "strat", L, 1, b)
+
+
+def _encode(z: np.ndarray, table: np.ndarray, L: int, b: int) -> np.ndarray:
+    return encode_rows(np.ascontiguousarray(z, np.float32), table, L, b)
+
+
+def _decode(u: np.ndarray, table: np.ndarray, L: int, b: int) -> np.ndarray:
+    kern = load("trellis")
+    if kern is None:
+        return decode_symbols(u, table, L, b)
+    return kern.decode_fixed(u, table, L, b)
+
+
+@lru_cache(maxsize=16)
+def trellis_curve(L: int = DEFAULT_L, rows: int = 32, length: int = 256) -> np.ndarray:
+    """Normalised MSE of the class trellis at ``0..MAX_BITS`` bits on N(0, 1) (float64 (9,)).
+
+    Measured on ``rows`` seeded Gaussian rows of ``length`` entries, each reconstruction times
+    the least-squares gain over all rows (as :class:`TrellisChannelCode` applies one per class);
+    entry 0 is 1 (the coordinate's variance). Non-increasing.
+    """
+    L = check_int(L, "L", MAX_BITS + 1, L_MAX)
+    z = np.random.default_rng(12345).standard_normal((rows, length)).astype(np.float32)
+    out = np.ones(MAX_BITS + 1)
+    for b in range(1, MAX_BITS + 1):
+        t = class_table(b, L)
+        zh = _decode(_encode(z, t, L, b), t, L, b).astype(np.float64)
+        g = float(np.sum(zh * z) / max(float(np.sum(zh * zh)), 1e-300))
+        out[b] = min(float(np.mean((z - g * zh) ** 2)), out[b - 1])
+    return out
+
+
+def _uniform(v: np.ndarray, c: float, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the midrise uniform code of ``v`` on ``[−c, c]`` at ``b`` bits."""
+    levels = float(2**b)
+    step = 2.0 * c / levels if c > 0 else 1.0
+    idx = np.clip(np.floor((v + c) / step), 0.0, levels - 1.0)
+    return idx.astype(np.uint8), -c + (idx + 0.5) * step
+
+
+@dataclass(frozen=True)
+class TrellisRecord:
+    """What :meth:`TrellisChannelCode.encode` stores for ``tokens`` tokens.
+
+    Attributes
+    ----------
+    tokens : int
+        Number of coded tokens.
+    symbols : tuple of numpy.ndarray
+        Per class (in the order of :attr:`TrellisChannelCode.classes`), uint8 ``[tokens, n_c]``
+        symbols of ``b_c`` bits each (trellis symbols, or uniform indices for one-coordinate
+        classes).
+    """
+
+    tokens: int
+    symbols: tuple[np.ndarray, ...]
+
+
+def stored_bits(code: TrellisChannelCode, record: TrellisRecord) -> int:
+    """Bits a packed ``record`` of ``code`` holds: ``Σ_c symbols_c.size · b_c``."""
+    return int(sum(s.size * b for s, (b, _) in zip(record.symbols, code.classes)))
+
+
+@dataclass(frozen=True, eq=False)
+class TrellisChannelCode:
+    """Static code of ``[tokens, n]`` data with trellis-coded rate classes (module docstring).
+
+    Build it with :meth:`fit`.
+
+    Attributes
+    ----------
+    mean, std : numpy.ndarray
+        ``(n,)`` offset and scale of each coordinate.
+    bits : numpy.ndarray
+        ``(n,)`` int64 bits of each coordinate, 0 to :data:`MAX_BITS`.
+    gain : numpy.ndarray
+        ``(MAX_BITS + 1,)`` static gain of the class of each bit count (for one-coordinate
+        classes: the clipping range of the uniform code).
+    L : int
+        State bits of the trellis (a class of ``n_c`` coordinates uses ``min(L, n_c·b)``).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    bits: np.ndarray
+    gain: np.ndarray
+    L: int = DEFAULT_L
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.bits).size
+        shapes = [np.shape(self.mean), np.shape(self.std), np.shape(self.bits)]
+        if any(s != (n,) for s in shapes) or np.shape(self.gain) != (MAX_BITS + 1,):
+            raise ValueError(f"mean, std, bits must be ({n},) and gain ({MAX_BITS + 1},)")
+        b = np.asarray(self.bits)
+        if b.dtype.kind not in "iu" or (n and (b.min() < 0 or b.max() > MAX_BITS)):
+            raise ValueError(f"bits must be integers in [0, {MAX_BITS}]")
+        check_int(self.L, "L", MAX_BITS + 1, L_MAX)
+
+    @property
+    def bits_per_entry(self) -> float:
+        """Measured rate: stored bits per entry (``mean(bits)``, no side information)."""
+        return float(np.mean(self.bits))
+
+    @property
+    def classes(self) -> list[tuple[int, np.ndarray]]:
+        """``(b, coordinates)`` of every class with ``b > 0`` bits, by increasing ``b``."""
+        b = np.asarray(self.bits)
+        return [(int(k), np.flatnonzero(b == k)) for k in np.unique(b) if k > 0]
+
+    def _length(self, b: int, n_c: int) -> int:
+        return min(self.L, n_c * b)
+
+    @classmethod
+    def fit(
+        cls,
+        x: Any,
+        weights: Any,
+        rate: float,
+        *,
+        L: int = DEFAULT_L,
+        max_bits: int = MAX_BITS,
+    ) -> TrellisChannelCode:
+        """Fit the code to calibration data ``x`` at ``rate`` bits per entry.
+
+        Parameters
+        ----------
+        x : array_like
+            ``[tokens ≥ 2, n]`` calibration data (finite).
+        weights : array_like
+            ``(n,)`` weight of each coordinate's squared error (≥ 0).
+        rate : float
+            Mean bits per coordinate (the budget is ``⌊n·rate⌋`` bits), 0 to ``max_bits``.
+        L : int
+            State bits of the trellis, ``max_bits < L ≤`` :data:`~mmquant.trellis.quantizer.L_MAX`.
+        max_bits : int
+            Most bits of one coordinate (≤ :data:`MAX_BITS`).
+        """
+        a = np.asarray(x)
+        if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 1:
+            raise ValueError(f"calibration data must be [tokens ≥ 2, channels ≥ 1], got {a.shape}")
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"calibration data must be real numbers, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("calibration data contain NaN or Inf")
+        mb = check_int(max_bits, "max_bits", 1, MAX_BITS)
+        r = check_float(rate, "rate", 0.0, hi=float(mb))
+        L = check_int(L, "L", MAX_BITS + 1, L_MAX)
+        n = a.shape[1]
+        w = np.asarray(weights, np.float64)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"weights must be {n} finite values ≥ 0, got shape {w.shape}")
+        mu = a.mean(axis=0)
+        sd = np.sqrt(np.mean((a - mu) ** 2, axis=0))
+        sd = np.where(sd > 0, sd, 1.0)
+        curve = trellis_curve(L)[: mb + 1]
+        (bits,) = allocate_bits(
+            [np.repeat(curve[:, None], n, axis=1)], [w * sd * sd], int(n * r + 1e-9)
+        )
+        code = cls(mu, sd, bits, np.ones(MAX_BITS + 1), L)
+        return code._fit_gains(a)
+
+    def _fit_gains(self, a: np.ndarray) -> TrellisChannelCode:
+        """This code with the least-squares gain of each class (range of 1-coordinate ones)."""
+        v = (a - self.mean) / self.std
+        gain = np.ones(MAX_BITS + 1)
+        for b, idx in self.classes:
+            z = v[:, idx]
+            if idx.size == 1:
+                col = z[:, 0]
+                amax = float(np.abs(col).max())
+                errs = [np.mean((col - _uniform(col, f * amax, b)[1]) ** 2) for f in CLIP_FRACTIONS]
+                gain[b] = CLIP_FRACTIONS[int(np.argmin(errs))] * amax
+                continue
+            L = self._length(b, idx.size)
+            t = class_table(b, L)
+            zh = _decode(_encode(z, t, L, b), t, L, b).astype(np.float64)
+            den = float(np.sum(zh * zh))
+            gain[b] = max(float(np.sum(zh * z)), 0.0) / den if den > 0 else 0.0
+        return TrellisChannelCode(self.mean, self.std, self.bits, gain, self.L)
+
+    def _check(self, x: Any) -> np.ndarray:
+        a = np.asarray(x)
+        if a.ndim != 2 or a.shape[1] != self.bits.size:
+            raise ValueError(f"expected [tokens, {self.bits.size}], got shape {a.shape}")
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"expected real numbers, got dtype {a.dtype}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("input contains NaN or Inf")
+        return a
+
+    def encode(self, x: Any) -> TrellisRecord:
+        """The symbols of every class of every token of ``x`` (``[tokens, n]``)."""
+        a = self._check(x)
+        v = (a.astype(np.float64) - self.mean) / self.std
+        out = []
+        for b, idx in self.classes:
+            z = v[:, idx]
+            if idx.size == 1:
+                out.append(_uniform(z, float(self.gain[b]), b)[0])
+                continue
+            L = self._length(b, idx.size)
+            out.append(_encode(z, class_table(b, L), L, b))
+        return TrellisRecord(tokens=int(a.shape[0]), symbols=tuple(out))
+
+    def decode(self, record: TrellisRecord) -> np.ndarray:
+        """``[tokens, n]`` float64 reconstruction of ``record`` (checked against the code)."""
+        cl = self.classes
+        if not isinstance(record, TrellisRecord) or len(record.symbols) != len(cl):
+            raise ValueError(f"record must be a TrellisRecord with {len(cl)} symbol arrays")
+        t_n = int(record.tokens)
+        v = np.zeros((t_n, self.bits.size))
+        for (b, idx), u in zip(cl, record.symbols):
+            u = np.asarray(u)
+            if u.dtype != np.uint8 or u.shape != (t_n, idx.size):
+                raise ValueError(f"symbols of the {b}-bit class must be uint8 {(t_n, idx.size)}")
+            if u.size and int(u.max()) >= 1 << b:
+                raise ValueError(f"symbols of the {b}-bit class must be < {1 << b}")
+            if idx.size == 1:
+                c = float(self.gain[b])
+                step = 2.0 * c / 2.0**b if c > 0 else 1.0
+                v[:, idx] = -c + (u.astype(np.float64) + 0.5) * step
+                continue
+            L = self._length(b, idx.size)
+            zh = _decode(np.ascontiguousarray(u), class_table(b, L), L, b)
+            v[:, idx] = self.gain[b] * zh.astype(np.float64)
+        return self.mean + self.std * v
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """Code and decode ``x`` (``[tokens, n]``), in its dtype."""
+        a = self._check(x)
+        return self.decode(self.encode(a)).astype(a.dtype, copy=False)

@@ -1,0 +1,124 @@
+"""Trellis-coded rate classes inside the token codes (mmquant.models.tokentrellis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmquant.models.actcodes import SCALE_BITS, TokenCode
+from mmquant.models.channelcode import MAX_BITS, ChannelCode
+from mmquant.models.tokentrellis import (
+    TrellisChannelCode,
+    TrellisRecord,
+    class_table,
+    stored_bits,
+    trellis_curve,
+)
+
+
+def _gauss(seed: int, tokens: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Independent Gaussian coordinates with spread variances and error weights."""
+    rng = np.random.default_rng(seed)
+    sd = np.geomspace(3.0, 0.2, n)
+    x = rng.normal(size=(tokens, n)) * sd + rng.normal(size=n)
+    w = np.geomspace(0.1, 2.0, n)[rng.permutation(n)]
+    return x, w
+
+
+def test_curve_decreasing_and_near_rate_distortion() -> None:
+    c = trellis_curve(10)
+    assert c[0] == 1.0 and np.all(np.diff(c) <= 0)
+    db = 10 * np.log10(c[1:5]) + 6.0206 * np.arange(1, 5)  # gap to D(R) = 2^(−2R)
+    assert np.all(db < 2.0), db  # the uniform scalar code is 4+ dB off at 4 bits
+
+
+def test_round_trip_shape_rate_and_stored_bits() -> None:
+    x, w = _gauss(0, 200, 40)
+    code = TrellisChannelCode.fit(x, w, 3.25, L=10)
+    assert code.bits.sum() == int(40 * 3.25)
+    assert code.bits_per_entry == pytest.approx(3.25)
+    rec = code.encode(x[:17])
+    assert rec.tokens == 17
+    assert stored_bits(code, rec) == 17 * int(code.bits.sum())
+    for (b, idx), u in zip(code.classes, rec.symbols):
+        assert u.dtype == np.uint8 and u.shape == (17, idx.size) and int(u.max()) < 2**b
+    y = code.decode(rec)
+    np.testing.assert_array_equal(y, code.quantize(x[:17]))
+    assert y.shape == (17, 40)
+    zero = code.bits == 0
+    np.testing.assert_allclose(y[:, zero], np.broadcast_to(code.mean[zero], (17, zero.sum())))
+    assert code.quantize(x[:5].astype(np.float32)).dtype == np.float32
+
+
+def test_one_coordinate_class_uses_the_uniform_code() -> None:
+    x, _ = _gauss(1, 100, 3)
+    code = TrellisChannelCode(
+        x.mean(0), x.std(0), np.array([2, 5, 5]), np.ones(MAX_BITS + 1), L=10
+    )._fit_gains(x)
+    rec = code.encode(x)
+    assert [b for b, _ in code.classes] == [2, 5]
+    assert int(rec.symbols[0].max()) < 4
+    e = code.quantize(x) - x
+    assert np.mean(e**2) < 0.2 * np.mean((x - x.mean(0)) ** 2)
+
+
+def test_beats_channel_code_on_gaussian_at_equal_rate() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 128)) * np.geomspace(2.0, 0.5, 128)
+    w = np.ones(128)
+    fit, test = x[:300], x[300:]
+    tc = TrellisChannelCode.fit(fit, w, 4.0, L=10)
+    cc = ChannelCode.fit(fit, w, 4.0)
+    assert tc.bits_per_entry == cc.bits_per_entry == 4.0
+
+    def werr(c: object) -> float:
+        e = c.quantize(test) - test  # type: ignore[attr-defined]
+        return float(np.sum(e * e * w))
+
+    assert werr(tc) < 10 ** (-0.2) * werr(cc)  # at least 2 dB better
+
+
+def test_inside_token_code_rate_is_exact() -> None:
+    x, w = _gauss(3, 120, 48)
+    code, u, wts = TokenCode.prepare(x, np.diag(w), transform="hadamard")
+    tc = code.with_inner(TrellisChannelCode.fit(u, wts, 4.5 - SCALE_BITS / 48, L=10))
+    assert tc.bits_per_entry == pytest.approx((int(48 * (4.5 - SCALE_BITS / 48)) + 8) / 48)
+    assert tc.bits_per_entry <= 4.5
+    assert tc.quantize(x).shape == x.shape
+
+
+def test_bad_inputs() -> None:
+    x, w = _gauss(4, 50, 16)
+    with pytest.raises(ValueError, match="calibration data"):
+        TrellisChannelCode.fit(x[:1], w, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        TrellisChannelCode.fit(np.where(x > 2, np.nan, x), w, 4)
+    with pytest.raises(ValueError, match="weights"):
+        TrellisChannelCode.fit(x, w[:-1], 4)
+    with pytest.raises(ValueError, match="weights"):
+        TrellisChannelCode.fit(x, -w, 4)
+    with pytest.raises(ValueError, match="rate"):
+        TrellisChannelCode.fit(x, w, 9)
+    with pytest.raises(ValueError, match="L"):
+        TrellisChannelCode.fit(x, w, 4, L=8)
+    with pytest.raises(ValueError, match="bits"):
+        class_table(0, 10)
+    code = TrellisChannelCode.fit(x, w, 4, L=10)
+    with pytest.raises(ValueError, match="expected"):
+        code.quantize(x[:, :5])
+    with pytest.raises(ValueError, match="NaN"):
+        code.quantize(np.full((2, 16), np.inf))
+    with pytest.raises(TypeError, match="dtype"):
+        code.quantize(np.zeros((2, 16), complex))
+    rec = code.encode(x[:4])
+    with pytest.raises(ValueError, match="TrellisRecord"):
+        code.decode(TrellisRecord(4, rec.symbols[:-1]))
+    bad = list(rec.symbols)
+    bad[0] = np.full_like(bad[0], 255)
+    with pytest.raises(ValueError, match="must be <"):
+        code.decode(TrellisRecord(4, tuple(bad)))
+    bad[0] = bad[0][:, :-1]
+    with pytest.raises(ValueError, match="uint8"):
+        code.decode(TrellisRecord(4, tuple(bad)))
+    with pytest.raises(ValueError, match="bits must be"):
+        TrellisChannelCode(code.mean, code.std, code.bits + 9, code.gain)
