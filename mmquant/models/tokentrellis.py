@@ -9,13 +9,17 @@ per-token scale) is coded as
    the layer fitted on calibration data (so ``v`` has unit variance per coordinate);
 2. coordinate ``j`` gets ``b_j ∈ {0, …, 8}`` bits, chosen once by greedy integer reverse
    waterfilling (:func:`~mmquant.models.channelcode.allocate_bits`) on the error weight
-   ``w_j σ_j²`` times the trellis code's measured normalised MSE at ``b`` bits on Gaussian data
-   (:func:`trellis_curve`); coordinates with the same ``b`` form a *class*;
+   ``w_j σ_j²`` times the normalised MSE at ``b`` bits: the trellis code's, measured on Gaussian
+   data (:func:`trellis_curve`), below :data:`SCALAR_FROM` bits, the uniform scalar code's
+   measured on the coordinate (best clipping range) from there on; coordinates with the same
+   ``b`` form a *class*;
 3. the ``n_c`` coordinates of class ``b`` of a token (in coordinate order) are one tail-biting
    trellis row of the bitshift trellis of :mod:`mmquant.trellis` (``b`` bits per step, ``V = 1``,
    ``L_c = min(L, n_c·b)`` state bits, the trained stratified code ``"tstrat"`` where it exists,
    else ``"strat"``), coded by the Viterbi search (:func:`mmquant.trellis.quantizer.encode_rows`);
-   a class of one coordinate (no trellis fits) uses a uniform scalar code with a fitted range;
+   classes of ``b ≥`` :data:`SCALAR_FROM` bits, and classes of one coordinate (no trellis
+   fits), use the uniform scalar code of :class:`~mmquant.models.channelcode.ChannelCode`
+   (midrise, fitted clipping range per coordinate);
 4. ``v̂`` is the decoded row times a static least-squares gain of the class (fitted on the
    calibration data), and ``û = m + σ·v̂``.
 
@@ -28,20 +32,22 @@ or the Hadamard rotation of :mod:`mmquant.models.actcodes` are close to Gaussian
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from mmquant.kernels import load
-from mmquant.models.channelcode import CLIP_FRACTIONS, MAX_BITS, allocate_bits
+from mmquant.models.channelcode import MAX_BITS, ChannelCode, allocate_bits
 from mmquant.trellis.codes import code_table
 from mmquant.trellis.quantizer import L_MAX, decode_symbols, encode_rows
 from mmquant.validation import check_float, check_int
 
 __all__ = [
     "DEFAULT_L",
+    "FIT_TOKENS",
+    "SCALAR_FROM",
     "TrellisChannelCode",
     "TrellisRecord",
     "class_table",
@@ -51,6 +57,12 @@ __all__ = [
 
 #: State bits of the trellis (2^12 states: about 1 µs per coded entry on one core).
 DEFAULT_L = 12
+#: First bit count coded by the uniform scalar code instead of the trellis (at L = 12 the
+#: trellis is 2.2 / 3.0 / 5.8 dB from D(R) at 6 / 7 / 8 bits; the clipped uniform code about 2).
+SCALAR_FROM = 6
+#: Most calibration tokens on which :meth:`TrellisChannelCode.fit` measures the trellis's
+#: error curves.
+FIT_TOKENS = 512
 #: (bits per entry) with a trained stratified code at V = 1 (:mod:`mmquant.trellis.lut`).
 _TRAINED = (1, 2, 3, 4, 5)
 
@@ -92,12 +104,57 @@ def trellis_curve(L: int = DEFAULT_L, rows: int = 32, length: int = 256) -> np.n
     return out
 
 
-def _uniform(v: np.ndarray, c: float, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the midrise uniform code of ``v`` on ``[−c, c]`` at ``b`` bits."""
+def _trellis_curves(v: np.ndarray, top: int, L: int) -> np.ndarray:
+    """Per coordinate, the trellis's MSE at ``0..top`` bits on normalised data ``v`` (all
+    coordinates of a token as one row, :data:`FIT_TOKENS` evenly spaced tokens at most, each
+    rate's reconstruction times its least-squares gain): float64 ``[top + 1, n]``."""
+    rows = np.unique(np.linspace(0, v.shape[0] - 1, min(v.shape[0], FIT_TOKENS)).astype(int))
+    z = v[rows]
+    out = np.empty((top + 1, v.shape[1]))
+    out[0] = np.mean(z * z, axis=0)
+    for b in range(1, top + 1):
+        Lb = min(L, z.shape[1] * b)
+        t = class_table(b, Lb)
+        zh = _decode(_encode(z, t, Lb, b), t, Lb, b).astype(np.float64)
+        den = float(np.sum(zh * zh))
+        g = max(float(np.sum(zh * z)), 0.0) / den if den > 0 else 0.0
+        out[b] = np.mean((z - g * zh) ** 2, axis=0)
+    return out
+
+
+def _uniform(v: np.ndarray, c: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (uint8) and values of the midrise uniform code of ``v`` on ``[−c, c]`` (per
+    column) at ``b`` bits."""
     levels = float(2**b)
-    step = 2.0 * c / levels if c > 0 else 1.0
+    step = np.where(c > 0, 2.0 * c / levels, 1.0)
     idx = np.clip(np.floor((v + c) / step), 0.0, levels - 1.0)
     return idx.astype(np.uint8), -c + (idx + 0.5) * step
+
+
+def _levels(u: np.ndarray, c: np.ndarray, b: int) -> np.ndarray:
+    """Values of the uniform code's indices ``u`` (inverse of :func:`_uniform`)."""
+    step = np.where(c > 0, 2.0 * c / 2.0**b, 1.0)
+    return np.where(c > 0, -c + (u.astype(np.float64) + 0.5) * step, 0.0)
+
+
+def _calibration(x: Any) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 1:
+        raise ValueError(f"calibration data must be [tokens ≥ 2, channels ≥ 1], got {a.shape}")
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"calibration data must be real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("calibration data contain NaN or Inf")
+    return a
+
+
+def _normalise(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, std, v)`` of calibration data: ``v = (a − mean)/std`` (std 1 where constant)."""
+    mu = a.mean(axis=0)
+    sd = np.sqrt(np.mean((a - mu) ** 2, axis=0))
+    sd = np.where(sd > 0, sd, 1.0)
+    return mu, sd, (a - mu) / sd
 
 
 @dataclass(frozen=True)
@@ -120,7 +177,7 @@ class TrellisRecord:
 
 def stored_bits(code: TrellisChannelCode, record: TrellisRecord) -> int:
     """Bits a packed ``record`` of ``code`` holds: ``Σ_c symbols_c.size · b_c``."""
-    return int(sum(s.size * b for s, (b, _) in zip(record.symbols, code.classes)))
+    return int(sum(s.size * b for s, (b, _, _) in zip(record.symbols, code.classes)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +193,12 @@ class TrellisChannelCode:
     bits : numpy.ndarray
         ``(n,)`` int64 bits of each coordinate, 0 to :data:`MAX_BITS`.
     gain : numpy.ndarray
-        ``(MAX_BITS + 1,)`` static gain of the class of each bit count (for one-coordinate
-        classes: the clipping range of the uniform code).
+        ``(MAX_BITS + 1,)`` static gain of the trellis class of each bit count.
+    clip : numpy.ndarray
+        ``(n,)`` clipping range (in units of ``std``) of each coordinate for the uniform code.
+    scalar : numpy.ndarray
+        ``(n,)`` bool: the coordinate is coded by the uniform scalar code, not by the trellis
+        (so are the coordinates of one-coordinate trellis classes).
     L : int
         State bits of the trellis (a class of ``n_c`` coordinates uses ``min(L, n_c·b)``).
     """
@@ -146,16 +207,22 @@ class TrellisChannelCode:
     std: np.ndarray
     bits: np.ndarray
     gain: np.ndarray
+    clip: np.ndarray
+    scalar: np.ndarray
     L: int = DEFAULT_L
 
     def __post_init__(self) -> None:
         n = np.asarray(self.bits).size
-        shapes = [np.shape(self.mean), np.shape(self.std), np.shape(self.bits)]
+        shapes = [np.shape(a) for a in (self.mean, self.std, self.bits, self.clip, self.scalar)]
         if any(s != (n,) for s in shapes) or np.shape(self.gain) != (MAX_BITS + 1,):
-            raise ValueError(f"mean, std, bits must be ({n},) and gain ({MAX_BITS + 1},)")
+            raise ValueError(
+                f"mean, std, bits, clip, scalar must be ({n},) and gain ({MAX_BITS + 1},)"
+            )
         b = np.asarray(self.bits)
         if b.dtype.kind not in "iu" or (n and (b.min() < 0 or b.max() > MAX_BITS)):
             raise ValueError(f"bits must be integers in [0, {MAX_BITS}]")
+        if np.asarray(self.scalar).dtype != bool:
+            raise ValueError("scalar must be a bool array")
         check_int(self.L, "L", MAX_BITS + 1, L_MAX)
 
     @property
@@ -164,13 +231,21 @@ class TrellisChannelCode:
         return float(np.mean(self.bits))
 
     @property
-    def classes(self) -> list[tuple[int, np.ndarray]]:
-        """``(b, coordinates)`` of every class with ``b > 0`` bits, by increasing ``b``."""
+    def classes(self) -> list[tuple[int, np.ndarray, int]]:
+        """``(b, coordinates, L_c)`` of every class of ``b > 0`` bits: the trellis classes
+        (``L_c = min(L, n_c·b)`` state bits, at least 2 coordinates) by increasing ``b``, then
+        the coordinates of the uniform code by increasing ``b`` (``L_c = 0``)."""
         b = np.asarray(self.bits)
-        return [(int(k), np.flatnonzero(b == k)) for k in np.unique(b) if k > 0]
-
-    def _length(self, b: int, n_c: int) -> int:
-        return min(self.L, n_c * b)
+        sc = np.asarray(self.scalar).copy()
+        trellis = []
+        for k in np.unique(b[~sc]):
+            idx = np.flatnonzero((b == k) & ~sc)
+            if k > 0 and idx.size >= 2:
+                trellis.append((int(k), idx, min(self.L, idx.size * int(k))))
+            else:
+                sc[idx] = True
+        uniform = [(int(k), np.flatnonzero((b == k) & sc), 0) for k in np.unique(b[sc]) if k > 0]
+        return trellis + uniform
 
     @classmethod
     def fit(
@@ -180,9 +255,16 @@ class TrellisChannelCode:
         rate: float,
         *,
         L: int = DEFAULT_L,
+        scalar_from: int = SCALAR_FROM,
         max_bits: int = MAX_BITS,
     ) -> TrellisChannelCode:
         """Fit the code to calibration data ``x`` at ``rate`` bits per entry.
+
+        The bits are waterfilled on the weighted error curves of the coordinates, measured on
+        ``x``: below ``scalar_from`` bits the lesser of the trellis's (all coordinates of a
+        token as one row, :data:`FIT_TOKENS` tokens at most) and the uniform code's (best
+        clipping range per coordinate), which also picks the coordinate's code; the uniform
+        code's from there on.
 
         Parameters
         ----------
@@ -194,52 +276,65 @@ class TrellisChannelCode:
             Mean bits per coordinate (the budget is ``⌊n·rate⌋`` bits), 0 to ``max_bits``.
         L : int
             State bits of the trellis, ``max_bits < L ≤`` :data:`~mmquant.trellis.quantizer.L_MAX`.
+        scalar_from : int
+            First bit count coded by the uniform scalar code (``MAX_BITS + 1``: none).
         max_bits : int
             Most bits of one coordinate (≤ :data:`MAX_BITS`).
         """
-        a = np.asarray(x)
-        if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 1:
-            raise ValueError(f"calibration data must be [tokens ≥ 2, channels ≥ 1], got {a.shape}")
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"calibration data must be real numbers, got dtype {a.dtype}")
-        a = a.astype(np.float64)
-        if not np.all(np.isfinite(a)):
-            raise ValueError("calibration data contain NaN or Inf")
+        a = _calibration(x)
         mb = check_int(max_bits, "max_bits", 1, MAX_BITS)
         r = check_float(rate, "rate", 0.0, hi=float(mb))
         L = check_int(L, "L", MAX_BITS + 1, L_MAX)
+        sf = check_int(scalar_from, "scalar_from", 1, MAX_BITS + 1)
         n = a.shape[1]
         w = np.asarray(weights, np.float64)
         if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(f"weights must be {n} finite values ≥ 0, got shape {w.shape}")
-        mu = a.mean(axis=0)
-        sd = np.sqrt(np.mean((a - mu) ** 2, axis=0))
-        sd = np.where(sd > 0, sd, 1.0)
-        curve = trellis_curve(L)[: mb + 1]
-        (bits,) = allocate_bits(
-            [np.repeat(curve[:, None], n, axis=1)], [w * sd * sd], int(n * r + 1e-9)
-        )
-        code = cls(mu, sd, bits, np.ones(MAX_BITS + 1), L)
-        return code._fit_gains(a)
+        mu, sd, v = _normalise(a)
+        _, mse, clip = ChannelCode.curves(v, mb)
+        use_t = np.zeros_like(mse, dtype=bool)
+        if n >= 2:
+            mse_t = _trellis_curves(v, min(sf - 1, mb), L)
+            use_t[1 : mse_t.shape[0]] = mse_t[1:] < mse[1 : mse_t.shape[0]]
+            mse[1 : mse_t.shape[0]] = np.minimum(mse_t[1:], mse[1 : mse_t.shape[0]])
+        curve = np.minimum.accumulate(mse, axis=0)
+        (bits,) = allocate_bits([curve], [w * sd * sd], int(n * r + 1e-9))
+        cols = np.arange(n)
+        scalar = ~use_t[bits, cols]
+        code = cls(mu, sd, bits, np.ones(MAX_BITS + 1), clip[bits, cols], scalar, L)
+        return code._fit_gains(v)
 
-    def _fit_gains(self, a: np.ndarray) -> TrellisChannelCode:
-        """This code with the least-squares gain of each class (range of 1-coordinate ones)."""
-        v = (a - self.mean) / self.std
+    @classmethod
+    def from_bits(
+        cls, x: Any, bits: Any, *, L: int = DEFAULT_L, scalar_from: int = SCALAR_FROM
+    ) -> TrellisChannelCode:
+        """The code with the allocation ``bits`` (``(n,)`` integers) fitted to ``x``; the
+        coordinates of ``≥ scalar_from`` bits use the uniform code."""
+        a = _calibration(x)
+        b = np.asarray(bits)
+        if b.shape != (a.shape[1],) or b.dtype.kind not in "iu":
+            raise ValueError(f"bits must be {a.shape[1]} integers, got {b.shape} {b.dtype}")
+        b = b.astype(np.int64)
+        if b.size and (b.min() < 0 or b.max() > MAX_BITS):
+            raise ValueError(f"bits must be integers in [0, {MAX_BITS}]")
+        mu, sd, v = _normalise(a)
+        _, _, clip = ChannelCode.curves(v, MAX_BITS)
+        sf = check_int(scalar_from, "scalar_from", 1, MAX_BITS + 1)
+        code = cls(mu, sd, b, np.ones(MAX_BITS + 1), clip[b, np.arange(b.size)], b >= sf, L)
+        return code._fit_gains(v)
+
+    def _fit_gains(self, v: np.ndarray) -> TrellisChannelCode:
+        """This code with the least-squares gain of each trellis class on normalised data."""
         gain = np.ones(MAX_BITS + 1)
-        for b, idx in self.classes:
-            z = v[:, idx]
-            if idx.size == 1:
-                col = z[:, 0]
-                amax = float(np.abs(col).max())
-                errs = [np.mean((col - _uniform(col, f * amax, b)[1]) ** 2) for f in CLIP_FRACTIONS]
-                gain[b] = CLIP_FRACTIONS[int(np.argmin(errs))] * amax
+        for b, idx, L in self.classes:
+            if not L:
                 continue
-            L = self._length(b, idx.size)
+            z = v[:, idx]
             t = class_table(b, L)
             zh = _decode(_encode(z, t, L, b), t, L, b).astype(np.float64)
             den = float(np.sum(zh * zh))
             gain[b] = max(float(np.sum(zh * z)), 0.0) / den if den > 0 else 0.0
-        return TrellisChannelCode(self.mean, self.std, self.bits, gain, self.L)
+        return replace(self, gain=gain)
 
     def _check(self, x: Any) -> np.ndarray:
         a = np.asarray(x)
@@ -256,12 +351,11 @@ class TrellisChannelCode:
         a = self._check(x)
         v = (a.astype(np.float64) - self.mean) / self.std
         out = []
-        for b, idx in self.classes:
+        for b, idx, L in self.classes:
             z = v[:, idx]
-            if idx.size == 1:
-                out.append(_uniform(z, float(self.gain[b]), b)[0])
+            if not L:
+                out.append(_uniform(z, self.clip[idx], b)[0])
                 continue
-            L = self._length(b, idx.size)
             out.append(_encode(z, class_table(b, L), L, b))
         return TrellisRecord(tokens=int(a.shape[0]), symbols=tuple(out))
 
@@ -272,18 +366,15 @@ class TrellisChannelCode:
             raise ValueError(f"record must be a TrellisRecord with {len(cl)} symbol arrays")
         t_n = int(record.tokens)
         v = np.zeros((t_n, self.bits.size))
-        for (b, idx), u in zip(cl, record.symbols):
+        for (b, idx, L), u in zip(cl, record.symbols):
             u = np.asarray(u)
             if u.dtype != np.uint8 or u.shape != (t_n, idx.size):
                 raise ValueError(f"symbols of the {b}-bit class must be uint8 {(t_n, idx.size)}")
             if u.size and int(u.max()) >= 1 << b:
                 raise ValueError(f"symbols of the {b}-bit class must be < {1 << b}")
-            if idx.size == 1:
-                c = float(self.gain[b])
-                step = 2.0 * c / 2.0**b if c > 0 else 1.0
-                v[:, idx] = -c + (u.astype(np.float64) + 0.5) * step
+            if not L:
+                v[:, idx] = _levels(u, self.clip[idx], b)
                 continue
-            L = self._length(b, idx.size)
             zh = _decode(np.ascontiguousarray(u), class_table(b, L), L, b)
             v[:, idx] = self.gain[b] * zh.astype(np.float64)
         return self.mean + self.std * v

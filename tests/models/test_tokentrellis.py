@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmquant.models.actcodes import SCALE_BITS, TokenCode
-from mmquant.models.channelcode import MAX_BITS, ChannelCode
+from mmquant.models.channelcode import ChannelCode
 from mmquant.models.tokentrellis import (
     TrellisChannelCode,
     TrellisRecord,
@@ -40,7 +40,7 @@ def test_round_trip_shape_rate_and_stored_bits() -> None:
     rec = code.encode(x[:17])
     assert rec.tokens == 17
     assert stored_bits(code, rec) == 17 * int(code.bits.sum())
-    for (b, idx), u in zip(code.classes, rec.symbols):
+    for (b, idx, _), u in zip(code.classes, rec.symbols):
         assert u.dtype == np.uint8 and u.shape == (17, idx.size) and int(u.max()) < 2**b
     y = code.decode(rec)
     np.testing.assert_array_equal(y, code.quantize(x[:17]))
@@ -51,13 +51,11 @@ def test_round_trip_shape_rate_and_stored_bits() -> None:
 
 
 def test_one_coordinate_class_uses_the_uniform_code() -> None:
-    x, _ = _gauss(1, 100, 3)
-    code = TrellisChannelCode(
-        x.mean(0), x.std(0), np.array([2, 5, 5]), np.ones(MAX_BITS + 1), L=10
-    )._fit_gains(x)
+    x, _ = _gauss(1, 100, 4)
+    code = TrellisChannelCode.from_bits(x, np.array([2, 5, 5, 7]), L=10)
     rec = code.encode(x)
-    assert [b for b, _ in code.classes] == [2, 5]
-    assert int(rec.symbols[0].max()) < 4
+    assert [(b, L) for b, _, L in code.classes] == [(5, 10), (2, 0), (7, 0)]
+    assert int(rec.symbols[1].max()) < 4 and code.gain[5] != 1.0
     e = code.quantize(x) - x
     assert np.mean(e**2) < 0.2 * np.mean((x - x.mean(0)) ** 2)
 
@@ -121,4 +119,8 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="uint8"):
         code.decode(TrellisRecord(4, tuple(bad)))
     with pytest.raises(ValueError, match="bits must be"):
-        TrellisChannelCode(code.mean, code.std, code.bits + 9, code.gain)
+        TrellisChannelCode(code.mean, code.std, code.bits + 9, code.gain, code.clip, code.scalar)
+    with pytest.raises(ValueError, match="bits must be"):
+        TrellisChannelCode.from_bits(x, np.full(16, -1))
+    with pytest.raises(ValueError, match="scalar_from"):
+        TrellisChannelCode.fit(x, w, 4, scalar_from=0)
