@@ -39,6 +39,7 @@ def main() -> int:
         "--allocation", default=None, help="activation bits: site, joint or sensitivity"
     )
     ap.add_argument("--act-code", default=None, help="inner activation code: channel or tcq")
+    ap.add_argument("--qk-code", default=None, help="query/key code: channel or tcq")
     ap.add_argument("--acts-only", action="store_true", help="leave the weights unquantized")
     args = ap.parse_args()
     kw: dict = {} if args.weights is None else {"weight_method": args.weights}
@@ -46,6 +47,8 @@ def main() -> int:
         kw["act_allocation"] = args.allocation
     if args.act_code is not None:
         kw["act_code"] = args.act_code
+    if args.qk_code is not None:
+        kw["qk_code"] = args.qk_code
     if args.acts_only:
         kw["weights"] = False
     model = MiniLM.load(np.float32)

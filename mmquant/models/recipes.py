@@ -75,6 +75,7 @@ __all__ = [
     "watersic_weights",
     "Recipe",
     "aware_recipe",
+    "tcq_qk_codes",
 ]
 
 
@@ -282,6 +283,39 @@ def _fit_act_code(
     return ChannelCode.fit(x, w, rate) if best == "channel" else best
 
 
+def tcq_qk_codes(
+    cap: Capture, layers: int, heads: int, rate: float
+) -> tuple[dict[tuple[int, str], Any], int, int]:
+    """Trellis-coded query/key codes: per layer, one code for all heads of the queries and one
+    for the keys (``[tokens, heads·head_dim]``), bits waterfilled jointly over both with the
+    error weights ``diag Σ_K`` (queries) and ``diag Σ_Q`` (keys) of each head.
+
+    Returns ``({(layer, "q" | "k"): code}, total bits per token, entries per token)``.
+    """
+    from mmquant.models.tokentrellis import CodeCurves
+
+    out: dict[tuple[int, str], Any] = {}
+    total = entries = 0
+    for i in range(layers):
+        data: dict[str, list] = {"q": [], "k": []}
+        wts: dict[str, list] = {"q": [], "k": []}
+        for h in range(heads):
+            qh, kh = (np.asarray(a, np.float64) for a in cap.head(i, h))
+            data["q"].append(qh)
+            data["k"].append(kh)
+            wts["q"].append(np.clip(np.diag(kh.T @ kh / len(kh)), 0.0, None))
+            wts["k"].append(np.clip(np.diag(qh.T @ qh / len(qh)), 0.0, None))
+        cv = {w: CodeCurves.measure(np.concatenate(data[w], axis=1)) for w in "qk"}
+        ws = [np.concatenate(wts[w]) * cv[w].std ** 2 for w in "qk"]
+        n = sum(c.mean.size for c in cv.values())
+        alloc = allocate_bits([cv["q"].curve, cv["k"].curve], ws, int(n * rate))
+        for w, b in zip("qk", alloc):
+            out[(i, w)] = cv[w].code(b)
+            total += int(b.sum())
+            entries += b.size
+    return out, total, entries
+
+
 def aware_recipe(
     model: MiniLM,
     rate: float = 4.5,
@@ -296,6 +330,7 @@ def aware_recipe(
     weight_method: str = "tcqsic",
     act_allocation: str = "site",
     act_code: str = "channel",
+    qk_code: str = "channel",
 ) -> Recipe:
     """The covariance-aware recipe: folded transforms, waterfilled/scaled codes, WaterSIC.
 
@@ -339,6 +374,11 @@ def aware_recipe(
     act_code : {"channel", "tcq"}
         Inner code of the token codes (``codes="token"``): the uniform channel code, or trellis
         codes per rate class (:mod:`mmquant.models.tokentrellis`, ``act_allocation="site"``).
+    qk_code : {"channel", "tcq"}
+        Query/key codes: a :class:`ChannelCode` per head, bits waterfilled across the heads of
+        a layer; or (``"tcq"``) one :class:`~mmquant.models.tokentrellis.TrellisChannelCode`
+        for all heads of a layer's queries and one for its keys, bits waterfilled jointly over
+        both (:func:`tcq_qk_codes`).
     """
     r = check_float(rate, "rate", 0.0, lo_open=True)
     if weights:
@@ -359,6 +399,7 @@ def aware_recipe(
     if codes not in ("token", "static"):
         raise ValueError(f"codes must be 'token' or 'static', got {codes!r}")
     check_choice(act_code, "act_code", ("channel", "tcq"))
+    check_choice(qk_code, "qk_code", ("channel", "tcq"))
     if act_code != "channel" and (codes != "token" or act_allocation != "site"):
         raise ValueError(f"act_code={act_code!r} needs codes='token' and act_allocation='site'")
     if codes == "token":
@@ -402,10 +443,12 @@ def aware_recipe(
             act[name] = _fit_act_code(x, sw, ra, split, static=static)
         act_total += act[name].bits_per_entry * x.shape[1]
         act_entries += x.shape[1]
-    qk: dict[tuple[int, str, int], ChannelCode] = {}
+    qk: dict[tuple, Any] = {}
     qk_total = 0
     qk_entries = 0
-    for i in range(mt.config.num_layers):
+    if qk_code == "tcq":
+        qk, qk_total, qk_entries = tcq_qk_codes(cap, mt.config.num_layers, nh, rq)
+    for i in range(mt.config.num_layers if qk_code == "channel" else 0):
         curves, wts, keys, params = [], [], [], []
         for h in range(nh):
             qh, kh = (np.asarray(a, np.float64) for a in cap.head(i, h))
@@ -438,6 +481,8 @@ def aware_recipe(
     label = wl + (" / aware+online" if online else " / aware")
     if codes == "token":
         label = wl + " / token codes" + ("" if act_code == "channel" else f" ({act_code})")
+    if qk_code != "channel":
+        label += f", Q/K {qk_code}"
     return Recipe(
         name=label,
         model=qm.replace(weight_bits=w_bits, description=label),

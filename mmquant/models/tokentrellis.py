@@ -32,7 +32,7 @@ or the Hadamard rotation of :mod:`mmquant.models.actcodes` are close to Gaussian
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -45,6 +45,7 @@ from mmquant.trellis.quantizer import L_MAX, decode_symbols, encode_rows
 from mmquant.validation import check_float, check_int
 
 __all__ = [
+    "CodeCurves",
     "DEFAULT_L",
     "FIT_TOKENS",
     "SCALAR_FROM",
@@ -122,6 +123,31 @@ def _trellis_curves(v: np.ndarray, top: int, L: int) -> np.ndarray:
     return out
 
 
+def _convex(curve: np.ndarray) -> np.ndarray:
+    """Lower convex hull in ``b`` of every column of ``curve`` (``[bits + 1, n]``), as values.
+
+    The greedy waterfilling is exact on convex curves only: a coordinate whose measured error
+    stalls at one bit count (a bimodal coordinate the trellis clips) would never be given the
+    next bits, however large the drop after them.
+    """
+    m = curve.shape[0]
+    out = np.array(curve, np.float64)
+    for j in range(curve.shape[1]):
+        y = curve[:, j]
+        hull = [0]
+        for b in range(1, m):
+            while len(hull) >= 2:
+                b0, b1 = hull[-2], hull[-1]
+                # drop b1 if it lies on or above the chord from b0 to b
+                if (y[b1] - y[b0]) * (b - b0) >= (y[b] - y[b0]) * (b1 - b0):
+                    hull.pop()
+                else:
+                    break
+            hull.append(b)
+        out[:, j] = np.interp(np.arange(m), hull, y[hull])
+    return out
+
+
 def _uniform(v: np.ndarray, c: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (uint8) and values of the midrise uniform code of ``v`` on ``[−c, c]`` (per
     column) at ``b`` bits."""
@@ -178,6 +204,64 @@ class TrellisRecord:
 def stored_bits(code: TrellisChannelCode, record: TrellisRecord) -> int:
     """Bits a packed ``record`` of ``code`` holds: ``Σ_c symbols_c.size · b_c``."""
     return int(sum(s.size * b for s, (b, _, _) in zip(record.symbols, code.classes)))
+
+
+@dataclass(frozen=True, eq=False)
+class CodeCurves:
+    """Measured error curves of :class:`TrellisChannelCode` on calibration data, before the bits.
+
+    ``curve[b, j]``: normalised MSE of coordinate ``j`` at ``b`` bits (the lesser of the
+    trellis's and the uniform code's, made non-increasing and convex in ``b``); the error that reaches the
+    output is ``weight_j · std_j² · curve[b, j]``. Allocate bits on them (e.g. jointly over
+    several codes with :func:`~mmquant.models.channelcode.allocate_bits`), then :meth:`code`.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    v: np.ndarray = field(repr=False)
+    curve: np.ndarray = field(repr=False)
+    use_trellis: np.ndarray = field(repr=False)
+    clip: np.ndarray = field(repr=False)
+    L: int = DEFAULT_L
+
+    @classmethod
+    def measure(
+        cls,
+        x: Any,
+        *,
+        L: int = DEFAULT_L,
+        scalar_from: int = SCALAR_FROM,
+        max_bits: int = MAX_BITS,
+    ) -> CodeCurves:
+        """Curves of calibration data ``x`` (``[tokens ≥ 2, n]``; see :meth:`TrellisChannelCode.fit`)."""
+        a = _calibration(x)
+        mb = check_int(max_bits, "max_bits", 1, MAX_BITS)
+        L = check_int(L, "L", MAX_BITS + 1, L_MAX)
+        sf = check_int(scalar_from, "scalar_from", 1, MAX_BITS + 1)
+        mu, sd, v = _normalise(a)
+        _, mse, clip = ChannelCode.curves(v, mb)
+        use_t = np.zeros_like(mse, dtype=bool)
+        top = min(sf - 1, mb)
+        if a.shape[1] >= 2 and top >= 1:
+            mse_t = _trellis_curves(v, top, L)
+            use_t[1 : top + 1] = mse_t[1:] < mse[1 : top + 1]
+            mse[1 : top + 1] = np.minimum(mse_t[1:], mse[1 : top + 1])
+        return cls(mu, sd, v, _convex(np.minimum.accumulate(mse, axis=0)), use_t, clip, L)
+
+    def code(self, bits: Any) -> TrellisChannelCode:
+        """The code of the allocation ``bits`` (``(n,)`` integers ``≤`` the curves' top)."""
+        b = np.asarray(bits)
+        n = self.mean.size
+        if b.shape != (n,) or b.dtype.kind not in "iu":
+            raise ValueError(f"bits must be {n} integers, got {b.shape} {b.dtype}")
+        if n and (b.min() < 0 or b.max() >= self.curve.shape[0]):
+            raise ValueError(f"bits must be integers in [0, {self.curve.shape[0] - 1}]")
+        b = b.astype(np.int64)
+        cols = np.arange(n)
+        scalar = ~self.use_trellis[b, cols]
+        gain = np.ones(MAX_BITS + 1)
+        code = TrellisChannelCode(self.mean, self.std, b, gain, self.clip[b, cols], scalar, self.L)
+        return code._fit_gains(self.v)
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,19 +374,9 @@ class TrellisChannelCode:
         w = np.asarray(weights, np.float64)
         if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(f"weights must be {n} finite values ≥ 0, got shape {w.shape}")
-        mu, sd, v = _normalise(a)
-        _, mse, clip = ChannelCode.curves(v, mb)
-        use_t = np.zeros_like(mse, dtype=bool)
-        if n >= 2:
-            mse_t = _trellis_curves(v, min(sf - 1, mb), L)
-            use_t[1 : mse_t.shape[0]] = mse_t[1:] < mse[1 : mse_t.shape[0]]
-            mse[1 : mse_t.shape[0]] = np.minimum(mse_t[1:], mse[1 : mse_t.shape[0]])
-        curve = np.minimum.accumulate(mse, axis=0)
-        (bits,) = allocate_bits([curve], [w * sd * sd], int(n * r + 1e-9))
-        cols = np.arange(n)
-        scalar = ~use_t[bits, cols]
-        code = cls(mu, sd, bits, np.ones(MAX_BITS + 1), clip[bits, cols], scalar, L)
-        return code._fit_gains(v)
+        cv = CodeCurves.measure(a, L=L, scalar_from=sf, max_bits=mb)
+        (bits,) = allocate_bits([cv.curve], [w * cv.std**2], int(n * r + 1e-9))
+        return cv.code(bits)
 
     @classmethod
     def from_bits(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmquant.models import find_model_dir
 from mmquant.models.actcodes import SCALE_BITS, TokenCode
 from mmquant.models.channelcode import ChannelCode
 from mmquant.models.tokentrellis import (
@@ -14,6 +15,12 @@ from mmquant.models.tokentrellis import (
     stored_bits,
     trellis_curve,
 )
+
+try:
+    find_model_dir()
+    HAVE_MODEL = True
+except FileNotFoundError:
+    HAVE_MODEL = False
 
 
 def _gauss(seed: int, tokens: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,3 +131,47 @@ def test_bad_inputs() -> None:
         TrellisChannelCode.from_bits(x, np.full(16, -1))
     with pytest.raises(ValueError, match="scalar_from"):
         TrellisChannelCode.fit(x, w, 4, scalar_from=0)
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="model not installed")
+def test_all_heads_qk_code_and_tcq_qk_codes() -> None:
+    from mmquant.models import (
+        MiniLM,
+        attention_logit_error,
+        calibration_sentences,
+        capture,
+        quantize_model,
+    )
+    from mmquant.models.recipes import tcq_qk_codes
+
+    m = MiniLM.load(np.float32)
+    sents = calibration_sentences(6, split="evaluation")
+    ref = capture(m, sents)
+    seen: list[tuple[int, ...]] = []
+
+    class Record:
+        def quantize(self, x: np.ndarray) -> np.ndarray:
+            seen.append(x.shape)
+            return x
+
+    same = capture(quantize_model(m, qk={(1, "q"): Record(), (1, "k"): Record()}), sents)
+    assert seen == [(int(ref.lengths.sum()), 384)] * 2
+    assert attention_logit_error(ref, same) == 0.0
+    cal = capture(m, calibration_sentences(6))
+    codes, total, entries = tcq_qk_codes(cal, 2, 12, 3.0)
+    assert sorted(codes) == [(0, "k"), (0, "q"), (1, "k"), (1, "q")]
+    assert entries == 4 * 384 and total == int(2 * 384 * 3.0) * 2
+    assert all(c.bits_per_entry <= 8 for c in codes.values())
+    got = capture(quantize_model(m, qk=codes, qk_layers=[0, 1]), sents)
+    per = attention_logit_error(ref, got, per_head=True)
+    assert np.all(per[:2] > 0) and np.mean(per[:2]) < 0.1  # 3 bits: a few percent
+
+
+def test_convex_hull_of_curves() -> None:
+    from mmquant.models.tokentrellis import _convex
+
+    y = np.array([[1.0, 1.0], [0.3, 0.5], [0.1, 0.25], [0.1, 0.125], [0.01, 0.0625]])
+    h = _convex(y)
+    np.testing.assert_allclose(h[:, 1], y[:, 1])  # already convex: unchanged
+    np.testing.assert_allclose(h[:, 0], [1.0, 0.3, 0.1, 0.055, 0.01])  # 3 bits: on the chord
+    assert np.all(np.diff(h, 2, axis=0) >= -1e-15)
