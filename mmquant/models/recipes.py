@@ -386,6 +386,10 @@ def aware_recipe(
 
         check_choice(weight_method, "weight_method", METHODS)
     check_choice(act_allocation, "act_allocation", ("site", "joint", "sensitivity"))
+    check_choice(act_code, "act_code", ("channel", "tcq"))
+    check_choice(qk_code, "qk_code", ("channel", "tcq"))
+    if act_code != "channel" and (codes != "token" or act_allocation != "site"):
+        raise ValueError(f"act_code={act_code!r} needs codes='token' and act_allocation='site'")
     ra = r if act_rate is None else check_float(act_rate, "act_rate", 0.0, lo_open=True)
     rq = r if qk_rate is None else check_float(qk_rate, "qk_rate", 0.0, lo_open=True)
     cap0 = calibration_capture(n_sentences, model.dtype.name, model.max_length)
@@ -398,10 +402,6 @@ def aware_recipe(
     act_entries = 0
     if codes not in ("token", "static"):
         raise ValueError(f"codes must be 'token' or 'static', got {codes!r}")
-    check_choice(act_code, "act_code", ("channel", "tcq"))
-    check_choice(qk_code, "qk_code", ("channel", "tcq"))
-    if act_code != "channel" and (codes != "token" or act_allocation != "site"):
-        raise ValueError(f"act_code={act_code!r} needs codes='token' and act_allocation='site'")
     if codes == "token":
         from mmquant.models.actcodes import token_codes
 

@@ -100,3 +100,14 @@ def test_weight_method_is_checked() -> None:
         watersic_weights(object(), {}, 4.0, method="nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="weight_method"):
         aware_recipe(object(), 4.0, weight_method="nope")  # type: ignore[arg-type]
+
+
+def test_act_and_qk_code_are_checked() -> None:
+    from mmquant.models.recipes import aware_recipe
+
+    with pytest.raises(ValueError, match="act_code"):
+        aware_recipe(object(), 4.0, act_code="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="qk_code"):
+        aware_recipe(object(), 4.0, qk_code="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="act_allocation='site'"):
+        aware_recipe(object(), 4.0, act_code="tcq", act_allocation="joint")  # type: ignore

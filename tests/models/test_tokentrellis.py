@@ -175,3 +175,12 @@ def test_convex_hull_of_curves() -> None:
     np.testing.assert_allclose(h[:, 1], y[:, 1])  # already convex: unchanged
     np.testing.assert_allclose(h[:, 0], [1.0, 0.3, 0.1, 0.055, 0.01])  # 3 bits: on the chord
     assert np.all(np.diff(h, 2, axis=0) >= -1e-15)
+
+
+def test_token_codes_act_code_is_checked() -> None:
+    from mmquant.models.actcodes import token_codes
+
+    with pytest.raises(ValueError, match="act_code"):
+        token_codes(object(), {}, 4.5, act_code="nope")
+    with pytest.raises(ValueError, match="allocation='site'"):
+        token_codes(object(), {}, 4.5, allocation="joint", act_code="tcq")
