@@ -374,6 +374,9 @@ def aware_recipe(
     act_code : {"channel", "tcq"}
         Inner code of the token codes (``codes="token"``): the uniform channel code, or trellis
         codes per rate class (:mod:`mmquant.models.tokentrellis`, ``act_allocation="site"``).
+        Measured with ``qk_code="tcq"`` (64 held-out sentences, 64 calibration sentences,
+        trellis-SIC weights): at 4.5 bits 1 − cos 6.07e-3, logit error 6.90e-3 (channel codes:
+        1.02e-2 / 1.05e-2); at 3 bits 3.97e-2 / 2.91e-2.
     qk_code : {"channel", "tcq"}
         Query/key codes: a :class:`ChannelCode` per head, bits waterfilled across the heads of
         a layer; or (``"tcq"``) one :class:`~mmquant.models.tokentrellis.TrellisChannelCode`
