@@ -1,9 +1,9 @@
 """Issue 18's targets on the bundled MiniLM, for the covariance-aware recipe (too slow for CI).
 
-Builds :func:`mmquant.models.recipes.aware_recipe` (WaterSIC weights, per-token-scaled activation
-codes after online transforms, waterfilled Q/K channel codes) at ``--rate`` bits, evaluates it on
-``--sentences`` held-out sentences and on the retrieval task, and prints each target with PASS or
-MISS:
+Builds :func:`mmquant.models.recipes.aware_recipe` (trellis-SIC weights, per-token-scaled
+activation codes after online transforms and Q/K codes, both entropy-coded by default) at
+``--rate`` bits, evaluates it on ``--sentences`` held-out sentences and on the retrieval task,
+and prints each target with PASS or MISS:
 
 * measured bits per weight, per activation entry and per query/key entry ≤ 4.5;
 * mean ``1 − cos`` of the sentence embeddings ≤ 8e-3;
@@ -13,11 +13,11 @@ MISS:
 Exit status 0 when every target passes, 1 otherwise. Takes minutes (about 7 on a loaded 2-core
 machine): fitting the codes on 64 calibration sentences dominates.
 
-With ``--act-code ecsq`` / ``--qk-code ecsq`` (entropy-coded scalar codes) the activation and
-query/key rates checked are those the codes counted on the evaluation sentences (printed with
-their calibration estimates).
+With the entropy-coded scalar codes (``--act-code ecsq`` / ``--qk-code ecsq``, the default) the
+activation and query/key rates checked are those the codes counted on the evaluation sentences
+(printed with their calibration estimates); ``channel`` and ``tcq`` are fixed-rate.
 
-Run: ``python benchmarks/bench_w4a4_targets.py [--rate 4.5] [--sentences 64] [--act-code ecsq]``.
+Run: ``python benchmarks/bench_w4a4_targets.py [--rate 4.5] [--sentences 64] [--act-code tcq]``.
 """
 
 from __future__ import annotations
@@ -43,19 +43,24 @@ def main() -> int:
     ap.add_argument(
         "--allocation", default=None, help="activation bits: site, joint or sensitivity"
     )
+    ap.add_argument("--act-code", default=None, help="activation inner code: channel, ecsq, tcq")
+    ap.add_argument("--qk-code", default=None, help="query/key code: channel, ecsq or tcq")
     ap.add_argument("--acts-only", action="store_true", help="leave the weights unquantized")
-    ap.add_argument("--act-code", default="channel", help="activation inner code: channel, ecsq")
-    ap.add_argument("--qk-code", default="channel", help="query/key code: channel, ecsq")
-    ap.add_argument("--act-block", type=int, default=1, help="ECSQ tokens per message (acts)")
+    ap.add_argument("--act-block", type=int, default=None, help="ECSQ tokens per message (acts)")
     ap.add_argument("--qk-block", type=int, default=None, help="ECSQ tokens per message (Q/K)")
     args = ap.parse_args()
-    kw_codes: dict = {"act_code": args.act_code, "qk_code": args.qk_code}
-    kw_codes["act_block"] = args.act_block
+    kw_codes: dict = {}
+    if args.act_block is not None:
+        kw_codes["act_block"] = args.act_block
     if args.qk_block is not None:
         kw_codes["qk_block"] = args.qk_block
     kw: dict = {} if args.weights is None else {"weight_method": args.weights}
     if args.allocation is not None:
         kw["act_allocation"] = args.allocation
+    if args.act_code is not None:
+        kw["act_code"] = args.act_code
+    if args.qk_code is not None:
+        kw["qk_code"] = args.qk_code
     if args.acts_only:
         kw["weights"] = False
     model = MiniLM.load(np.float32)

@@ -250,18 +250,21 @@ def token_codes(
     gains : dict, optional
         Layer name (the query's for the shared input) → sensitivity factor of ``"joint"``
         (default 1).
-    act_code : {"channel", "ecsq"}
-        Inner code after the transform and the scale: the fixed-rate :class:`ChannelCode`, or
-        the entropy-coded :class:`~mmquant.models.ecsqcode.ECSQCode` (steps ``Δ0/√wᵢ``, measured
-        rates; ``allocation="site"`` only). Its target is ``rate`` less the rate inflation that
-        a transform and code fitted on the first half of the tokens show on the second half.
+    act_code : {"channel", "ecsq", "tcq"}
+        Inner code after the transform and the per-token scale: the fixed-rate uniform
+        :class:`ChannelCode`; the entropy-coded :class:`~mmquant.models.ecsqcode.ECSQCode`
+        (steps ``Δ0/√wᵢ``, measured rates; its target is ``rate`` less the rate inflation that
+        a transform and code fitted on the first half of the tokens show on the second half);
+        or the trellis-coded rate classes of
+        :class:`~mmquant.models.tokentrellis.TrellisChannelCode`. The last two need
+        ``allocation="site"``.
     block : int
         Tokens per rANS message of ``"ecsq"`` (1: every token its own message).
     """
     check_choice(allocation, "allocation", ("site", "joint"))
-    check_choice(act_code, "act_code", ("channel", "ecsq"))
-    if act_code == "ecsq" and allocation != "site":
-        raise ValueError("act_code='ecsq' allocates by its step sizes: allocation must be 'site'")
+    check_choice(act_code, "act_code", ("channel", "ecsq", "tcq"))
+    if act_code != "channel" and allocation != "site":
+        raise ValueError(f"act_code={act_code!r} needs allocation='site', got {allocation!r}")
     from mmquant.models.limits import weight_covariance
 
     tr = dict(SITE_TRANSFORMS if transforms is None else transforms)
@@ -305,6 +308,13 @@ def token_codes(
             code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
             inner = ECSQCode.fit(u, wts, r - inflation, block=block)
             codes[name] = code.with_inner(inner)
+            continue
+        if act_code == "tcq":
+            from mmquant.models.tokentrellis import TrellisChannelCode
+
+            r = check_float(rate, "rate", SCALE_BITS / x.shape[1], lo_open=True)
+            code, u, wts = TokenCode.prepare(x, sw, transform=tr[site])
+            codes[name] = code.with_inner(TrellisChannelCode.fit(u, wts, r - SCALE_BITS / len(wts)))
             continue
         if allocation == "site":
             codes[name] = TokenCode.fit(x, sw, rate, transform=tr[site])

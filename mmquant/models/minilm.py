@@ -341,8 +341,13 @@ class MiniLM:
     def _quantize_qk(self, a: np.ndarray, layer: int = 0, which: str = "q") -> np.ndarray:
         # each head's [tokens, head_dim] matrix separately, quantized along head_dim; a mapping
         # (layer, "q"|"k", head) -> quantizer gives each head its own code (missing: unquantized)
-        out = np.empty_like(a)
         qq = self.qk_quantizer
+        if isinstance(qq, Mapping) and (layer, which) in qq:
+            # (layer, "q"|"k") -> one code for all heads: rows [tokens, heads·head_dim]
+            flat = np.ascontiguousarray(a.reshape(a.shape[0], -1))
+            y = np.asarray(qq[(layer, which)].quantize(flat)).reshape(a.shape)
+            return y.astype(a.dtype, copy=False)
+        out = np.empty_like(a)
         for h in range(a.shape[1]):
             q = qq.get((layer, which, h)) if isinstance(qq, Mapping) else qq
             x = np.ascontiguousarray(a[:, h, :])

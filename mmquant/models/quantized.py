@@ -71,7 +71,8 @@ def quantize_model(
         ``layer name -> code`` (any object with ``quantize(x)``; layers not in it stay exact).
     qk : str, Quantizer or mapping, optional
         Quantizer for the queries and keys of the layers in ``qk_layers`` (per head, along the
-        head dimension), or a mapping ``(layer, "q" | "k", head) -> code``.
+        head dimension), or a mapping ``(layer, "q" | "k", head) -> code`` (or ``(layer, "q" |
+        "k") -> code`` on ``[tokens, heads·head_dim]``, all heads at once).
     layers : iterable of str, optional
         Linear-layer names for ``weights`` (when a quantizer) and ``activations``; default all 36.
     qk_layers : iterable of int, optional

@@ -43,14 +43,17 @@ the same transforms were worse at every kind of input. The static codes of the f
 available with ``codes="static"``. :class:`ChannelCode`, :func:`allocate_bits` and
 :func:`balance` live in :mod:`mmquant.models.channelcode` (re-exported here).
 
-Fourth round (``act_code="ecsq"``, ``qk_code="ecsq"``): the inner codes are entropy-coded
-uniform scalar codes (:mod:`mmquant.models.ecsqcode`, steps ``Δ0/√wᵢ``, static per-coordinate
-tables with escapes, every token its own rANS message for the activations, 64-token messages
-per head for queries/keys), their rates counted as they code. At 4.5 bits on 64 + 64 sentences
+Fourth round (the default: ``act_code="ecsq"``, ``qk_code="ecsq"``): the inner codes are
+entropy-coded uniform scalar codes (:mod:`mmquant.models.ecsqcode`, steps ``Δ0/√wᵢ``, static
+per-coordinate tables with escapes, 64-token rANS messages per site for the activations and per
+head for queries/keys), their rates counted as they code. At 4.5 bits on 64 + 64 sentences
 (trellis-SIC weights, rates measured on the evaluation sentences: weights 4.50, activations
-4.42, Q/K 4.47): 1 − cos 4.96e-3, logit error 3.5e-3 (channel codes: 1.02e-2, 1.05e-2);
-with one message per forward batch (``act_block=0, qk_block=0``) 4.58e-3 and 3.2e-3, and
-recall@1 equal to the unquantized model's.
+4.42, Q/K 4.47; ``benchmarks/bench_w4a4_targets.py``): 1 − cos 4.67e-3, logit error 3.2e-3,
+recall@1 equal to the unquantized model's (channel codes: 1.02e-2, 1.05e-2, one topic lost).
+With every activation token its own message (``act_block=1``: 64 bits of coder state per token
+counted) 4.96e-3 and 3.5e-3, and one topic lost. Trellis-coded rate classes
+(``act_code="tcq"``, ``qk_code="tcq"``, :mod:`mmquant.models.tokentrellis`: fixed rate, no
+entropy coder) reach 6.07e-3 and 6.90e-3 and are about 4× slower to fit and run.
 
 :func:`aware_recipe` builds the whole quantized model;
 :func:`mmquant.models.baselines.baseline_recipe` the registered codes of the issue's table on the
@@ -85,6 +88,7 @@ __all__ = [
     "Recipe",
     "aware_recipe",
     "measured_rates",
+    "tcq_qk_codes",
 ]
 
 
@@ -292,6 +296,8 @@ def _fit_act_code(
     return ChannelCode.fit(x, w, rate) if best == "channel" else best
 
 
+#: Tokens per rANS message of the ECSQ activation codes (a 64-token chunk of one layer input).
+ACT_BLOCK = 64
 #: Tokens per rANS message of the ECSQ query/key codes (a key-cache page of one head).
 QK_BLOCK = 64
 #: Bits below ``qk_rate`` that the ECSQ query/key codes aim at (on 32 + 32 sentences the
@@ -331,6 +337,39 @@ def measured_rates(recipe: Recipe) -> dict[str, tuple[float, float, int]]:
     }
 
 
+def tcq_qk_codes(
+    cap: Capture, layers: int, heads: int, rate: float
+) -> tuple[dict[tuple[int, str], Any], int, int]:
+    """Trellis-coded query/key codes: per layer, one code for all heads of the queries and one
+    for the keys (``[tokens, heads·head_dim]``), bits waterfilled jointly over both with the
+    error weights ``diag Σ_K`` (queries) and ``diag Σ_Q`` (keys) of each head.
+
+    Returns ``({(layer, "q" | "k"): code}, total bits per token, entries per token)``.
+    """
+    from mmquant.models.tokentrellis import CodeCurves
+
+    out: dict[tuple[int, str], Any] = {}
+    total = entries = 0
+    for i in range(layers):
+        data: dict[str, list] = {"q": [], "k": []}
+        wts: dict[str, list] = {"q": [], "k": []}
+        for h in range(heads):
+            qh, kh = (np.asarray(a, np.float64) for a in cap.head(i, h))
+            data["q"].append(qh)
+            data["k"].append(kh)
+            wts["q"].append(np.clip(np.diag(kh.T @ kh / len(kh)), 0.0, None))
+            wts["k"].append(np.clip(np.diag(qh.T @ qh / len(qh)), 0.0, None))
+        cv = {w: CodeCurves.measure(np.concatenate(data[w], axis=1)) for w in "qk"}
+        ws = [np.concatenate(wts[w]) * cv[w].std ** 2 for w in "qk"]
+        n = sum(c.mean.size for c in cv.values())
+        alloc = allocate_bits([cv["q"].curve, cv["k"].curve], ws, int(n * rate))
+        for w, b in zip("qk", alloc):
+            out[(i, w)] = cv[w].code(b)
+            total += int(b.sum())
+            entries += b.size
+    return out, total, entries
+
+
 def aware_recipe(
     model: MiniLM,
     rate: float = 4.5,
@@ -344,9 +383,9 @@ def aware_recipe(
     codes: str = "token",
     weight_method: str = "tcqsic",
     act_allocation: str = "site",
-    act_code: str = "channel",
-    qk_code: str = "channel",
-    act_block: int = 1,
+    act_code: str | None = None,
+    qk_code: str = "ecsq",
+    act_block: int = ACT_BLOCK,
     qk_block: int = QK_BLOCK,
     qk_margin: float = QK_MARGIN,
 ) -> Recipe:
@@ -389,15 +428,22 @@ def aware_recipe(
         :data:`SENSITIVITY_SENTENCES` calibration sentences). Measured at 4.5 bits with WaterSIC
         weights (64 held-out sentences, 1 − cos / logit error): site 1.10e-2 / 1.08e-2, joint
         1.42e-2 / 1.47e-2, sensitivity 1.22e-2 / 9.5e-3 — hence the default ``"site"``.
-    act_code : {"channel", "ecsq"}
-        Inner code of the token codes (``codes="token"``): the fixed-rate :class:`ChannelCode`
-        or the entropy-coded :class:`~mmquant.models.ecsqcode.ECSQCode` (rates measured as it
-        codes: :func:`measured_rates`).
-    qk_code : {"channel", "ecsq"}
+    act_code : {"channel", "ecsq", "tcq"}, optional
+        Inner code of the token codes (``codes="token"``, ``act_allocation="site"`` for the
+        last two; default ``"ecsq"`` where those hold, else ``"channel"``): the fixed-rate :class:`ChannelCode`; the entropy-coded
+        :class:`~mmquant.models.ecsqcode.ECSQCode` (rates measured as it codes:
+        :func:`measured_rates`); or trellis codes per rate class
+        (:mod:`mmquant.models.tokentrellis`). Measured with the same ``qk_code`` (64 held-out
+        sentences, 64 calibration sentences, trellis-SIC weights), 1 − cos / logit error: at 4.5
+        bits channel 1.02e-2 / 1.05e-2, tcq 6.07e-3 / 6.90e-3; at 3 bits channel 6.17e-2 /
+        4.42e-2, tcq 3.97e-2 / 2.91e-2 (ECSQ: module docstring).
+    qk_code : {"channel", "ecsq", "tcq"}
         Query/key codes: :class:`ChannelCode` s with bits waterfilled across the heads of each
-        layer, or :class:`~mmquant.models.ecsqcode.ECSQCode` s with one water level ``Δ0`` for
+        layer; :class:`~mmquant.models.ecsqcode.ECSQCode` s with one water level ``Δ0`` for
         all heads of all layers (:func:`~mmquant.models.ecsqcode.fit_joint`; the logit error
-        is one sum over layers and heads).
+        is one sum over layers and heads); or (``"tcq"``) one
+        :class:`~mmquant.models.tokentrellis.TrellisChannelCode` for all heads of a layer's
+        queries and one for its keys, bits waterfilled jointly over both (:func:`tcq_qk_codes`).
     act_block, qk_block : int
         Tokens per rANS message of the ECSQ codes (1: each token its own message; 0: each
         forward batch one message); the 64 bits of each message's final state are counted.
@@ -411,10 +457,12 @@ def aware_recipe(
 
         check_choice(weight_method, "weight_method", METHODS)
     check_choice(act_allocation, "act_allocation", ("site", "joint", "sensitivity"))
-    check_choice(act_code, "act_code", ("channel", "ecsq"))
-    check_choice(qk_code, "qk_code", ("channel", "ecsq"))
-    if act_code == "ecsq" and codes != "token":
-        raise ValueError("act_code='ecsq' needs codes='token'")
+    if act_code is None:
+        act_code = "ecsq" if codes == "token" and act_allocation == "site" else "channel"
+    check_choice(act_code, "act_code", ("channel", "ecsq", "tcq"))
+    check_choice(qk_code, "qk_code", ("channel", "ecsq", "tcq"))
+    if act_code != "channel" and (codes != "token" or act_allocation != "site"):
+        raise ValueError(f"act_code={act_code!r} needs codes='token' and act_allocation='site'")
     ra = r if act_rate is None else check_float(act_rate, "act_rate", 0.0, lo_open=True)
     rq = r if qk_rate is None else check_float(qk_rate, "qk_rate", 0.0, lo_open=True)
     cap0 = calibration_capture(n_sentences, model.dtype.name, model.max_length)
@@ -439,7 +487,9 @@ def aware_recipe(
         elif act_code == "ecsq":
             act = dict(token_codes(mt, cap.inputs, ra, act_code="ecsq", block=act_block))
         else:
-            act = dict(token_codes(mt, cap.inputs, ra, allocation=act_allocation))
+            act = dict(
+                token_codes(mt, cap.inputs, ra, allocation=act_allocation, act_code=act_code)
+            )
     for name in mt.linear_names:
         x = np.asarray(cap.inputs[name], np.float64)
         if codes == "token":
@@ -468,13 +518,15 @@ def aware_recipe(
             act[name] = _fit_act_code(x, sw, ra, split, static=static)
         act_total += act[name].bits_per_entry * x.shape[1]
         act_entries += x.shape[1]
-    qk: dict[tuple[int, str, int], Any] = {}
+    qk: dict[tuple, Any] = {}
     qk_total = 0.0
     qk_entries = 0
     if qk_code == "ecsq":
         qk = _ecsq_qk(mt, cap, rq - check_float(qk_margin, "qk_margin", 0.0, rq), qk_block)
         qk_total = sum(c.fit_rate * c.mean.size for c in qk.values())
         qk_entries = sum(c.mean.size for c in qk.values())
+    elif qk_code == "tcq":
+        qk, qk_total, qk_entries = tcq_qk_codes(cap, mt.config.num_layers, nh, rq)
     for i in range(mt.config.num_layers if qk_code == "channel" else 0):
         curves, wts, keys, params = [], [], [], []
         for h in range(nh):
@@ -508,9 +560,10 @@ def aware_recipe(
     label = wl + (" / aware+online" if online else " / aware")
     if codes == "token":
         label = wl + " / token codes"
-    ecsq = [part for part, c in (("acts", act_code), ("Q/K", qk_code)) if c == "ecsq"]
-    if ecsq:
-        label += " (ECSQ " + " + ".join(ecsq) + ")"
+    if act_code != "channel":
+        label += f" ({act_code.upper()} acts)"
+    if qk_code != "channel":
+        label += f", Q/K {qk_code.upper()}"
     return Recipe(
         name=label,
         model=qm.replace(weight_bits=w_bits, description=label),

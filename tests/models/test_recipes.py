@@ -102,7 +102,7 @@ def test_weight_method_is_checked() -> None:
         aware_recipe(object(), 4.0, weight_method="nope")  # type: ignore[arg-type]
 
 
-def test_ecsq_options_are_checked() -> None:
+def test_act_and_qk_code_options_are_checked() -> None:
     from mmquant.models.actcodes import token_codes
     from mmquant.models.recipes import aware_recipe
 
@@ -114,3 +114,5 @@ def test_ecsq_options_are_checked() -> None:
         aware_recipe(object(), 4.0, act_code="ecsq", codes="static")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="allocation"):
         token_codes(object(), {}, 4.0, allocation="joint", act_code="ecsq")
+    with pytest.raises(ValueError, match="act_allocation='site'"):
+        aware_recipe(object(), 4.0, act_code="tcq", act_allocation="joint")  # type: ignore
