@@ -62,6 +62,8 @@ TAIL_MASS = 1.0 / 32
 TAIL_WIDTH = 3.0
 #: Bisection steps on ``log2 Δ0`` (after a bracket of width 2).
 SEARCH_STEPS = 16
+#: Most entries one :meth:`ECSQCode.decode` call produces (a bound on its memory, 512 MiB).
+MAX_DECODE_ENTRIES = 1 << 26
 
 
 class RateMeter:
@@ -320,6 +322,11 @@ class ECSQCode:
 
         c = _constriction()
         tokens = check_int(tokens, "tokens", 0, 1 << 30)
+        if tokens * self.mean.size > MAX_DECODE_ENTRIES:
+            raise ValueError(
+                f"{tokens} tokens of {self.mean.size} entries exceed the decoder's limit of "
+                f"{MAX_DECODE_ENTRIES} entries per call: decode fewer tokens at a time"
+            )
         streams = list(streams)
         if len(streams) != self.messages(tokens):
             raise ValueError(f"{tokens} tokens need {self.messages(tokens)} streams")

@@ -451,13 +451,20 @@ class TrellisChannelCode:
         if not isinstance(record, TrellisRecord) or len(record.symbols) != len(cl):
             raise ValueError(f"record must be a TrellisRecord with {len(cl)} symbol arrays")
         t_n = int(record.tokens)
-        v = np.zeros((t_n, self.bits.size))
-        for (b, idx, L), u in zip(cl, record.symbols):
-            u = np.asarray(u)
+        if t_n < 0:
+            raise ValueError(f"record.tokens must be ≥ 0, got {t_n}")
+        syms = []
+        for b, idx, _ in cl:  # every size checked before anything is allocated or decoded
+            u = np.asarray(record.symbols[len(syms)])
             if u.dtype != np.uint8 or u.shape != (t_n, idx.size):
                 raise ValueError(f"symbols of the {b}-bit class must be uint8 {(t_n, idx.size)}")
             if u.size and int(u.max()) >= 1 << b:
                 raise ValueError(f"symbols of the {b}-bit class must be < {1 << b}")
+            syms.append(u)
+        if not cl and t_n * self.bits.size > 1 << 26:  # no symbols tie tokens to the input
+            raise ValueError(f"record.tokens {t_n} too large for a code without coded coordinates")
+        v = np.zeros((t_n, self.bits.size))
+        for (b, idx, L), u in zip(cl, syms):
             if not L:
                 v[:, idx] = _levels(u, self.clip[idx], b)
                 continue

@@ -145,3 +145,5 @@ def test_bad_inputs() -> None:
     streams = code.encode(x[:4])
     with pytest.raises(ValueError, match=r"corrupt|uint32"):
         code.decode([s[:-1] for s in streams], 4)
+    with pytest.raises(ValueError, match="decoder's limit"):  # one stream, 2^30 tokens claimed
+        code.decode(streams, 1 << 30)

@@ -125,6 +125,10 @@ def test_bad_inputs() -> None:
     bad[0] = bad[0][:, :-1]
     with pytest.raises(ValueError, match="uint8"):
         code.decode(TrellisRecord(4, tuple(bad)))
+    with pytest.raises(ValueError, match="uint8"):  # a huge token count, small symbols
+        code.decode(TrellisRecord(1 << 40, rec.symbols))
+    with pytest.raises(ValueError, match="≥ 0"):
+        code.decode(TrellisRecord(-1, rec.symbols))
     with pytest.raises(ValueError, match="bits must be"):
         TrellisChannelCode(code.mean, code.std, code.bits + 9, code.gain, code.clip, code.scalar)
     with pytest.raises(ValueError, match="bits must be"):
