@@ -26,7 +26,15 @@ from mmquant.kernels import product_options, products_simd
 from mmquant.kernels.products_simd import store
 from mmquant.kernels.simd import TB, TILE, simd_width
 
-__all__ = ["block_product", "activation_sums", "lattice_dot", "simd_width", "TILE", "TB"]
+__all__ = [
+    "block_product",
+    "gemv_plan",
+    "activation_sums",
+    "lattice_dot",
+    "simd_width",
+    "TILE",
+    "TB",
+]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
@@ -248,6 +256,33 @@ def block_product(
             mode, base = 4, np.float32(tv.step)
         _tiles_loop(tv.codes, mode, tv.table, base, *sc[:4], sc[4], tv.group, x, u, vs, out)
     return out
+
+
+def gemv_plan(tv, simd: int | None = None):
+    """:func:`block_product` of one activation with unit group scales, bound to a tile view.
+
+    Returns ``f(x) -> (out, bad)``: ``x`` a contiguous float32 ``(n,)`` activation, ``out`` the
+    ``(rows, 1)`` float64 product (the same numbers as :func:`block_product`) and ``bad`` how
+    many of its entries are not finite; or ``None`` where the tile view has no SIMD inner loop.
+    Everything but ``x`` is prepared here, once per weight: a call is one allocation and one
+    kernel dispatch, the group sums of affine records included. That matters for a GEMV after
+    other work has flushed the caches, where each numpy call on the way costs microseconds.
+    """
+    if simd is None:
+        simd = simd_width()
+    kind, fi, ii = _simd_kind(tv)
+    if not simd or kind < 0:
+        return None
+    p = (fi[0], fi[1], ii[0], ii[1], ii[2])
+    ng = tv.scale_index.shape[1]
+    run = products_simd.gemv_plan(simd, tv, kind, p, np.ones(ng), (2 if tv.has_offset else 1) + 2)
+    rows, sums, zeros = tv.rows, tv.has_offset, np.zeros(ng)
+
+    def f(x: np.ndarray) -> tuple[np.ndarray, int]:
+        out = np.empty((rows, 1))
+        return out, run(x, np.empty(ng) if sums else zeros, sums, out)
+
+    return f
 
 
 @numba.njit(**product_options())

@@ -34,14 +34,14 @@ from mmquant.kernels.simd import (
 )
 from mmquant.kernels.simd_tiles import gemv_tile8, gemv_tile16
 
-__all__ = ["gemv", "batched", "group_major", "store"]
+__all__ = ["gemv", "gemv_plan", "batched", "group_major", "store", "group_sums", "nonfinite"]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
 #: tile kernels are compiled again.
-SIMD_REVISION = 9
+SIMD_REVISION = 10
 
 
 @numba.njit(**_helper)
@@ -55,11 +55,37 @@ def store(out, y, ti):  # pragma: no cover - compiled
                 out[i, t] = y[t, r] + 0.0
 
 
+@numba.njit(**_helper)
+def group_sums(x, g, out):  # pragma: no cover - compiled
+    """``out[k]`` = the float32 sum of group ``k`` of the activation ``x`` (increasing column
+    order from ``+0.0``, as :func:`mmquant.products.reference.activation_sums`), as float64."""
+    n = x.shape[0]
+    for k in range(out.shape[0]):
+        s = np.float32(0.0)
+        for j in range(k * g, min(n, k * g + g)):
+            s += x[j]
+        out[k] = s
+
+
+@numba.njit(**_helper)
+def nonfinite(out):  # pragma: no cover - compiled
+    """How many entries of ``out`` are NaN or infinite."""
+    bad = 0
+    for v in out.ravel():
+        if not np.isfinite(v):
+            bad += 1
+    return bad
+
+
 @numba.njit(**_opts)
-def _gemv16(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, out):  # pragma: no cover
+def _gemv16(
+    codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out
+):  # pragma: no cover
     scale, sidx, stable, offset, _ = sc
     ng = sidx.shape[1]
     indexed = sidx.shape[2] > 0
+    if sums:
+        group_sums(x, g, vsum)
     for ti in numba.prange(codes.shape[0]):
         y = np.empty((1, TILE))
         sb = np.empty((ng if indexed else 0, TILE), np.float32)
@@ -72,13 +98,16 @@ def _gemv16(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, out):  # p
             vsum, mode, y[0],
         )  # fmt: skip
         store(out, y, ti)
+    return nonfinite(out)
 
 
 @numba.njit(**_opts)
-def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, out):  # pragma: no cover
+def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out):  # pragma: no cover
     scale, sidx, stable, offset, _ = sc
     ng = sidx.shape[1]
     indexed = sidx.shape[2] > 0
+    if sums:
+        group_sums(x, g, vsum)
     for ti in numba.prange(codes.shape[0]):
         y = np.empty((1, TILE))
         sb = np.empty((ng if indexed else 0, TILE), np.float32)
@@ -91,6 +120,7 @@ def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, out):  # pr
             vsum, mode, y[0],
         )  # fmt: skip
         store(out, y, ti)
+    return nonfinite(out)
 
 
 @numba.njit(**_helper)
@@ -244,12 +274,25 @@ def group_major(x: np.ndarray, g: int, ng: int) -> np.ndarray:
     return np.ascontiguousarray(xp.reshape(bp, ng, g).transpose(1, 0, 2)).reshape(ng * bp, g)
 
 
-def gemv(simd, tv, kind, p, x, u, vs, mode, out) -> None:
-    """One activation (``x``, ``u``, ``vs`` its rows) times a tile view into ``out``."""
+def gemv(simd, tv, kind, p, x, u, vs, mode, out) -> int:
+    """One activation (``x``, ``u``, ``vs`` its rows) times a tile view into ``out``; returns
+    how many entries of ``out`` are not finite."""
+    return gemv_plan(simd, tv, kind, p, u, mode)(x, vs, False, out)
+
+
+def gemv_plan(simd, tv, kind, p, u, mode):
+    """``f(x, vs, sums, out) -> int``: :func:`gemv` with everything but the activation bound
+    (made once per weight: a call then costs one kernel dispatch). With ``sums`` true, ``vs``
+    is a buffer that the kernel fills with the activation's group sums first (affine records)."""
     sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
     parts = -(-tv.scale_count // simd)
     kernel = _gemv16 if simd == 16 else _gemv8
-    kernel(tv.codes, kind, tv.table, p, sc, parts, tv.group, tv.n, x, u, vs, mode, out)
+    args = (tv.codes, kind, tv.table, p, sc, parts, tv.group, tv.n)
+
+    def run(x, vs, sums, out):
+        return kernel(*args, x, u, vs, mode, sums, out)
+
+    return run
 
 
 def batched(simd, tv, kind, p, x, u, vs, mode, out) -> None:

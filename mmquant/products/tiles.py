@@ -96,7 +96,8 @@ class TileView:
     scale_count : int
         How many entries of :attr:`scale_table` are used (every index is below it).
     offset : numpy.ndarray
-        float32 ``(tiles, groups, TILE)``; all zeros for formats without one.
+        float32 ``(tiles, groups, TILE)``; empty ``(tiles, groups, 0)`` for formats without
+        offsets.
     has_offset : bool
         Whether the record has offsets (affine INT).
     group, rows, n : int
@@ -278,8 +279,10 @@ def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
     else:
         scale = np.zeros((tiles, ng, 0), np.float32)
         sidx, stable, count = np.ascontiguousarray(_tiled(indexed[0], tiles)), *indexed[1:]
-    off = view.offset if view.offset is not None else np.zeros_like(view.scale)
-    offset = _aligned(_tiled(off, tiles).astype(np.float32))
+    if has_offset:
+        offset = _aligned(_tiled(view.offset, tiles).astype(np.float32))
+    else:  # never read (every kernel reads offsets only for records that have them)
+        offset = np.zeros((tiles, ng, 0), np.float32)
     return TileView(
         codes=_aligned(ct.reshape(tiles, -1)),
         nibbles=nibbles,

@@ -67,6 +67,37 @@ def test_gemv_fast_paths(spec):
     _check("int:bits=4,affine=true", (16, 128), 1, seed=4)
 
 
+@pytest.mark.parametrize("spec", ["int:bits=4,affine=true", "nvfp4", "fp:fmt=e4m3", "mxint8"])
+def test_one_activation_plan_matches_the_general_path(spec):
+    """The lean GEMV path (a plan bound to the weight) gives the general path's numbers for
+    every layout of one activation, and its failures name the activation or the record."""
+    pytest.importorskip("numba")
+    import mmquant.products as products
+
+    rng = np.random.default_rng(6)
+    enc = mq.get(spec).encode(rng.standard_normal((70, 96)).astype(np.float32))
+    x = rng.standard_normal(96)
+    want = times(enc, x.tolist(), backend="numba")  # a list: the general path
+    assert enc not in products._PLANS
+    np.testing.assert_array_equal(times(enc, x, backend="numba"), want)
+    assert products._PLANS[enc] is not False  # the plan was made and used
+    x32 = x.astype(np.float32)
+    for got in (times(enc, x32), times(enc, x[:, None])[:, 0], times(enc, x[::-1][::-1])):
+        np.testing.assert_array_equal(got, want)
+    for xs in (x32[None], x32, x32[None, None]):
+        lin = linear(xs, enc)
+        assert lin.shape == (*xs.shape[:-1], 70) and lin.dtype == np.float32
+        np.testing.assert_array_equal(lin.reshape(-1), want.astype(np.float32))
+    np.testing.assert_array_equal(times(enc, x, backend="numpy"), want)
+    for bad, msg in ((np.nan, "1 NaN"), (-np.inf, "1 Inf")):
+        xb = x.copy()
+        xb[5] = bad
+        with pytest.raises(ValueError, match=msg):
+            times(enc, xb)
+    with pytest.raises(ValueError, match="not finite"):  # finite float64, infinite as float32
+        times(enc, np.where(np.arange(96) == 7, 1e39, x))
+
+
 def test_vector_and_linear_shapes():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((12, 40)).astype(np.float32)
