@@ -120,3 +120,20 @@ def test_on_compile_reports_outermost_kernel_compilations():
         assert numba.njit(probe)(3) == 7
     assert seen == ["formats.probe"]  # not the helper compiled on the way
     assert [n for n, _ in ended] == ["formats.probe"] and ended[0][1] > 0
+
+
+@pytest.mark.parametrize(
+    "env, want",
+    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "active"}, "active"), ({"GOMP_SPINCOUNT": "9"}, "")],
+)
+def test_openmp_threads_wait_passively_unless_told(env, want):
+    """Importing the kernels makes OpenMP's idle threads sleep (they would spin and take the
+    cores from numpy's BLAS), leaving a choice the user made alone."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    base["PYTHONPATH"] = str(Path(mmquant.__file__).parent.parent)
+    code = "import os, mmquant.kernels; print(os.environ.get('OMP_WAIT_POLICY', ''))"
+    r = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == want
