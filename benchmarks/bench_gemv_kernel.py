@@ -70,7 +70,7 @@ def main() -> None:
             kp.block_product(tv, x, u, vs)
             cold.append(time.perf_counter() - t0)
         h, c = min(hot), min(cold)
-        nb = tv.codes.nbytes + tv.scale.nbytes + (tv.offset.nbytes if tv.has_offset else 0)
+        nb = tv.nbytes
         print(
             f"{spec:24} hot {h * 1e3:.3f} ms, flushed {c * 1e3:.3f} ms ({t32 / c:.2f}× float32); "
             f"{nb / 1e6:.1f} MB at {nb / c / 1e9:.1f} GB/s; per tile column "

@@ -7,9 +7,10 @@ numpy reference :mod:`mmquant.products.reference` (its docstring defines the acc
   product tables in SIMD registers, byte codes of integer and minifloat tables decoded
   arithmetically in SIMD registers (:mod:`mmquant.kernels.simd`, AVX-512 or AVX2; one
   activation: a whole tile per call, :mod:`mmquant.kernels.simd_tiles`; the tile loops:
-  :mod:`mmquant.kernels.products_simd`), other tables one look-up per code; float32 group
-  scales laid out with the tile (or, on request, ``uint8`` indices into a table of ≤ 256); the
-  scale applied once per group; tiles of rows in parallel (``prange``).
+  :mod:`mmquant.kernels.products_simd`), other tables one look-up per code; group scales
+  laid out with the tile in half precision where that is exact, else float32 (or, on request,
+  ``uint8`` indices into a table of ≤ 256), widened in registers; the scale applied once per
+  group; tiles of rows in parallel (``prange``).
 * :func:`lattice_dot` -- the block-ordered float64 inner products of decoded lattice blocks with
   rotated activations, rows in parallel.
 
@@ -23,7 +24,7 @@ import numba
 import numpy as np
 
 from mmquant.kernels import product_options, products_simd
-from mmquant.kernels.products_simd import store
+from mmquant.kernels.products_simd import half_row, store
 from mmquant.kernels.simd import TB, TILE, simd_width
 
 __all__ = [
@@ -172,7 +173,7 @@ BUFFERED = 256
 
 
 @numba.njit(**_opts)
-def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, g, x, u, vsum, out):
+def _tiles_loop(codes, mode, table, base, sc, g, x, u, vsum, out):  # pragma: no cover - compiled
     """Plain-numba tiles (``mode``: 0 4-bit int, 1 4-bit table, 2 byte int, 3 byte table,
     4 signed byte; ``base`` is the integer base of modes 0 and 2, the step of mode 4).
 
@@ -180,13 +181,14 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
     once into a float32 buffer, then dotted with every activation."""
     tiles = codes.shape[0]
     b, n = x.shape
+    scale, sidx, stable, has_off = sc[0], sc[1], sc[2], sc[4]
     ng = sidx.shape[1]
-    indexed = sidx.shape[2] > 0
+    indexed, compact = sidx.shape[2] > 0, sc[5].shape[2] > 0
     per = 1 if mode < 2 else TILE  # 4-bit codes: c0 is a column; else a byte offset
     buffered = b > 1 and g <= BUFFERED
     for ti in numba.prange(tiles):
         acc = np.empty(TILE, np.float32)
-        sbuf = np.empty(TILE, np.float32)
+        sbuf, obuf = np.empty(TILE, np.float32), np.empty(TILE, np.float32)
         buf = np.empty((g if buffered else 1, TILE), np.float32)
         y = np.zeros((b, TILE))
         cf = codes[ti]
@@ -199,8 +201,15 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
                 _decode_group(cf, cw, j0 * per, gl, mode, table, base, buf)
             if indexed:
                 _plain_scales(sidx, stable, ti, k, sbuf)
+            elif compact:
+                half_row(sc[5][ti, k], sc[7], sbuf)
             else:
                 sbuf[:] = scale[ti, k]
+            orow = (
+                half_row(sc[6][ti, k], np.float32(1.0), obuf)
+                if compact and has_off
+                else sc[3][ti, k]
+            )
             for t in range(b):
                 if buffered:
                     _dot_group(buf, gl, x[t], j0, acc)
@@ -212,7 +221,7 @@ def _tiles_loop(codes, mode, table, base, scale, sidx, stable, offset, has_off, 
                     _byte_signed(cf, j0 * per, gl, x[t], j0, base, acc)
                 else:
                     _byte_table(cf, j0 * per, gl, x[t], j0, table, acc)
-                _add_group(y, acc, sbuf, offset[ti, k], has_off, k, t, u, vsum)
+                _add_group(y, acc, sbuf, orow, has_off, k, t, u, vsum)
         store(out, y, ti)
 
 
@@ -240,7 +249,7 @@ def block_product(
     x = np.ascontiguousarray(x, np.float32)
     u = np.ascontiguousarray(u, np.float64)
     vs = np.ascontiguousarray(vsum if vsum is not None else np.zeros(u.shape), np.float64)
-    sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
+    sc = products_simd.sides(tv)
     kind, fi, ii = _simd_kind(tv)
     if simd and kind >= 0:
         p = (fi[0], fi[1], ii[0], ii[1], ii[2])  # the byte decoders' parameters
@@ -254,7 +263,7 @@ def block_product(
         base = np.float32(tv.base if tv.base is not None else 0.0)
         if mode == 3 and tv.step is not None:
             mode, base = 4, np.float32(tv.step)
-        _tiles_loop(tv.codes, mode, tv.table, base, *sc[:4], sc[4], tv.group, x, u, vs, out)
+        _tiles_loop(tv.codes, mode, tv.table, base, sc, tv.group, x, u, vs, out)
     return out
 
 

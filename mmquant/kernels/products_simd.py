@@ -32,16 +32,27 @@ from mmquant.kernels.simd import (
     scale_lookup8,
     scale_lookup16,
 )
-from mmquant.kernels.simd_tiles import gemv_tile8, gemv_tile16
+from mmquant.kernels.simd_tiles import gemv_tile8, gemv_tile16, half_tile
 
-__all__ = ["gemv", "gemv_plan", "batched", "group_major", "store", "group_sums", "nonfinite"]
+__all__ = [
+    "half_row",
+    "sides",
+    "offset_row",
+    "gemv",
+    "gemv_plan",
+    "batched",
+    "group_major",
+    "store",
+    "group_sums",
+    "nonfinite",
+]
 
 _opts = product_options(parallel=True)
 _helper = product_options(inline=True)
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
 #: tile kernels are compiled again.
-SIMD_REVISION = 11
+SIMD_REVISION = 13
 
 
 @numba.njit(**_helper)
@@ -53,6 +64,32 @@ def store(out, y, ti):  # pragma: no cover - compiled
         if i < rows:
             for t in range(b):
                 out[i, t] = y[t, r] + 0.0
+
+
+@numba.njit(**_helper)
+def half_row(bits, unit, out):  # pragma: no cover - compiled
+    """``out[r] = fl32(half(bits[r]) · unit)``: IEEE half-precision bits (finite: checked when
+    the tile view was made) widened exactly, then one float32 multiply, as the SIMD loops do in
+    registers (:mod:`mmquant.kernels.simd_tiles`); for the plain-numba loops, which may run
+    where the CPU has no half-precision conversion. Returns ``out``."""
+    for r in range(out.shape[0]):
+        h = np.int32(bits[r])
+        e, m = (h >> 10) & 31, h & 1023
+        if e == 0:  # zero or subnormal: m · 2^-24
+            v = np.float32(m) * np.float32(2.0**-24)
+        else:  # (1024 + m) · 2^(e - 25)
+            v = np.float32(1024 + m) * np.float32(2.0 ** (e - 25))
+        out[r] = (-v if h & 0x8000 else v) * unit
+    return out
+
+
+def sides(tv) -> tuple:
+    """The scale arrays of a tile view as the kernels take them: ``(scale, scale_index,
+    scale_table, offset, has_offset, scale16, offset16, scale_unit)``."""
+    return (
+        tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset, tv.scale16,
+        tv.offset16, tv.scale_unit,
+    )  # fmt: skip
 
 
 @numba.njit(**_helper)
@@ -81,7 +118,7 @@ def nonfinite(out):  # pragma: no cover - compiled
 def _gemv16(
     codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out
 ):  # pragma: no cover
-    scale, sidx, stable, offset, _ = sc
+    scale, sidx, stable, offset = sc[0], sc[1], sc[2], sc[3]
     ng = sidx.shape[1]
     indexed = sidx.shape[2] > 0
     if sums:
@@ -94,8 +131,25 @@ def _gemv16(
                 scale_lookup16(sidx[ti, k], stable, parts, sb[k])
         srows = sb if indexed else scale[ti]
         gemv_tile16(
-            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, srows, offset[ti], u,
-            vsum, mode, y[0],
+            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, srows, offset[ti],
+            sc[7], u, vsum, mode, y[0],
+        )  # fmt: skip
+        store(out, y, ti)
+    return nonfinite(out)
+
+
+@numba.njit(**_opts)
+def _gemv16h(
+    codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out
+):  # pragma: no cover
+    """:func:`_gemv16` of a compact tile view (half-precision scales and offsets)."""
+    if sums:
+        group_sums(x, g, vsum)
+    for ti in numba.prange(codes.shape[0]):
+        y = np.empty((1, TILE))
+        gemv_tile16(
+            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, sc[5][ti], sc[6][ti],
+            sc[7], u, vsum, mode, y[0],
         )  # fmt: skip
         store(out, y, ti)
     return nonfinite(out)
@@ -103,7 +157,7 @@ def _gemv16(
 
 @numba.njit(**_opts)
 def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out):  # pragma: no cover
-    scale, sidx, stable, offset, _ = sc
+    scale, sidx, stable, offset = sc[0], sc[1], sc[2], sc[3]
     ng = sidx.shape[1]
     indexed = sidx.shape[2] > 0
     if sums:
@@ -116,8 +170,25 @@ def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out):
                 scale_lookup8(sidx[ti, k], stable, parts, sb[k])
         srows = sb if indexed else scale[ti]
         gemv_tile8(
-            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, srows, offset[ti], u,
-            vsum, mode, y[0],
+            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, srows, offset[ti],
+            sc[7], u, vsum, mode, y[0],
+        )  # fmt: skip
+        store(out, y, ti)
+    return nonfinite(out)
+
+
+@numba.njit(**_opts)
+def _gemv8h(
+    codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out
+):  # pragma: no cover
+    """:func:`_gemv8` of a compact tile view (half-precision scales and offsets)."""
+    if sums:
+        group_sums(x, g, vsum)
+    for ti in numba.prange(codes.shape[0]):
+        y = np.empty((1, TILE))
+        gemv_tile8(
+            codes[ti], x, n, g, kind, p[0], p[1], p[2], p[3], p[4], table, sc[5][ti], sc[6][ti],
+            sc[7], u, vsum, mode, y[0],
         )  # fmt: skip
         store(out, y, ti)
     return nonfinite(out)
@@ -125,20 +196,34 @@ def _gemv8(codes, kind, table, p, sc, parts, g, n, x, u, vsum, mode, sums, out):
 
 @numba.njit(**_helper)
 def _srow16(sc, parts, ti, k, sbuf):  # pragma: no cover - compiled
-    scale, sidx, stable, _, _ = sc
-    if sidx.shape[2] > 0:
-        scale_lookup16(sidx[ti, k], stable, parts, sbuf)
+    if sc[1].shape[2] > 0:  # indexed
+        scale_lookup16(sc[1][ti, k], sc[2], parts, sbuf)
         return sbuf
-    return scale[ti, k]  # a view: no copy
+    if sc[5].shape[2] > 0:  # compact
+        half_tile(sc[5][ti, k], sc[7], sbuf)
+        return sbuf
+    return sc[0][ti, k]  # a view: no copy
 
 
 @numba.njit(**_helper)
 def _srow8(sc, parts, ti, k, sbuf):  # pragma: no cover - compiled
-    scale, sidx, stable, _, _ = sc
-    if sidx.shape[2] > 0:
-        scale_lookup8(sidx[ti, k], stable, parts, sbuf)
+    if sc[1].shape[2] > 0:
+        scale_lookup8(sc[1][ti, k], sc[2], parts, sbuf)
         return sbuf
-    return scale[ti, k]
+    if sc[5].shape[2] > 0:
+        half_tile(sc[5][ti, k], sc[7], sbuf)
+        return sbuf
+    return sc[0][ti, k]
+
+
+@numba.njit(**_helper)
+def offset_row(sc, ti, k, obuf):  # pragma: no cover - compiled
+    """float32 offsets of group ``k`` of tile ``ti`` (empty without offsets; compact ones
+    widened into ``obuf``, with the SIMD loops' :func:`half_tile`)."""
+    if sc[6].shape[2] > 0:
+        half_tile(sc[6][ti, k], np.float32(1.0), obuf)
+        return obuf
+    return sc[3][ti, k]
 
 
 # The batched loops: the same body around one intrinsic each (see the module docstring).
@@ -149,15 +234,15 @@ def _batch_lut16(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # p
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow16(sc, parts, ti, k, sbuf)
+            srow, orow = _srow16(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 lut4_group16x4(
                     codes[ti], j0, min(g, n - j0), xg, k * bp + t0, 0, table, acc, srow, u, k,
-                    t0, y, mode, sc[3][ti, k], vsum,
+                    t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -167,15 +252,15 @@ def _batch_lut8(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # pr
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow8(sc, parts, ti, k, sbuf)
+            srow, orow = _srow8(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 lut4_group8x4(
                     codes[ti], j0, min(g, n - j0), xg, k * bp + t0, 0, table, acc, srow, u, k,
-                    t0, y, mode, sc[3][ti, k], vsum,
+                    t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -185,15 +270,15 @@ def _batch_int16(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # p
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow16(sc, parts, ti, k, sbuf)
+            srow, orow = _srow16(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 bytes_group16x4(
                     codes[ti], j0 * TILE, min(g, n - j0), xg, k * bp + t0, 0, p[0], p[1], p[2],
-                    p[3], p[4], acc, srow, u, k, t0, y, mode, sc[3][ti, k], vsum,
+                    p[3], p[4], acc, srow, u, k, t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -203,15 +288,15 @@ def _batch_int8(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # pr
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow8(sc, parts, ti, k, sbuf)
+            srow, orow = _srow8(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 bytes_group8x4(
                     codes[ti], j0 * TILE, min(g, n - j0), xg, k * bp + t0, 0, p[0], p[1], p[2],
-                    p[3], p[4], acc, srow, u, k, t0, y, mode, sc[3][ti, k], vsum,
+                    p[3], p[4], acc, srow, u, k, t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -221,15 +306,15 @@ def _batch_mini16(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # 
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow16(sc, parts, ti, k, sbuf)
+            srow, orow = _srow16(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 bytes_group16mx4(
                     codes[ti], j0 * TILE, min(g, n - j0), xg, k * bp + t0, 0, p[0], p[1], p[2],
-                    p[3], p[4], acc, srow, u, k, t0, y, mode, sc[3][ti, k], vsum,
+                    p[3], p[4], acc, srow, u, k, t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -239,15 +324,15 @@ def _batch_mini8(codes, table, p, sc, parts, g, n, xg, u, vsum, mode, out):  # p
     ng, b = sc[1].shape[1], out.shape[1]
     bp = xg.shape[0] // ng
     for ti in numba.prange(codes.shape[0]):
-        acc, sbuf = np.empty((TB, TILE), np.float32), np.empty(TILE, np.float32)
+        acc, bufs = np.empty((TB, TILE), np.float32), np.empty((2, TILE), np.float32)
         y = np.zeros((bp, TILE))
         for k in range(ng):
             j0 = k * g
-            srow = _srow8(sc, parts, ti, k, sbuf)
+            srow, orow = _srow8(sc, parts, ti, k, bufs[0]), offset_row(sc, ti, k, bufs[1])
             for t0 in range(0, b, TB):
                 bytes_group8mx4(
                     codes[ti], j0 * TILE, min(g, n - j0), xg, k * bp + t0, 0, p[0], p[1], p[2],
-                    p[3], p[4], acc, srow, u, k, t0, y, mode, sc[3][ti, k], vsum,
+                    p[3], p[4], acc, srow, u, k, t0, y, mode, orow, vsum,
                 )  # fmt: skip
         store(out, y, ti)
 
@@ -284,9 +369,10 @@ def gemv_plan(simd, tv, kind, p, u, mode):
     """``f(x, vs, sums, out) -> int``: :func:`gemv` with everything but the activation bound
     (made once per weight: a call then costs one kernel dispatch). With ``sums`` true, ``vs``
     is a buffer that the kernel fills with the activation's group sums first (affine records)."""
-    sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
+    sc = sides(tv)
     parts = -(-tv.scale_count // simd)
-    kernel = _gemv16 if simd == 16 else _gemv8
+    kernels = {16: (_gemv16, _gemv16h), 8: (_gemv8, _gemv8h)}[simd]
+    kernel = kernels[1] if tv.compact else kernels[0]
     args = (tv.codes, kind, tv.table, p, sc, parts, tv.group, tv.n)
 
     def run(x, vs, sums, out):
@@ -305,6 +391,6 @@ def batched(simd, tv, kind, p, x, u, vs, mode, out) -> None:
     up[:b] = u
     vp = np.zeros((bp, ng))
     vp[:b] = vs
-    sc = (tv.scale, tv.scale_index, tv.scale_table, tv.offset, tv.has_offset)
+    sc = sides(tv)
     parts = -(-tv.scale_count // simd)
     _BATCHED[simd, kind](tv.codes, tv.table, p, sc, parts, tv.group, tv.n, xg, up, vp, mode, out)

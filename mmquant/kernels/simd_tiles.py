@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 
 from mmquant.kernels.simd import TILE
 
-__all__ = ["gemv_tile16", "gemv_tile8", "PREFETCH", "SCALE_PREFETCH"]
+__all__ = ["gemv_tile16", "gemv_tile8", "half_tile", "PREFETCH", "SCALE_PREFETCH"]
 
 #: Bytes ahead of the column being read that each column prefetches its tile's codes from
 #: (measured one thread, 4096², flushed caches: int4 GEMV 0.44 → 0.40 ms, int8 0.79 → 0.76).
@@ -43,15 +43,19 @@ def _make(vec: int, prefetch: int = PREFETCH):
 
     @intrinsic
     def gemv_tile(
-        typingctx, codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, u, vsum, mode, y
-    ):
+        typingctx, codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, unit, u, vsum,
+        mode, y,
+    ):  # fmt: skip
         """``y[r] = Σ_k ((S[k, r]·u[k])·P_kr [+ (O[k, r]·u[k])·vsum[k]])`` for the ``TILE``
         rows ``r`` of one tile (``codes`` its row of the tiled layout, ``x`` the activation
         ``(≥ n,)``, ``scale`` and ``offset`` ``(groups, TILE)``, ``u`` and ``vsum``
         ``(groups,)``), ``P_kr`` the float32 group sums; ``mode`` as in
-        :func:`mmquant.kernels.simd._finish` (1 to 4)."""
+        :func:`mmquant.kernels.simd._finish` (1 to 4). ``scale`` and ``offset`` are float32, or
+        uint16 holding IEEE half-precision bits: ``S = fl32(half(scale) · unit)`` and
+        ``O = half(offset)`` (the compact layout of :mod:`mmquant.products.tiles`; the dtype
+        chooses the code at compile time)."""
         sig = types.void(
-            codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, u, vsum, mode, y
+            codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, unit, u, vsum, mode, y
         )
         kinds = (0, 1, 2)
 
@@ -65,10 +69,11 @@ def _make(vec: int, prefetch: int = PREFETCH):
                 return context.cast(builder, args[i], a[i], ty)
 
             cptr, xptr, tptr, sptr, optr, uptr, vptr, yptr = (
-                data(i) for i in (0, 1, 10, 11, 12, 13, 14, 16)
+                data(i) for i in (0, 1, 10, 11, 12, 14, 15, 17)
             )
-            nv, gv, kindv, modev = (cast(i, types.intp) for i in (2, 3, 4, 15))
-            fav, fbv = cast(5, types.float32), cast(6, types.float32)
+            nv, gv, kindv, modev = (cast(i, types.intp) for i in (2, 3, 4, 16))
+            s16, o16 = (a[i].dtype == types.uint16 for i in (11, 12))
+            fav, fbv, unitv = (cast(i, types.float32) for i in (5, 6, 13))
             iav, ibv, icv = (cast(i, types.int32) for i in (7, 8, 9))
             f32, f64 = ir.FloatType(), ir.DoubleType()
             i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -76,6 +81,7 @@ def _make(vec: int, prefetch: int = PREFETCH):
             half = vec // 2
             vd, vhf = ir.VectorType(f64, half), ir.VectorType(f32, half)
             zero_i = ir.Constant(i32, 0)
+            i16, f16 = ir.IntType(16), ir.HalfType()
 
             def c64(v):
                 return ir.Constant(i64, v)
@@ -116,6 +122,7 @@ def _make(vec: int, prefetch: int = PREFETCH):
             lo_idx = ir.Constant(ir.VectorType(i32, half), list(range(half)))
             hi_idx = ir.Constant(ir.VectorType(i32, half), list(range(half, vec)))
             undef_f = ir.Constant(vf, ir.Undefined)
+            unit_h = splat(unitv, vhf)
 
             def group_loop(kd):
                 """The groups of the tile for one kind of code (``kd``), the column body
@@ -194,12 +201,21 @@ def _make(vec: int, prefetch: int = PREFETCH):
                         out[q] = builder.fmul(f, xs)
                     return out
 
+                def side(ptr, o, compact, mul):
+                    """Half a register of scales (or offsets) at ``o``, as float64."""
+                    if not compact:
+                        return builder.fpext(vload(ptr, o, vhf), vd)
+                    bits = vload(ptr, o, ir.VectorType(i16, half), 2)
+                    v = builder.fpext(builder.bitcast(bits, ir.VectorType(f16, half)), vhf)
+                    return builder.fpext(builder.fmul(v, mul) if mul is not None else v, vd)
+
                 def epilogue(k, with_o, is_unit):
                     at = builder.mul(k, c64(TILE))
-                    # the scales (and offsets) of group k + SCALE_PREFETCH: 4 lines each
-                    for sp in (sptr, optr) if with_o else (sptr,):
-                        for line in range(4):
-                            o = builder.add(at, c64(SCALE_PREFETCH * TILE + 16 * line))
+                    # the scales (and offsets) of group k + SCALE_PREFETCH: a tile's row of them
+                    for sp, compact in ((sptr, s16), (optr, o16)) if with_o else ((sptr, s16),):
+                        for line in range(2 if compact else 4):
+                            step = 32 if compact else 16  # elements per 64-byte line
+                            o = builder.add(at, c64(SCALE_PREFETCH * TILE + step * line))
                             pa = builder.bitcast(builder.gep(sp, [o]), i8.as_pointer())
                             builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
                     uk = None if is_unit else splat(builder.load(builder.gep(uptr, [k])), vd)
@@ -209,11 +225,11 @@ def _make(vec: int, prefetch: int = PREFETCH):
                         for h, ix in enumerate((lo_idx, hi_idx)):
                             accd = builder.fpext(builder.shuffle_vector(acc, undef_f, ix), vd)
                             o = builder.add(at, c64(off + h * half))
-                            sd = builder.fpext(vload(sptr, o, vhf), vd)
+                            sd = side(sptr, o, s16, unit_h)
                             su = sd if is_unit else builder.fmul(sd, uk)
                             term = builder.fmul(su, accd)
                             if with_o:
-                                od = builder.fpext(vload(optr, o, vhf), vd)
+                                od = side(optr, o, o16, None)
                                 ou = od if is_unit else builder.fmul(od, uk)
                                 term = builder.fadd(term, builder.fmul(ou, vk))
                             slot = ys[2 * q + h]
@@ -269,3 +285,36 @@ def _make(vec: int, prefetch: int = PREFETCH):
 #: The whole-tile GEMV loops: AVX-512 (16 lanes), AVX2 (8 lanes).
 gemv_tile16 = _make(16)
 gemv_tile8 = _make(8)
+
+
+@intrinsic
+def half_tile(typingctx, bits, unit, out):
+    """``out[r] = fl32(half(bits[r]) · unit)`` for the ``TILE`` entries of a row of compact
+    scales or offsets (uint16 half-precision bits; ``out`` float32): widened by the CPU's
+    half-precision conversion (F16C, which every AVX2 CPU has), then one float32 multiply --
+    the values :func:`mmquant.kernels.products_simd.half_row` computes one at a time."""
+    sig = types.void(bits, unit, out)
+
+    def codegen(context, builder, signature, args):
+        a = signature.args
+        src = context.make_array(a[0])(context, builder, args[0]).data
+        dst = context.make_array(a[2])(context, builder, args[2]).data
+        u = context.cast(builder, args[1], a[1], types.float32)
+        vf, vh = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.HalfType(), 16)
+        vi16 = ir.VectorType(ir.IntType(16), 16)
+        zero = ir.Constant(ir.IntType(32), 0)
+        us = builder.insert_element(ir.Constant(vf, ir.Undefined), u, zero)
+        us = builder.shuffle_vector(
+            us,
+            ir.Constant(vf, ir.Undefined),
+            ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16),
+        )
+        for p in range(0, TILE, 16):
+            off = ir.Constant(ir.IntType(64), p)
+            hp = builder.bitcast(builder.gep(src, [off]), vi16.as_pointer())
+            h = builder.bitcast(builder.load(hp, align=2), vh)
+            v = builder.fmul(builder.fpext(h, vf), us)
+            builder.store(v, builder.bitcast(builder.gep(dst, [off]), vf.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

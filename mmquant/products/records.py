@@ -62,6 +62,10 @@ class BlockView:
         Entries per group along a row (the last group of a row may be shorter).
     rows, n : int
         The matrix shape.
+    unit : float
+        A float32 factor the scales are (rounded) multiples of: NVFP4's tensor scale
+        (``S = fl32(E4M3 value · unit)``), else 1. The tile layout uses it to keep the scales in
+        half precision (:mod:`mmquant.products.tiles`).
     """
 
     codes: np.ndarray
@@ -72,6 +76,7 @@ class BlockView:
     group: int
     rows: int
     n: int
+    unit: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,10 @@ def block_view(enc: Encoded) -> BlockView | None:
     if offset is not None:
         offset = np.ascontiguousarray(offset, np.float32).reshape(rows, ng)
     table = np.ascontiguousarray(table, np.float32)
-    return BlockView(enc.codes, int(bf.bits), table, scale, offset, group, rows, n)
+    unit = 1.0
+    if "tensor_scale" in enc.side:  # NVFP4 (checked finite and ≥ 0 by its scale rule)
+        unit = float(np.asarray(enc.side["tensor_scale"], np.float32).reshape(-1)[0])
+    return BlockView(enc.codes, int(bf.bits), table, scale, offset, group, rows, n, unit)
 
 
 def lattice_view(enc: Encoded) -> LatticeView | None:

@@ -23,14 +23,24 @@ Layout of :attr:`TileView.codes` (``uint8``, shape ``(tiles, n · bytes_per_colu
   ``ti·TILE + r``.
 
 Rows past the end of the matrix (the last tile) hold code 0 and scale 0; their outputs are
-dropped. Scales are read once per group and row, as float32 converted once per weight and laid
-out with the tile (``scale[tile, group]`` is the group's ``TILE`` scales): the kernels apply them
-to the group sums without a conversion or a look-up. On request (``index_scales=True``), a record
+dropped. Scales are read once per group and row, converted once per weight and laid out with
+the tile (``scale[tile, group]`` is the group's ``TILE`` scales): in half precision where that
+is exact (below), else float32; the kernels apply them to the group sums without a look-up
+(half-precision ones widened in registers). On request (``index_scales=True``), a record
 with at most 256 distinct group scales (MX E8M0 exponents, NVFP4 E4M3 block scales × the tensor
 scale) keeps them as one ``uint8`` index per group and row into a 256-entry float32 table
 (:attr:`TileView.scale_index`): a quarter of the bytes, the same values, but a look-up per group
 in the kernels (measured one thread, 4096², AVX-512, caches flushed, loaded machine: NVFP4 GEMV
-0.62 ms indexed, 0.50 ms float32; MXFP4 0.53 / 0.44), so float32 is the default.
+0.62 ms indexed, 0.50 ms float32; MXFP4 0.53 / 0.44), so it is not the default.
+
+Compact scales (``compact=True``, the default): when every group scale is
+``fl32(h · unit)`` for a half-precision ``h`` (``unit`` the record's float32 factor: NVFP4's
+tensor scale, else 1) and every offset is a half-precision value -- which holds for the records
+of every family here whose scales are stored in 16 bits or fewer -- the tile keeps the uint16 bits
+of ``h`` (:attr:`TileView.scale16`, :attr:`TileView.offset16`): half the bytes of float32 scales,
+and the kernels widen them in registers to the very same float32 values. A 4096² int4 record's
+tile is then 9.4 MB instead of 10.5 (NVFP4 10.5 instead of 12.6), which is what a GEMV from
+memory reads. Records whose scales are not exact in half precision keep float32 scales.
 
 Codes one per byte decode without a look-up where the table allows: integer tables
 (``code + base``, or ``int8(code) · step``), and minifloat tables (:func:`minifloat_fields`:
@@ -87,7 +97,12 @@ class TileView:
         :func:`minifloat_fields` of the table (codes wider than 4 bits only), else ``None``.
     scale : numpy.ndarray
         float32 ``(tiles, groups, TILE)``; empty ``(tiles, groups, 0)`` when the scales are
-        indexed (:attr:`scale_index`).
+        indexed (:attr:`scale_index`) or compact (:attr:`scale16`).
+    scale16 : numpy.ndarray
+        ``uint16`` ``(tiles, groups, TILE)`` half-precision bits ``h`` of the compact scales,
+        ``S = fl32(h · scale_unit)``; empty ``(tiles, groups, 0)`` otherwise.
+    scale_unit : numpy.float32
+        The factor of the compact scales (1 unless NVFP4's tensor scale).
     scale_index : numpy.ndarray
         ``uint8`` ``(tiles, groups, TILE)`` indices into :attr:`scale_table` when the record has
         at most 256 distinct scales and no offsets, else empty ``(tiles, groups, 0)``.
@@ -97,7 +112,10 @@ class TileView:
         How many entries of :attr:`scale_table` are used (every index is below it).
     offset : numpy.ndarray
         float32 ``(tiles, groups, TILE)``; empty ``(tiles, groups, 0)`` for formats without
-        offsets.
+        offsets and for compact ones (:attr:`offset16`).
+    offset16 : numpy.ndarray
+        ``uint16`` half-precision bits of the offsets of a compact record with offsets; empty
+        ``(tiles, groups, 0)`` otherwise.
     has_offset : bool
         Whether the record has offsets (affine INT).
     group, rows, n : int
@@ -111,10 +129,13 @@ class TileView:
     step: float | None
     mini: tuple[int, int, int, float] | None
     scale: np.ndarray
+    scale16: np.ndarray
+    scale_unit: np.float32
     scale_index: np.ndarray
     scale_table: np.ndarray
     scale_count: int
     offset: np.ndarray
+    offset16: np.ndarray
     has_offset: bool
     group: int
     rows: int
@@ -125,9 +146,28 @@ class TileView:
         """Whether the scales are read through :attr:`scale_index`."""
         return self.scale_index.shape[2] > 0
 
+    @property
+    def compact(self) -> bool:
+        """Whether the scales (and offsets) are kept in half precision (:attr:`scale16`)."""
+        return self.scale16.shape[2] > 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the codes, scales and offsets that a product reads."""
+        arrays = (self.codes, self.scale, self.scale16, self.scale_index, self.offset)
+        return sum(a.nbytes for a in (*arrays, self.offset16))
+
     def scales(self) -> np.ndarray:
-        """float32 ``(tiles, groups, TILE)`` scales, indexed or not."""
+        """float32 ``(tiles, groups, TILE)`` scales, whatever the layout."""
+        if self.compact:
+            return self.scale16.view(np.float16).astype(np.float32) * self.scale_unit
         return self.scale_table[self.scale_index] if self.indexed else self.scale
+
+    def offsets(self) -> np.ndarray | None:
+        """float32 ``(tiles, groups, TILE)`` offsets, or ``None`` without offsets."""
+        if not self.has_offset:
+            return None
+        return self.offset16.view(np.float16).astype(np.float32) if self.compact else self.offset
 
 
 def integer_base(table: np.ndarray) -> float | None:
@@ -207,6 +247,34 @@ def _index_scales(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | Non
     return inv.reshape(scale.shape).astype(np.uint8), table, int(vals.size)
 
 
+def _half_bits(a: np.ndarray, unit: np.float32) -> np.ndarray | None:
+    """uint16 half-precision bits ``h`` with ``fl32(h · unit) == a`` bit for bit (float32
+    ``a``), or ``None`` where some value has no such ``h``."""
+    if not (np.isfinite(unit) and unit > 0):
+        return None
+    with np.errstate(all="ignore"):
+        h = (a.astype(np.float64) / np.float64(unit)).astype(np.float16)
+        back = h.astype(np.float32) * unit
+    if not np.all(np.isfinite(h)) or not np.array_equal(back.view(np.uint32), a.view(np.uint32)):
+        return None
+    return h.view(np.uint16)
+
+
+def _compact(view: BlockView) -> tuple[np.ndarray, np.ndarray | None, np.float32] | None:
+    """``(scale bits, offset bits or None, unit)`` of a view whose scales are exact as
+    ``fl32(half · unit)`` (the record's unit, or 1) and offsets exact in half precision."""
+    for unit in dict.fromkeys((np.float32(view.unit), np.float32(1.0))):
+        s16 = _half_bits(view.scale, unit)
+        if s16 is not None:
+            break
+    else:
+        return None
+    o16 = None if view.offset is None else _half_bits(view.offset, np.float32(1.0))
+    if view.offset is not None and o16 is None:
+        return None
+    return s16, o16, unit
+
+
 def _tiled(a: np.ndarray, tiles: int) -> np.ndarray:
     """``(rows, ...)`` → ``(tiles, ..., TILE)``, rows past the end zero."""
     pad = np.zeros((tiles * TILE, *a.shape[1:]), a.dtype)
@@ -250,7 +318,7 @@ def nibble_codes(tv: TileView) -> np.ndarray:
     return ct.transpose(0, 2, 1).reshape(tiles * TILE, tv.n)
 
 
-def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
+def tile_view(view: BlockView, index_scales: bool = False, compact: bool = True) -> TileView:
     """The row-tiled layout of a block view (module docstring); numpy, once per weight.
 
     Parameters
@@ -258,7 +326,10 @@ def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
     view : BlockView
     index_scales : bool
         Keep the scales as ``uint8`` indices into a table when the record has at most 256
-        distinct ones and no offsets (module docstring); default float32 scales.
+        distinct ones and no offsets (module docstring; first choice when asked for).
+    compact : bool
+        Keep the scales and offsets in half precision where that is exact (module docstring);
+        float32 otherwise.
     """
     rows, n, w = view.rows, view.n, view.width
     tiles = -(-rows // TILE)
@@ -272,17 +343,22 @@ def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
     table[: view.table.size] = view.table
     has_offset = view.offset is not None
     ng = view.scale.shape[1]
+    none8, none16 = np.zeros((tiles, ng, 0), np.uint8), np.zeros((tiles, ng, 0), np.uint16)
+    scale = offset = np.zeros((tiles, ng, 0), np.float32)  # empty: not this layout
+    scale16, offset16, unit = none16, none16, np.float32(1.0)
+    sidx, stable, count = none8, np.zeros(256, np.float32), 0
     indexed = None if has_offset or not index_scales else _index_scales(view.scale)
-    if indexed is None:
-        scale = _aligned(_tiled(view.scale, tiles).astype(np.float32))
-        sidx, stable, count = np.zeros((tiles, ng, 0), np.uint8), np.zeros(256, np.float32), 0
-    else:
-        scale = np.zeros((tiles, ng, 0), np.float32)
+    half = None if indexed is not None or not compact else _compact(view)
+    if indexed is not None:
         sidx, stable, count = np.ascontiguousarray(_tiled(indexed[0], tiles)), *indexed[1:]
-    if has_offset:
+    elif half is not None:
+        scale16, unit = _aligned(_tiled(half[0], tiles)), half[2]
+        if half[1] is not None:
+            offset16 = _aligned(_tiled(half[1], tiles))
+    else:
+        scale = _aligned(_tiled(view.scale, tiles).astype(np.float32))
+    if has_offset and half is None:
         offset = _aligned(_tiled(view.offset, tiles).astype(np.float32))
-    else:  # never read (every kernel reads offsets only for records that have them)
-        offset = np.zeros((tiles, ng, 0), np.float32)
     return TileView(
         codes=_aligned(ct.reshape(tiles, -1)),
         nibbles=nibbles,
@@ -291,10 +367,13 @@ def tile_view(view: BlockView, index_scales: bool = False) -> TileView:
         step=signed_step(view.table),
         mini=None if nibbles else minifloat_fields(view.table, w),
         scale=scale,
+        scale16=scale16,
+        scale_unit=unit,
         scale_index=sidx,
         scale_table=stable,
         scale_count=count,
         offset=offset,
+        offset16=offset16,
         has_offset=has_offset,
         group=view.group,
         rows=rows,

@@ -153,19 +153,52 @@ def test_every_simd_variant_is_bit_exact(spec, batch):
     vsum = None if v.offset is None else reference.activation_sums(x, v.group)
     want = reference.block_product(v, x, u, vsum)
     tv = tile_view(v)
-    for index in (False, True):  # float32 scales, and uint8 indices where a record allows
-        tvi = tile_view(v, index_scales=index)
+    assert tv.compact  # every record here has scales exact in half precision
+    # half-precision scales (the default), float32 ones, uint8 indices where a record allows
+    layouts = [tv, tile_view(v, compact=False), tile_view(v, index_scales=True)]
+    for i, tvi in enumerate(layouts):
         for width in VARIANTS:
             got = kp.block_product(tvi, x, u, vsum, simd=width)
-            assert got.tobytes() == want.tobytes(), (spec, width, index)
+            assert got.tobytes() == want.tobytes(), (spec, width, i)
     # activation group scales other than 1 (codes × codes): the kernels' general epilogue
     u2 = rng.uniform(0.5, 2.0, u.shape)
     want2 = reference.block_product(v, x, u2, vsum)
-    for width in VARIANTS:
-        got = kp.block_product(tv, x, u2, vsum, simd=width)
-        assert got.tobytes() == want2.tobytes(), (spec, width, "u")
+    for tvi in layouts[:2]:
+        for width in VARIANTS:
+            got = kp.block_product(tvi, x, u2, vsum, simd=width)
+            assert got.tobytes() == want2.tobytes(), (spec, width, "u", tvi.compact)
     with pytest.raises(ValueError, match="not available"):
         kp.block_product(tv, x, u, vsum, simd=32)
+
+
+@pytest.mark.parametrize("spec", ["int:bits=4", "int:bits=4,affine=true", "nvfp4", "fp:fmt=e4m3"])
+def test_compact_scales_are_the_float32_ones(spec):
+    """Half-precision scales widen to the very float32 scales: subnormal halves (tiny rows),
+    NVFP4's tensor scale as the factor; a record whose scales are not exact keeps float32."""
+    rng = np.random.default_rng(7)
+    rows, n = TILE + 5, 96
+    w = rng.standard_normal((rows, n)) * np.logspace(-4, 3, rows)[:, None]  # subnormal halves
+    x = rng.standard_normal((2, n)).astype(np.float32)
+    v = block_view(mq.get(spec).encode(w.astype(np.float32)))
+    tv = tile_view(v)
+    assert tv.compact and tv.nbytes < tile_view(v, compact=False).nbytes
+    assert (tv.scale_unit != 1) == (spec == "nvfp4")
+    assert spec == "nvfp4" or v.scale.min() < 2.0**-14  # the smallest normal half
+    back = tv.scales().transpose(0, 2, 1).reshape(-1, v.scale.shape[1])  # (tiles·TILE, groups)
+    np.testing.assert_array_equal(back[:rows], v.scale)
+    u = np.ones((2, v.scale.shape[1]))
+    for b in (1, 2):
+        vsum = None if v.offset is None else reference.activation_sums(x[:b], v.group)
+        want = reference.block_product(v, x[:b], u[:b], vsum)
+        for width in VARIANTS:
+            got = kp.block_product(tv, x[:b], u[:b], vsum, simd=width)
+            assert got.tobytes() == want.tobytes(), (spec, b, width)
+    # a scale with no half-precision twin (1/3 in float32): the float32 layout, the same bits
+    odd = dataclasses.replace(v, scale=v.scale * np.float32(1 / 3))
+    assert not tile_view(odd).compact
+    want = reference.block_product(odd, x[:1], u[:1], None if v.offset is None else vsum[:1])
+    got = kp.block_product(tile_view(odd), x[:1], u[:1], None if v.offset is None else vsum[:1])
+    assert got.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("bits, group", [(4, 32), (8, 16), (4, 0)])
