@@ -16,7 +16,11 @@ and the row-tiled copy of the codes are not timed: they are made once per weight
 ``--threads 1,2`` runs the whole table once per thread count, each in a fresh process with
 ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` set (numpy's BLAS and the
 kernels get the same number of threads; a parallel region waits for its slowest thread, so on a
-busy machine compare one thread with one thread).
+busy machine compare one thread with one thread). Importing mmquant makes OpenMP's idle threads
+wait passively (:mod:`mmquant.kernels`); on a 2-core virtual machine a sleeping second core then
+wakes too late to help a GEMV of half a millisecond: two threads give about the one-thread time
+of the codes against a faster two-thread float32 GEMV (4-bit batch 1 at 4096²: 2.9–3.7× in the
+runs of 2026-12-03).
 
     python benchmarks/bench_matmul.py [--shapes 4096x4096,4096x11008,11008x4096]
         [--batches 1,16] [--threads 1,2] [--specs int:bits=4 mxfp4 ...] [--repeat 5] [--numpy]
