@@ -246,3 +246,28 @@ def test_activation_sums_match_the_reference():
         want = reference.activation_sums(x, g)
         got = kp.activation_sums(x, g)
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (b, n, g)
+
+
+def test_small_products_run_on_one_thread_and_restore_the_count():
+    """Below SERIAL_BELOW terms the kernels run on the calling thread (the same numbers) and the
+    thread count is restored, also after an error."""
+    import numba
+
+    rng = np.random.default_rng(8)
+    v = block_view(mq.get("int:bits=4").encode(rng.standard_normal((TILE * 3, 256))))
+    tv = tile_view(v)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    u = np.ones((2, v.scale.shape[1]))
+    want = reference.block_product(v, x, u, None)
+    before = numba.get_num_threads()
+    seen = []
+    with kp.few_threads(0):
+        seen.append(numba.get_num_threads())
+        got = kp.block_product(tv, x, u, None)
+    assert seen == [1] and numba.get_num_threads() == before
+    assert got.tobytes() == want.tobytes()
+    with pytest.raises(RuntimeError), kp.few_threads(0):
+        raise RuntimeError
+    assert numba.get_num_threads() == before
+    with kp.few_threads(kp.SERIAL_BELOW):
+        assert numba.get_num_threads() == before
