@@ -16,14 +16,22 @@ and the row-tiled copy of the codes are not timed: they are made once per weight
 ``--threads 1,2`` runs the whole table once per thread count, each in a fresh process with
 ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` set (numpy's BLAS and the
 kernels get the same number of threads; a parallel region waits for its slowest thread, so on a
-busy machine compare one thread with one thread). Importing mmquant makes OpenMP's idle threads
-wait passively (:mod:`mmquant.kernels`); on a 2-core virtual machine a sleeping second core then
-wakes too late to help a GEMV of half a millisecond: two threads give about the one-thread time
-of the codes against a faster two-thread float32 GEMV (4-bit batch 1 at 4096²: 2.9–3.7× in the
-runs of 2026-12-03).
+busy machine compare one thread with one thread).
+
+Both thread pools wait passively when idle: importing mmquant makes OpenMP's (the kernels') do
+so (:mod:`mmquant.kernels`), and this script sets ``OPENBLAS_THREAD_TIMEOUT=4`` for numpy's
+OpenBLAS before numpy is imported, unless the variable is set or ``--blas-spin`` is given. By
+default an OpenBLAS worker busy-waits for about 2^28 cycles after each call, and with products
+and float32 calls in turn it never stops: on 2 cores it holds the second core, the kernels' second
+thread gets a share of it, and a parallel product runs at about its one-thread speed against a
+two-thread float32 one (2026-12-03, 4096², two threads, spinning / sleeping OpenBLAS: int4 batch
+1 2.87–4.00× / 3.67–3.71×, batch 16 1.12–1.76× / 2.09–2.22×, W4A4 batch 1 1.66–2.28× /
+2.27–2.45×). A program that alternates numpy BLAS calls with products from the codes on few cores
+gains from the same setting.
 
     python benchmarks/bench_matmul.py [--shapes 4096x4096,4096x11008,11008x4096]
         [--batches 1,16] [--threads 1,2] [--specs int:bits=4 mxfp4 ...] [--repeat 5] [--numpy]
+        [--blas-spin]
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+if "--blas-spin" not in sys.argv:  # before numpy loads OpenBLAS (module docstring)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np
 
@@ -105,6 +116,7 @@ def children(args: argparse.Namespace, threads: list[int]) -> None:
         cmd = [sys.executable, __file__, "--threads", str(t), "--shapes", args.shapes]
         cmd += ["--batches", args.batches, "--repeat", str(args.repeat), "--specs", *args.specs]
         cmd += ["--numpy"] if args.numpy else []
+        cmd += ["--blas-spin"] if args.blas_spin else []
         subprocess.run(cmd, env=env, check=True)
 
 
@@ -116,6 +128,9 @@ def main() -> None:
     ap.add_argument("--specs", nargs="+", default=SPECS, help="spec strings (W4A4 included)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--numpy", action="store_true", help="force the numpy reference path")
+    ap.add_argument(
+        "--blas-spin", action="store_true", help="leave OpenBLAS's idle threads busy-waiting"
+    )
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",") if t]
     if len(threads) > 1 or (threads and os.environ.get("NUMBA_NUM_THREADS") != str(threads[0])):
@@ -136,7 +151,12 @@ def main() -> None:
         simd = f", SIMD inner loops in {simd_width() * 32 or 'no'}-bit registers"
         nthreads = str(numba.get_num_threads())
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    idle = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "default (busy-waiting)")
     print(f"backend: {resolve()}{simd}; threads: kernels {nthreads}, BLAS {blas}")
+    print(
+        f"idle threads: OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, "
+        f"OPENBLAS_THREAD_TIMEOUT {idle}"
+    )
     rng = np.random.default_rng(0)
     header = (
         f"{'out×in':>11} {'spec':20} {'thr':>3} {'b':>3} {'ms':>8} {'f32 ms':>8} {'×f32':>6} "
