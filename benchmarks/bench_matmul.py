@@ -25,8 +25,8 @@ default an OpenBLAS worker busy-waits for about 2^28 cycles after each call, and
 and float32 calls in turn it never stops: on 2 cores it holds the second core, the kernels' second
 thread gets a share of it, and a parallel product runs at about its one-thread speed against a
 two-thread float32 one (2026-12-03, 4096², two threads, spinning / sleeping OpenBLAS: int4 batch
-1 2.87–4.00× / 3.67–3.71×, batch 16 1.12–1.76× / 2.09–2.22×, W4A4 batch 1 1.66–2.28× /
-2.27–2.45×). A program that alternates numpy BLAS calls with products from the codes on few cores
+1 2.87–4.00× / 2.99–3.71×, batch 16 1.12–1.76× / 1.89–2.22×, W4A4 batch 1 1.66–2.28× /
+2.27–2.55×). A program that alternates numpy BLAS calls with products from the codes on few cores
 gains from the same setting.
 
     python benchmarks/bench_matmul.py [--shapes 4096x4096,4096x11008,11008x4096]
