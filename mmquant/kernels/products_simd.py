@@ -52,7 +52,7 @@ _helper = product_options(inline=True)
 #: numba's disk cache keys a kernel on the contents of *this* file only: bump this whenever
 #: :mod:`mmquant.kernels.simd` or :mod:`mmquant.kernels.simd_tiles` changes, so that the cached
 #: tile kernels are compiled again.
-SIMD_REVISION = 13
+SIMD_REVISION = 14
 
 
 @numba.njit(**_helper)

@@ -151,7 +151,9 @@ def _make(vec: int, prefetch: int = PREFETCH):
                     if kd == 0:  # the pair layout (mmquant.products.tiles)
                         prods = [builder.fmul(p, xs) for p in parts]
                         pbase = builder.mul(builder.lshr(j, c64(1)), c64(64))
-                        # (a loop over pairs of columns with constant shifts measured slower)
+                        # (a loop over pairs of columns with constant shifts measured slower,
+                        # twice: 2026-12-03, int4 4096² hot 0.386 against 0.367 ms with 28 % fewer
+                        # vector instructions: the accumulators' float32 add chains bound it)
                         sh0 = builder.trunc(builder.shl(builder.and_(j, c64(1)), c64(4)), i32)
                         words = [
                             vload(cptr, builder.add(pbase, c64(4 * vec * w)), vi, 1)
