@@ -9,7 +9,9 @@ loaded once, the float64 row sums stay in registers from the first group to the 
 group's epilogue (step 3 of :mod:`mmquant.products.reference`: ``y += (S·u)·P [+ (O·u)·V]``, in
 float64, the reference's order) is a few register operations. The columns are the group variants'
 (same loads, look-ups and float32 additions in increasing column order from ``+0.0``, no fused
-multiply-add): the numbers are the same, bit for bit.
+multiply-add): the numbers are the same, bit for bit. ``gemv_2tiles*`` run two tiles in one
+column loop: each row still sums in its own lane and order, but eight accumulators instead of four
+keep the float32 additions, whose latency bounds a one-tile column, from waiting on each other.
 
 Kinds: 0 -- 4-bit codes through the 16-entry table of products (variable permutes); 1 -- integer
 bytes; 2 -- minifloat bytes (the decoders of :mod:`mmquant.kernels.simd`). Widths 16 (AVX-512)
@@ -24,7 +26,15 @@ from numba.extending import intrinsic
 
 from mmquant.kernels.simd import TILE
 
-__all__ = ["gemv_tile16", "gemv_tile8", "half_tile", "PREFETCH", "SCALE_PREFETCH"]
+__all__ = [
+    "gemv_tile16",
+    "gemv_tile8",
+    "gemv_2tiles16",
+    "gemv_2tiles8",
+    "half_tile",
+    "PREFETCH",
+    "SCALE_PREFETCH",
+]
 
 #: Bytes ahead of the column being read that each column prefetches its tile's codes from
 #: (measured one thread, 4096², flushed caches: int4 GEMV 0.44 → 0.40 ms, int8 0.79 → 0.76).
@@ -38,7 +48,7 @@ PREFETCH = 4096
 SCALE_PREFETCH = 8
 
 
-def _make(vec: int, prefetch: int = PREFETCH):
+def _make(vec: int, prefetch: int = PREFETCH, tiles: int = 1):
     perm_name = "llvm.x86.avx512.permvar.sf.512" if vec == 16 else "llvm.x86.avx2.permps"
 
     @intrinsic
@@ -46,10 +56,13 @@ def _make(vec: int, prefetch: int = PREFETCH):
         typingctx, codes, x, n, g, kind, fa, fb, ia, ib, ic, table, scale, offset, unit, u, vsum,
         mode, y,
     ):  # fmt: skip
-        """``y[r] = Σ_k ((S[k, r]·u[k])·P_kr [+ (O[k, r]·u[k])·vsum[k]])`` for the ``TILE``
-        rows ``r`` of one tile (``codes`` its row of the tiled layout, ``x`` the activation
-        ``(≥ n,)``, ``scale`` and ``offset`` ``(groups, TILE)``, ``u`` and ``vsum``
-        ``(groups,)``), ``P_kr`` the float32 group sums; ``mode`` as in
+        """``y[t, r] = Σ_k ((S[t, k, r]·u[k])·P_tkr [+ (O[t, k, r]·u[k])·vsum[k]])`` for the
+        ``TILE`` rows ``r`` of ``tiles`` tiles ``t`` at once (``codes`` ``(tiles, ·)`` their rows
+        of the tiled layout, ``x`` the activation ``(≥ n,)``, ``scale`` and ``offset`` ``(tiles,
+        groups, TILE)``, ``u`` and ``vsum`` ``(groups,)``, ``y`` ``(tiles, TILE)``), ``P_tkr``
+        the float32 group sums, each row's in its own lane and order: two tiles give eight
+        independent chains of float32 additions where one tile's four bound a column by their
+        latency; ``mode`` as in
         :func:`mmquant.kernels.simd._finish` (1 to 4). ``scale`` and ``offset`` are float32, or
         uint16 holding IEEE half-precision bits: ``S = fl32(half(scale) · unit)`` and
         ``O = half(offset)`` (the compact layout of :mod:`mmquant.products.tiles`; the dtype
@@ -108,13 +121,26 @@ def _make(vec: int, prefetch: int = PREFETCH):
             nacc = TILE // vec
             zero_f = ir.Constant(vf, [0.0] * vec)
             zero_d = ir.Constant(vd, [0.0] * half)
-            ys = [cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nacc)]
-            accs = [cgutils.alloca_once_value(builder, zero_f) for _ in range(nacc)]
-            for s in ys:
+            tl = range(tiles)
+            ys = [[cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nacc)] for _ in tl]
+            accs = [[cgutils.alloca_once_value(builder, zero_f) for _ in range(nacc)] for _ in tl]
+            for s in (s for yt in ys for s in yt):
                 builder.store(zero_d, s)
-            # the groups: the rows of ``scale`` (a group past column n has no columns)
-            sarr = context.make_array(a[11])(context, builder, args[11])
-            ng = cgutils.unpack_tuple(builder, sarr.shape, 2)[0]
+
+            def shape(i, nd):
+                arr = context.make_array(a[i])(context, builder, args[i])
+                return cgutils.unpack_tuple(builder, arr.shape, nd)
+
+            # the groups: the rows of ``scale`` (a group past column n has no columns); each
+            # tile's codes, scales, offsets and sums (contiguous arrays: a row apart)
+            cshape, sshape, oshape = shape(0, 2), shape(11, 3), shape(12, 3)
+            ng = sshape[1]
+            cstride = cshape[1]
+            sstride, ostride = (builder.mul(sh[1], sh[2]) for sh in (sshape, oshape))
+            cptrs = [builder.gep(cptr, [builder.mul(cstride, c64(t))]) for t in tl]
+            sptrs = [builder.gep(sptr, [builder.mul(sstride, c64(t))]) for t in tl]
+            optrs = [builder.gep(optr, [builder.mul(ostride, c64(t))]) for t in tl]
+            yptrs = [builder.gep(yptr, [c64(TILE * t)]) for t in tl]
             unit = builder.icmp_signed(">=", modev, c64(3))
             with_off = builder.icmp_signed(
                 "==", builder.select(unit, builder.sub(modev, c64(2)), modev), c64(2)
@@ -136,30 +162,35 @@ def _make(vec: int, prefetch: int = PREFETCH):
                 m8 = ir.Constant(vi, [8] * vec)
                 izero = ir.Constant(vi, [0] * vec)
 
-                def ahead(off):
+                def ahead(cp, off):
                     """Prefetch the codes ``prefetch`` bytes past ``off`` (the hardware
                     prefetchers alone leave the core waiting for memory now and then)."""
                     if prefetch:
-                        pa = builder.gep(cptr, [builder.add(off, c64(prefetch))])
+                        pa = builder.gep(cp, [builder.add(off, c64(prefetch))])
                         builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
                 def column(j):
-                    """Values ``fl32(value(code(r, j)) · x_j)`` of the tile's rows, by
+                    """Values ``fl32(value(code(r, j)) · x_j)`` of the tiles' rows, by tile and
                     accumulator."""
                     xs = splat(builder.load(builder.gep(xptr, [j])), vf)
+                    if kd == 0:
+                        prods = [builder.fmul(p, xs) for p in parts]
+                    return [tile_column(cp, j, xs, prods if kd == 0 else None) for cp in cptrs]
+
+                def tile_column(cp, j, xs, prods):
+                    """:func:`column` for the tile whose codes are at ``cp``."""
                     out = [None] * nacc
                     if kd == 0:  # the pair layout (mmquant.products.tiles)
-                        prods = [builder.fmul(p, xs) for p in parts]
                         pbase = builder.mul(builder.lshr(j, c64(1)), c64(64))
                         # (a loop over pairs of columns with constant shifts measured slower,
                         # twice: 2026-12-03, int4 4096² hot 0.386 against 0.367 ms with 28 % fewer
                         # vector instructions: the accumulators' float32 add chains bound it)
                         sh0 = builder.trunc(builder.shl(builder.and_(j, c64(1)), c64(4)), i32)
                         words = [
-                            vload(cptr, builder.add(pbase, c64(4 * vec * w)), vi, 1)
+                            vload(cp, builder.add(pbase, c64(4 * vec * w)), vi, 1)
                             for w in range(16 // vec)
                         ]
-                        ahead(pbase)
+                        ahead(cp, pbase)
                         for q in range(4):
                             sh = splat(builder.add(sh0, ir.Constant(i32, 4 * q)), vi)
                             for w, word in enumerate(words):
@@ -174,9 +205,9 @@ def _make(vec: int, prefetch: int = PREFETCH):
                                 out[q * (16 // vec) + w] = val  # rows 16q + vec·w ..
                         return out
                     base = builder.mul(j, c64(TILE))
-                    ahead(base)
+                    ahead(cp, base)
                     for q in range(nacc):
-                        byte = vload(cptr, builder.add(base, c64(vec * q)), vb, 1)
+                        byte = vload(cp, builder.add(base, c64(vec * q)), vb, 1)
                         c = builder.zext(byte, vi)
                         if kd == 2:
                             one = ir.Constant(vi, [1] * vec)
@@ -212,7 +243,14 @@ def _make(vec: int, prefetch: int = PREFETCH):
                     return builder.fpext(builder.fmul(v, mul) if mul is not None else v, vd)
 
                 def epilogue(k, with_o, is_unit):
+                    uk = None if is_unit else splat(builder.load(builder.gep(uptr, [k])), vd)
+                    vk = splat(builder.load(builder.gep(vptr, [k])), vd) if with_o else None
+                    for t in tl:
+                        tile_epilogue(k, with_o, uk, vk, sptrs[t], optrs[t], accs[t], ys[t])
+
+                def tile_epilogue(k, with_o, uk, vk, sptr, optr, accs, ys):
                     at = builder.mul(k, c64(TILE))
+                    is_unit = uk is None
                     # the scales (and offsets) of group k + SCALE_PREFETCH: a tile's row of them
                     for sp, compact in ((sptr, s16), (optr, o16)) if with_o else ((sptr, s16),):
                         for line in range(2 if compact else 4):
@@ -220,8 +258,6 @@ def _make(vec: int, prefetch: int = PREFETCH):
                             o = builder.add(at, c64(SCALE_PREFETCH * TILE + step * line))
                             pa = builder.bitcast(builder.gep(sp, [o]), i8.as_pointer())
                             builder.call(pf, [pa, zero_i, ir.Constant(i32, 3), ir.Constant(i32, 1)])
-                    uk = None if is_unit else splat(builder.load(builder.gep(uptr, [k])), vd)
-                    vk = splat(builder.load(builder.gep(vptr, [k])), vd) if with_o else None
                     for q, off in enumerate(rows):
                         acc = builder.load(accs[q])
                         for h, ix in enumerate((lo_idx, hi_idx)):
@@ -238,8 +274,9 @@ def _make(vec: int, prefetch: int = PREFETCH):
                             builder.store(builder.fadd(builder.load(slot), term), slot)
 
                 def add(vals):
-                    for s, val in zip(accs, vals):
-                        builder.store(builder.fadd(builder.load(s), val), s)
+                    for acc_t, vals_t in zip(accs, vals):
+                        for s, val in zip(acc_t, vals_t):
+                            builder.store(builder.fadd(builder.load(s), val), s)
 
                 # the groups in increasing order, each summed over its columns from +0.0
                 with cgutils.for_range(builder, ng) as gl:
@@ -247,7 +284,7 @@ def _make(vec: int, prefetch: int = PREFETCH):
                     j0 = builder.mul(k, gv)
                     j1 = builder.add(j0, gv)
                     j1 = builder.select(builder.icmp_signed("<", j1, nv), j1, nv)
-                    for s in accs:
+                    for s in (s for acc_t in accs for s in acc_t):
                         builder.store(zero_f, s)
                     with cgutils.for_range_slice(builder, j0, j1, c64(1)) as (j, _):
                         add(column(j))
@@ -259,14 +296,15 @@ def _make(vec: int, prefetch: int = PREFETCH):
                                         epilogue(k, True, is_unit)
                                     with plain:
                                         epilogue(k, False, is_unit)
-                for q, off in enumerate(rows):
-                    for h in range(2):
-                        yp = builder.gep(yptr, [c64(off + h * half)])
-                        builder.store(
-                            builder.load(ys[2 * q + h]),
-                            builder.bitcast(yp, vd.as_pointer()),
-                            align=8,
-                        )
+                for t in tl:
+                    for q, off in enumerate(rows):
+                        for h in range(2):
+                            yp = builder.gep(yptrs[t], [c64(off + h * half)])
+                            builder.store(
+                                builder.load(ys[t][2 * q + h]),
+                                builder.bitcast(yp, vd.as_pointer()),
+                                align=8,
+                            )
 
             bb_end = builder.append_basic_block("gemv_tile.end")
             sw = builder.switch(kindv, bb_end)
@@ -284,9 +322,12 @@ def _make(vec: int, prefetch: int = PREFETCH):
     return gemv_tile
 
 
-#: The whole-tile GEMV loops: AVX-512 (16 lanes), AVX2 (8 lanes).
+#: The whole-tile GEMV loops: AVX-512 (16 lanes), AVX2 (8 lanes); one tile, and two at once
+#: (:mod:`mmquant.kernels.products_simd` uses two for 4-bit codes; the same numbers).
 gemv_tile16 = _make(16)
 gemv_tile8 = _make(8)
+gemv_2tiles16 = _make(16, tiles=2)
+gemv_2tiles8 = _make(8, tiles=2)
 
 
 @intrinsic

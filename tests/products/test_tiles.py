@@ -145,7 +145,8 @@ def test_tile_layout_holds_every_code():
 @pytest.mark.parametrize("batch", [1, 3, 6])
 def test_every_simd_variant_is_bit_exact(spec, batch):
     rng = np.random.default_rng(1)
-    rows, n = TILE + 9, 71  # a partial tile, a partial last group, an odd last column
+    rows, n = 2 * TILE + 9, 71  # 3 tiles (a pair and one alone), the last partial; a partial
+    # last group, an odd last column
     w = rng.standard_normal((rows, n)).astype(np.float32)
     x = rng.standard_normal((batch, n)).astype(np.float32)
     v = block_view(mq.get(spec).encode(w))
