@@ -296,8 +296,7 @@ def gemv_plan(tv, simd: int | None = None):
     ng = tv.scale_index.shape[1]
     run = products_simd.gemv_plan(simd, tv, kind, p, np.ones(ng), (2 if tv.has_offset else 1) + 2)
     rows, sums, zeros = tv.rows, tv.has_offset, np.zeros(ng)
-
-    small = rows * tv.n < SERIAL_BELOW
+    small = rows * tv.n < SERIAL_BELOW  # the calling thread alone (few_threads)
 
     def f(x: np.ndarray) -> tuple[np.ndarray, int]:
         out, vs = np.empty((rows, 1)), np.empty(ng) if sums else zeros

@@ -150,17 +150,16 @@ def _gemv(enc: Encoded, x: np.ndarray, backend: str) -> np.ndarray | None:
     checked by the product itself: a NaN or infinity in ``x`` makes every output row non-finite,
     and only then is ``x`` examined, for the error message.
     """
-    if x.dtype != np.float32 and x.dtype != np.float64:
+    if (x.dtype != np.float32 and x.dtype != np.float64) or resolve(backend) != "numba":
         return None
     plan = _PLANS.get(enc)
     if plan is None:
+        view = _view(enc)
         plan = False
-        if resolve(backend) == "numba" and len(enc.shape) == 2:
-            view = _view(enc)
-            if isinstance(view, BlockView):
-                plan = load("products", backend).gemv_plan(_tiles(enc, view)) or False
+        if isinstance(view, BlockView):
+            plan = load("products", backend).gemv_plan(_tiles(enc, view)) or False
         _PLANS[enc] = plan
-    if plan is False or resolve(backend) != "numba":
+    if plan is False:
         return None
     if x.dtype == np.float32:
         out, bad = plan(np.ascontiguousarray(x.reshape(-1)))

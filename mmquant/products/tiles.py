@@ -35,12 +35,13 @@ in the kernels (measured one thread, 4096², AVX-512, caches flushed, loaded mac
 
 Compact scales (``compact=True``, the default): when every group scale is
 ``fl32(h · unit)`` for a half-precision ``h`` (``unit`` the record's float32 factor: NVFP4's
-tensor scale, else 1) and every offset is a half-precision value -- which holds for the records
-of every family here whose scales are stored in 16 bits or fewer -- the tile keeps the uint16 bits
-of ``h`` (:attr:`TileView.scale16`, :attr:`TileView.offset16`): half the bytes of float32 scales,
-and the kernels widen them in registers to the very same float32 values. A 4096² int4 record's
-tile is then 9.4 MB instead of 10.5 (NVFP4 10.5 instead of 12.6), which is what a GEMV from
-memory reads. Records whose scales are not exact in half precision keep float32 scales.
+tensor scale, else 1) and every offset is a half-precision value -- as for the float16 scales
+of int, fp, NF4 and the row codebooks, NVFP4's, and MX scales from 2^-24 to 2^15 -- the tile
+keeps the uint16 bits of ``h`` (:attr:`TileView.scale16`, :attr:`TileView.offset16`): half the
+bytes of float32 scales, and the kernels widen them in registers to the very same float32
+values. A 4096² int4 record's tile is then 9.4 MB instead of 10.5 (NVFP4 10.5 instead of 12.6),
+which is what a GEMV from memory reads. Records whose scales are not exact in half precision
+keep float32 scales.
 
 Codes one per byte decode without a look-up where the table allows: integer tables
 (``code + base``, or ``int8(code) · step``), and minifloat tables (:func:`minifloat_fields`:
